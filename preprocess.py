@@ -1,0 +1,63 @@
+"""Turn raw datasets into the tensors the rest of the code loads.
+
+    python preprocess.py                          # every dataset that needs no download
+    python preprocess.py --dataset fmnist mnist   # these, failing clearly when absent
+    python preprocess.py --dataset mnist --download
+    python preprocess.py --dataset digits --force # prepare again
+    python preprocess.py --tuning-split fmnist    # fmnist-tune: 50,000 / 10,000 of the training images
+
+Writes datasets/<name>/processed/{train.pt,test.pt,meta.json}; see tool/data.py for the format
+and the places raw files are looked for.
+"""
+import argparse
+
+from prettytable import PrettyTable
+
+from tool.data import DATASETS, find_raw, how_to_get, is_prepared, prepare, prepare_tuning_split
+from tool.errors import UserError, cli
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", nargs="+", metavar="NAME",
+                        help=f"datasets to prepare: {', '.join(DATASETS)} (default: every one found locally)")
+    parser.add_argument("--download", action="store_true",
+                        help="download missing raw files with torchvision (needs the network)")
+    parser.add_argument("--force", action="store_true", help="prepare again even when already prepared")
+    parser.add_argument("--tuning-split", metavar="NAME",
+                        help="also write NAME-tune: a train/test split of NAME's training images only, "
+                             "for choosing settings without the test split")
+    parser.add_argument("--data-dir", default=None, help="datasets folder (default: datasets/ beside this file)")
+    return parser.parse_args(argv)
+
+
+@cli
+def main(argv=None):
+    args = parse_args(argv)
+    if args.dataset:
+        for name in args.dataset:
+            if name not in DATASETS:
+                raise UserError(f"unknown dataset '{name}'. Valid: {', '.join(DATASETS)}")
+        for name in dict.fromkeys(args.dataset):
+            status = prepare(name, args.data_dir, force=args.force, download=args.download)
+            print(f"{name}: {status}")
+    if args.tuning_split:
+        print(f"{prepare_tuning_split(args.tuning_split, args.data_dir, force=args.force)}: prepared")
+    if args.dataset or args.tuning_split:
+        return
+
+    # No names: prepare what can be prepared without a download, then say how to get the rest.
+    table = PrettyTable(["dataset", "status", "how to get it"], align="l")
+    for name, spec in DATASETS.items():
+        if spec.kind != "digits" and find_raw(spec, args.data_dir) is None:
+            if is_prepared(name, args.data_dir):
+                table.add_row([name, "already prepared", ""])
+            else:
+                table.add_row([name, "missing", how_to_get(spec, args.data_dir)])
+            continue
+        table.add_row([name, prepare(name, args.data_dir, force=args.force), ""])
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

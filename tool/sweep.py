@@ -1,0 +1,369 @@
+"""Sweeps: every (class, seed) unit of a configuration, each in its own folder.
+
+    runs/<dataset>/<preset>/<timestamp>/
+        config.json                 the sweep's settings, environment, command
+        table.md, table.csv         the table, rebuilt from the units' results.json by key
+        class<c>_seed<s>/
+            config.json             full settings, seed, library versions, git commit
+            results.json            metrics, per-sample test scores and targets, threshold, epochs,
+                                    times (written last: its presence marks the unit finished)
+            best.pt                 the weights with the lowest validation loss
+            last.pt                 the end-of-epoch checkpoint (deleted once the unit finishes)
+            tb/                     tensorboardX logs
+
+Units are independent: any subset can run anywhere (--classes C --seeds S --run-dir DIR), and a
+folder's finished units are skipped when it is run again.
+"""
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from models import PRESETS, build_model, count_parameters
+from tool import evaluation
+from tool.config import resolve_device
+from tool.data import PROTOCOLS, check_dataset_name, is_prepared, load_dataset, make_split, prepare, scale_images
+from tool.errors import UserError
+from tool.io import REPO, atomic_torch_save, atomic_write_json, atomic_write_text, environment
+from tool.train import TrainConfig, seed_everything, train_model
+
+# Settings that do not change what a unit computes: they may differ between runs of one folder.
+PLACEMENT_KEYS = ("classes", "seeds", "jobs", "device", "output_dir", "data_dir")
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------------------------
+def model_kwargs(config):
+    return {"latent_dim": config["latent_dim"], "channels": config["channels"], "n_slots": config["n_slots"],
+            "top_k": config["top_k"], "forget_rate": config["forget_rate"], "threshold": config["threshold"],
+            "connector": config["connector"], "memae_slots": config["memae_slots"],
+            "memae_shrink_threshold": config["memae_shrink_threshold"],
+            "memae_entropy_weight": config["memae_entropy_weight"], "kl_weight": config["kl_weight"]}
+
+
+def build_from_config(config, input_shape):
+    try:
+        return build_model(config["model"], input_shape, **model_kwargs(config))
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
+def train_config(config):
+    return TrainConfig(epochs=config["epochs"], patience=config["patience"], batch_size=config["batch_size"],
+                       lr=config["lr"], weight_decay=config["weight_decay"])
+
+
+def validate(config):
+    """Check every setting that can be checked without the data; raise UserError naming it."""
+    check_dataset_name(config["dataset"], config["data_dir"])
+    if config["protocol"] not in PROTOCOLS:
+        raise UserError(f"unknown protocol '{config['protocol']}'. Valid: {', '.join(PROTOCOLS)}")
+    if config["model"] not in PRESETS:
+        raise UserError(f"unknown model preset '{config['model']}'. Valid: {', '.join(PRESETS)}")
+    seeds = config["seeds"]
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise UserError(f"seeds must be one or more distinct non-negative integers, got {seeds}")
+    if config["classes"] is not None and not config["classes"]:
+        raise UserError("--classes needs at least one class (or 'none' for all)")
+    checks = [("epochs", config["epochs"] >= 1, ">= 1"), ("patience", config["patience"] >= 1, ">= 1"),
+              ("batch_size", config["batch_size"] >= 2, ">= 2"), ("lr", config["lr"] > 0, "> 0"),
+              ("weight_decay", config["weight_decay"] >= 0, ">= 0"),
+              ("val_fraction", 0 < config["val_fraction"] < 1, "in (0, 1)"),
+              ("threshold_percentile", 0 < config["threshold_percentile"] < 100, "in (0, 100)"),
+              ("latent_dim", config["latent_dim"] >= 1, ">= 1"), ("jobs", config["jobs"] >= 1, ">= 1"),
+              ("channels", len(config["channels"]) >= 1 and min(config["channels"]) >= 1, "positive integers")]
+    for key, ok, rule in checks:
+        if not ok:
+            raise UserError(f"{key} must be {rule}, got {config[key]}")
+    resolve_device(config["device"])
+    build_from_config(config, (1, 28, 28))  # memory settings (lengths, top_k vs slots, rates)
+
+
+def class_list(config, ds):
+    """The classes to run as sorted indices (given by index or by name; None = all)."""
+    classes = range(len(ds.classes)) if config["classes"] is None else config["classes"]
+    return sorted(dict.fromkeys(ds.class_index(c) for c in classes))
+
+
+def ensure_prepared(config):
+    """digits (and any known dataset whose raw files are at hand) is prepared on first use."""
+    name, root = config["dataset"], config["data_dir"]
+    if not is_prepared(name, root) and name == "digits":
+        prepare(name, root)
+    return load_dataset(name, root)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run folders
+# ---------------------------------------------------------------------------------------------
+def new_run_dir(config):
+    base = Path(config["output_dir"])
+    base = base if base.is_absolute() else REPO / base
+    parent = base / config["dataset"] / config["model"]
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for i in range(1000):  # never reuse a folder: a second run in the same second gets a suffix
+        path = parent / (stamp if i == 0 else f"{stamp}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise UserError(f"cannot create a new run folder under {parent}")
+
+
+def read_run_config(run_dir):
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a run folder (no config.json). Give a folder that main.py made, "
+                        f"e.g. runs/<dataset>/<model>/<timestamp>.")
+    try:
+        return json.loads(path.read_text())["config"]
+    except (ValueError, KeyError) as error:
+        raise UserError(f"{path} is corrupt ({error}).") from None
+
+
+def open_run_dir(run_dir, config):
+    """Use `run_dir` for this sweep: create it, or check that its settings match this config."""
+    run_dir = Path(run_dir)
+    if (run_dir / "config.json").is_file():
+        saved = read_run_config(run_dir)
+        differ = [k for k in config if k not in PLACEMENT_KEYS and saved.get(k) != config[k]]
+        if differ:
+            details = ", ".join(f"{k}: folder {saved.get(k)!r} vs now {config[k]!r}" for k in differ)
+            raise UserError(f"{run_dir} was made with other settings ({details}). Use a new folder, or "
+                            f"--resume {run_dir} to continue with its own settings.")
+        planned = {k: _union(saved.get(k), config[k]) for k in ("classes", "seeds")}
+        config = {**config, **planned}
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(f"{run_dir} exists and is not a run folder; give an empty or new folder.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_config(run_dir, config)
+    return run_dir
+
+
+def _union(saved, now):
+    if saved is None or now is None:
+        return None  # "all classes"
+    return list(dict.fromkeys([*saved, *now]))
+
+
+def write_run_config(run_dir, config):
+    atomic_write_json(Path(run_dir) / "config.json",
+                      {"config": config, "command": " ".join(sys.argv), "written": datetime.now().isoformat(),
+                       "environment": environment()})
+
+
+def unit_dir(run_dir, c, s):
+    return Path(run_dir) / f"class{c}_seed{s}"
+
+
+# ---------------------------------------------------------------------------------------------
+# One unit
+# ---------------------------------------------------------------------------------------------
+def run_unit(config, ds, c, seed, run_dir, device, quiet=False):
+    """Train and evaluate one (class, seed) unit; returns its results dict (skips a finished one)."""
+    folder = unit_dir(run_dir, c, seed)
+    if (folder / "results.json").is_file():
+        return json.loads((folder / "results.json").read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    seed_everything(seed)
+    split = make_split(ds, config["protocol"], c, config["val_fraction"], seed)
+    if not quiet:
+        tqdm.write(f"{config['dataset']} {config['protocol']}: class {c} ({ds.classes[c]}), seed {seed}\n"
+                   f"{split.table()}")
+    model = build_from_config(config, ds.shape).to(device)
+    n_parameters = count_parameters(model)
+    atomic_write_json(folder / "config.json", {
+        "config": config, "class": c, "class_name": ds.classes[c], "seed": seed, "input_shape": list(ds.shape),
+        "n_parameters": n_parameters, "device": device, "environment": environment(),
+        "dataset_sources": ds.meta.get("sources", [])})
+
+    from tensorboardX import SummaryWriter
+
+    writer = SummaryWriter(str(folder / "tb"))
+    try:
+        train_x, val_x = scale_images(split.train, device), scale_images(split.val, device)
+        result = train_model(model, train_x, val_x, train_config(config), folder / "last.pt", seed, writer,
+                             desc=f"class {c} seed {seed}")
+    finally:
+        writer.close()
+    atomic_torch_save({"model": model.state_dict(), "preset": config["model"], "input_shape": list(ds.shape),
+                       "best_epoch": result.best_epoch}, folder / "best.pt")
+    results = evaluate_unit(config, model, split, device)
+    results.update({
+        "dataset": config["dataset"], "protocol": config["protocol"], "model": config["model"],
+        "class": c, "class_name": ds.classes[c], "seed": seed, "n_parameters": n_parameters,
+        "epochs_trained": result.epochs_trained, "best_epoch": result.best_epoch,
+        "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early,
+        "train_seconds": round(result.seconds, 3), "total_seconds": round(time.perf_counter() - started, 3),
+        "history": result.history, "counts": split.counts, "device": device,
+    })
+    atomic_write_json(folder / "results.json", _ordered(results))
+    (folder / "last.pt").unlink(missing_ok=True)
+    if not quiet:
+        m = results["metrics"]
+        tqdm.write(f"class {c} seed {seed}: AUROC {m['auroc']:.4f}  AUPRC {m['auprc']:.4f}  "
+                   f"F1@val {m['f1_val_threshold']:.4f}  best F1 (oracle) {m['f1_oracle']:.4f}  "
+                   f"epochs {result.epochs_trained} (best {result.best_epoch})  {results['total_seconds']:.1f}s")
+    return results
+
+
+def evaluate_unit(config, model, split, device):
+    """Threshold from the normal validation images, then the test split, scored once."""
+    val_scores = evaluation.anomaly_scores(model, scale_images(split.val, device))
+    threshold = evaluation.validation_threshold(val_scores, config["threshold_percentile"])
+    test_scores = evaluation.anomaly_scores(model, scale_images(split.test, device))
+    metrics = evaluation.compute_metrics(test_scores, split.test_targets.numpy(), threshold)
+    return {"metrics": metrics,
+            "threshold": {"value": threshold, "percentile_of_validation_scores": config["threshold_percentile"]},
+            "scores": [round(float(v), 6) for v in test_scores],
+            "targets": split.test_targets.tolist()}
+
+
+def _ordered(results):
+    """Small fields first, the long per-sample lists last, for a readable results.json."""
+    tail = ("history", "scores", "targets")
+    return {**{k: v for k, v in results.items() if k not in tail}, **{k: results[k] for k in tail}}
+
+
+def load_unit_model(folder, device):
+    """(config, model) from a finished or interrupted unit folder's best checkpoint."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file() or not (folder / "best.pt").is_file():
+        raise UserError(f"{folder} is not a trained unit folder (needs config.json and best.pt).")
+    unit = json.loads((folder / "config.json").read_text())
+    model = build_from_config(unit["config"], unit["input_shape"])
+    ckpt = torch.load(folder / "best.pt", map_location=device, weights_only=True)
+    model.load_state_dict(ckpt["model"])
+    return unit, model.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# A sweep
+# ---------------------------------------------------------------------------------------------
+def _worker_init(threads, devices, counter):
+    torch.set_num_threads(threads)
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    os.environ["CASCADE_WORKER_DEVICE"] = devices[index % len(devices)]
+
+
+def _worker_unit(config, c, seed, run_dir):
+    device = os.environ.get("CASCADE_WORKER_DEVICE", "cpu")
+    ds = load_dataset(config["dataset"], config["data_dir"])
+    return run_unit(config, ds, c, seed, run_dir, device, quiet=True)
+
+
+def run_sweep(config, run_dir):
+    """Run every unfinished (class, seed) unit of `config` in `run_dir`; return the run folder."""
+    ds = ensure_prepared(config)
+    classes = class_list(config, ds)
+    units = [(c, s) for s in config["seeds"] for c in classes
+             if not (unit_dir(run_dir, c, s) / "results.json").is_file()]
+    done = len(classes) * len(config["seeds"]) - len(units)
+    print(f"run folder: {run_dir}\n{len(units)} unit(s) to run" + (f", {done} already finished" if done else ""))
+    device = resolve_device(config["device"])
+    if config["jobs"] <= 1 or len(units) <= 1:
+        for c, s in units:
+            run_unit(config, ds, c, s, run_dir, device)
+    else:
+        _run_parallel(config, units, run_dir, device)
+    return run_dir
+
+
+def _run_parallel(config, units, run_dir, device):
+    import multiprocessing as mp
+
+    jobs = min(config["jobs"], len(units))
+    if device.startswith("cuda") and torch.cuda.device_count() > 1 and config["device"] == "auto":
+        devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    else:
+        devices = [device]
+    threads = max(1, (os.cpu_count() or 1) // jobs) if device == "cpu" else 1
+    print(f"{jobs} units at a time on {', '.join(devices)}" + (f", {threads} thread(s) each" if device == "cpu" else ""))
+    context = mp.get_context("spawn")
+    counter = context.Value("i", 0)
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init,
+                             initargs=(threads, devices, counter)) as pool:
+        futures = {pool.submit(_worker_unit, config, c, s, str(run_dir)): (c, s) for c, s in units}
+        with tqdm(total=len(futures), desc="units", unit="unit") as bar:
+            for future in as_completed(futures):
+                c, s = futures[future]
+                m = future.result()["metrics"]
+                tqdm.write(f"class {c} seed {s}: AUROC {m['auroc']:.4f}  AUPRC {m['auprc']:.4f}")
+                bar.update(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+def planned_units(run_dir, config, n_classes=None):
+    """Classes and seeds of a run folder: those its settings plan plus those found on disk."""
+    found = [tuple(int(v) for v in p.name.removeprefix("class").split("_seed"))
+             for p in Path(run_dir).glob("class*_seed*") if p.is_dir()]
+    planned = range(n_classes or 0) if config["classes"] is None else config["classes"]
+    classes = sorted({*planned, *(c for c, _ in found)})
+    seeds = list(dict.fromkeys([*config["seeds"], *sorted({s for _, s in found})]))
+    return classes, seeds
+
+
+def _class_names(config):
+    path = Path(config["data_dir"] or REPO / "datasets") / config["dataset"] / "processed" / "meta.json"
+    return json.loads(path.read_text())["classes"] if path.is_file() else None
+
+
+def make_table(run_dir, results=None, decimals=2, write=True):
+    """Print the run's table, built by key from its results; write table.md / table.csv beside it."""
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    results = evaluation.load_results(run_dir) if results is None else results
+    class_names = _class_names(config)
+    classes, seeds = planned_units(run_dir, config, len(class_names) if class_names else None)
+    class_names = class_names or [str(c) for c in range(max(classes, default=-1) + 1)]
+    header, rows = evaluation.table_rows(results, classes, class_names, seeds, decimals)
+    published = evaluation.published_rows(config["dataset"]) if config["protocol"] == "one-anomalous-class" else []
+    title = (f"{config['dataset']} / {config['model']} / {config['protocol']}: metrics in %, "
+             f"mean ± std over seeds {seeds}")
+    print(title)
+    print(evaluation.render_table(header, rows, published))
+    if write:
+        atomic_write_text(run_dir / "table.md", f"{title}\n\n" + evaluation.to_markdown(header, rows + published))
+        atomic_write_text(run_dir / "table.csv", evaluation.to_csv(results, classes, class_names, seeds))
+    return header, rows
+
+
+def eval_only(run_dir, device_name="auto"):
+    """Re-evaluate every unit's best checkpoint without training and print the table (4 decimals)."""
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    device = resolve_device(device_name)
+    ds = load_dataset(config["dataset"], config["data_dir"])
+    results, mismatches = {}, []
+    folders = sorted(p for p in run_dir.glob("class*_seed*") if (p / "best.pt").is_file())
+    if not folders:
+        raise UserError(f"{run_dir} holds no trained unit (no class*_seed*/best.pt).")
+    for folder in tqdm(folders, desc="re-evaluating", unit="unit", leave=False):
+        unit, model = load_unit_model(folder, device)
+        c, seed = unit["class"], unit["seed"]
+        split = make_split(ds, unit["config"]["protocol"], c, unit["config"]["val_fraction"], seed)
+        evaluated = evaluate_unit(unit["config"], model, split, device)
+        results[(c, seed)] = evaluated
+        saved = folder / "results.json"
+        if saved.is_file() and json.loads(saved.read_text())["metrics"] != evaluated["metrics"]:
+            mismatches.append(folder.name)
+    make_table(run_dir, results, decimals=4, write=False)
+    if mismatches:
+        print(f"differs from the saved results.json: {', '.join(mismatches)} (other machine or library version?)")
+    else:
+        print(f"every re-evaluated unit matches its saved results.json exactly ({len(results)} units)")
+    return results

@@ -1,0 +1,182 @@
+"""Training: Adam, early stopping on the validation loss (normal data only), best model restored.
+
+The loop is lean on purpose: the images live on the device as one float tensor and batches are
+taken by index (no per-sample DataLoader), losses are accumulated on the device and read once per
+epoch (no host synchronisation per batch), and validation runs in large batches under
+torch.inference_mode(). Every epoch ends with a checkpoint (model, optimiser, early-stopping
+state, RNG states) written atomically, so an interrupted run resumes exactly where it stopped.
+
+The test split never reaches this module: `train_model` takes the training and validation images
+and nothing else.
+"""
+import os
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tool.errors import UserError
+from tool.io import atomic_torch_save
+
+
+def seed_everything(seed):
+    """One seed for Python, numpy and torch (every device), with deterministic algorithms on.
+
+    The same seed on the same machine gives bit-identical scores.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS determinism (must precede CUDA use)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    patience: int = 10  # epochs without a better validation loss before stopping
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    eval_batch_size: int = 4096
+    log_every: int = 1  # one log line every this many epochs
+
+
+@dataclass
+class TrainResult:
+    epochs_trained: int
+    best_epoch: int
+    best_val_loss: float
+    stopped_early: bool
+    seconds: float
+    history: list = field(default_factory=list)
+
+
+def rng_state():
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@torch.inference_mode()
+def evaluate_loss(model, images, batch_size=4096):
+    """Mean loss of `model` (eval mode) over `images`, and per-stage addressing statistics:
+    share of slots used and mean addressing entropy, on these (normal) images."""
+    model.eval()
+    total, count, stats = None, 0, []
+    for start in range(0, len(images), batch_size):
+        xb = images[start:start + batch_size]
+        out = model(xb)
+        total = out["loss"] * len(xb) if total is None else total + out["loss"] * len(xb)
+        count += len(xb)
+        for i, info in enumerate(out["memory"]):
+            if len(stats) <= i:
+                stats.append({"hits": torch.zeros(info["n_slots"], device=xb.device), "entropy": 0.0})
+            w = info["weights"]
+            stats[i]["hits"].index_put_((info["indices"].reshape(-1),), (w > 0).reshape(-1).float(), accumulate=True)
+            stats[i]["entropy"] = stats[i]["entropy"] + (-(w * w.clamp_min(1e-12).log()).sum(dim=1)).sum()
+    memory = [{"slots_used": float((s["hits"] > 0).float().mean()), "entropy": float(s["entropy"]) / count}
+              for s in stats]
+    return float(total) / count, memory
+
+
+def train_model(model, train_images, val_images, config, checkpoint_path, generator_seed, writer=None,
+                desc="train"):
+    """Train `model` on `train_images` (float, on the model's device), stop early on `val_images`.
+
+    Resumes from `checkpoint_path` when it exists. Returns a TrainResult; the model ends holding
+    its best weights (lowest validation loss).
+    """
+    device = train_images.device
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    shuffle = torch.Generator().manual_seed(generator_seed)  # batch order, saved with the checkpoint
+    state = {"epoch": 0, "best_val": float("inf"), "best_epoch": 0, "bad_epochs": 0, "history": [],
+             "best_model": None, "seconds": 0.0}
+    if checkpoint_path.exists():
+        ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        shuffle.set_state(ckpt["shuffle"])
+        set_rng_state(ckpt["rng"])
+        state = ckpt["state"]
+
+    n = len(train_images)
+    bar = tqdm(total=config.epochs, initial=state["epoch"], desc=desc, unit="epoch", leave=False, dynamic_ncols=True,
+               disable=None)  # disable=None: no bar when the output is not a terminal (log files)
+    stopped_early = False
+    while state["epoch"] < config.epochs:
+        if state["bad_epochs"] >= config.patience:
+            stopped_early = True
+            break
+        epoch = state["epoch"] + 1
+        started = time.perf_counter()
+        model.train()
+        order = torch.randperm(n, generator=shuffle).to(device)
+        loss_sum = torch.zeros((), device=device)
+        for start in range(0, n, config.batch_size):
+            idx = order[start:start + config.batch_size]
+            if len(idx) < 2:  # BatchNorm cannot train on a batch of one
+                continue
+            out = model(train_images.index_select(0, idx))
+            optimizer.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            optimizer.step()
+            loss_sum += out["loss"].detach() * len(idx)
+        train_loss = float(loss_sum) / n  # the one host synchronisation of the epoch
+        if not np.isfinite(train_loss):
+            raise TrainingDiverged(f"{desc}: the training loss became {train_loss} in epoch {epoch}. "
+                                   f"The last good checkpoint (epoch {state['epoch']}) is kept in "
+                                   f"{checkpoint_path}; try a lower learning rate.")
+        val_loss, memory = evaluate_loss(model, val_images, config.eval_batch_size)
+        if not np.isfinite(val_loss):
+            raise TrainingDiverged(f"{desc}: the validation loss became {val_loss} in epoch {epoch}. "
+                                   f"The last good checkpoint (epoch {state['epoch']}) is kept in {checkpoint_path}.")
+        improved = val_loss < state["best_val"]
+        if improved:
+            state.update(best_val=val_loss, best_epoch=epoch, bad_epochs=0,
+                         best_model={k: v.detach().clone() for k, v in model.state_dict().items()})
+        else:
+            state["bad_epochs"] += 1
+        seconds = time.perf_counter() - started
+        state["seconds"] += seconds
+        state["epoch"] = epoch
+        state["history"].append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                                 "memory": memory, "seconds": seconds})
+        if writer is not None:
+            writer.add_scalar("loss/train", train_loss, epoch)
+            writer.add_scalar("loss/validation", val_loss, epoch)
+            writer.add_scalar("lr", optimizer.param_groups[0]["lr"], epoch)
+            for i, stage in enumerate(memory):
+                writer.add_scalar(f"memory/stage{i + 1}/slots_used", stage["slots_used"], epoch)
+                writer.add_scalar(f"memory/stage{i + 1}/entropy", stage["entropy"], epoch)
+        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                           "shuffle": shuffle.get_state(), "rng": rng_state(), "state": state}, checkpoint_path)
+        bar.update(1)
+        bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", best=state["best_epoch"])
+        if epoch % config.log_every == 0 or epoch == config.epochs:
+            usage = " ".join(f"s{i + 1} used {m['slots_used']:.2f} H {m['entropy']:.2f}" for i, m in enumerate(memory))
+            tqdm.write(f"{desc} epoch {epoch:3d}  train {train_loss:.5f}  val {val_loss:.5f}"
+                       f"{' *' if improved else '  '}  {seconds:5.1f}s  {usage}".rstrip())
+    bar.close()
+    if state["best_model"] is not None:
+        model.load_state_dict(state["best_model"])
+    model.eval()
+    return TrainResult(state["epoch"], state["best_epoch"], state["best_val"],
+                       stopped_early or state["bad_epochs"] >= config.patience, state["seconds"], state["history"])
