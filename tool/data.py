@@ -14,6 +14,7 @@ Raw files are looked for, in this order:
 import gzip
 import hashlib
 import json
+import math
 import pickle
 import shutil
 import tarfile
@@ -129,7 +130,7 @@ def _check_idx(path, data, magic, ndim):
         raise UserError(f"{path}: wrong IDX magic number {found:#010x} (expected {magic:#010x}, "
                         f"{'images' if ndim == 3 else 'labels'}): not the file its name says.")
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    expected = 4 + 4 * ndim + int(np.prod(dims))
+    expected = 4 + 4 * ndim + math.prod(dims)  # exact: np.prod would wrap around on a garbage header
     if len(data) != expected:
         raise UserError(f"{path}: {len(data)} bytes but its header {dims} needs {expected}: "
                         f"truncated or corrupt.")
@@ -162,23 +163,48 @@ def read_idx_pair(images_path, labels_path, n_classes):
     return images.unsqueeze(1).contiguous(), labels.long()
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR-10 batch (a dict of numpy arrays, lists and strings) and nothing else.
+
+    A plain pickle.load runs whatever code a damaged or forged file names; this one only builds
+    the numpy arrays a batch holds (pickled by any numpy version and pickle protocol).
+    """
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"unexpected object {module}.{name}")
+        return super().find_class(module, name)
+
+
 def read_cifar_batches(paths):
-    """CIFAR-10 python pickle batches -> uint8 (N, 3, 32, 32), int64 (N,)."""
+    """CIFAR-10 python pickle batches -> uint8 (N, 3, 32, 32), int64 (N,).
+
+    Each row of a batch's 'data' holds the 1024 red, then green, then blue values of one image,
+    row-major, so a reshape to (3, 32, 32) gives the channels in RGB order.
+    """
     images, labels = [], []
     for path in paths:
         try:
             with open(path, "rb") as f:
-                batch = pickle.load(f, encoding="latin1")
-            data = np.asarray(batch["data"], dtype=np.uint8)
-            batch_labels = np.asarray(batch["labels"], dtype=np.int64)
+                batch = _CifarUnpickler(f, encoding="latin1").load()
+            data = np.asarray(batch["data"])
+            batch_labels = np.asarray(batch["labels"])
+            if data.dtype != np.uint8 or not np.issubdtype(batch_labels.dtype, np.integer):
+                raise TypeError(f"data of type {data.dtype}, labels of type {batch_labels.dtype}")
+            batch_labels = batch_labels.astype(np.int64)
         except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError,
-                AttributeError, IndexError) as error:
+                AttributeError, IndexError, ImportError, MemoryError, OverflowError) as error:
             raise UserError(f"{path}: not a readable CIFAR-10 python batch ({type(error).__name__}: {error}). "
                             f"The file is truncated or corrupt: delete it and fetch it again.") from None
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
             raise UserError(f"{path}: images of shape {data.shape}, expected (N, 3072).")
-        if len(data) != len(batch_labels):
-            raise UserError(f"{path}: {len(data)} images but {len(batch_labels)} labels.")
+        if batch_labels.ndim != 1 or len(data) != len(batch_labels):
+            raise UserError(f"{path}: {len(data)} images but labels of shape {batch_labels.shape}.")
         if len(batch_labels) and (batch_labels.min() < 0 or batch_labels.max() > 9):
             raise UserError(f"{path}: labels outside 0..9.")
         images.append(data.reshape(-1, 3, 32, 32))
@@ -282,6 +308,9 @@ def download_raw(spec, root=None):
             from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if not _has_raw(spec, target):
+        raise UserError(f"downloading {spec.title} did not leave its raw files in {target}. "
+                        f"Nothing was written to {processed_dir(spec.name, root)}.")
     return target
 
 
@@ -334,11 +363,15 @@ def _load_raw(spec, root=None, system_dirs=None, download=False):
 def write_processed(name, splits, meta, root=None):
     """Write train.pt, test.pt and meta.json atomically (meta.json last: it marks completion)."""
     folder = processed_dir(name, root)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "meta.json").unlink(missing_ok=True)
-    for split, (images, labels) in splits.items():
-        atomic_torch_save({"images": images.contiguous(), "labels": labels.contiguous()}, folder / f"{split}.pt")
-    atomic_write_json(folder / "meta.json", meta)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "meta.json").unlink(missing_ok=True)
+        for split, (images, labels) in splits.items():
+            atomic_torch_save({"images": images.contiguous(), "labels": labels.contiguous()},
+                              folder / f"{split}.pt")
+        atomic_write_json(folder / "meta.json", meta)
+    except OSError as error:
+        raise UserError(f"cannot write {folder} ({type(error).__name__}: {error}).") from None
 
 
 def make_meta(name, title, classes, splits, sources, **extra):
@@ -382,9 +415,12 @@ def prepare_tuning_split(name, root=None, test_fraction=1 / 6, seed=0, force=Fal
     its "train" split. Settings are chosen on it, so the real test split is never looked at while
     tuning (for Fashion-MNIST: 50,000 / 10,000 images).
     """
+    if not 0 < test_fraction < 1:
+        raise UserError(f"test_fraction must lie in (0, 1), got {test_fraction}")
     source = load_dataset(name, root)
     tune = f"{name}-tune"
-    if is_prepared(tune, root) and not force:
+    settings = {"derived_from": f"{name} train split", "test_fraction": test_fraction, "seed": seed}
+    if is_prepared(tune, root) and not force and _recorded_sources(tune, root) == [settings]:
         return tune
     rng = np.random.default_rng(seed)
     labels = source.train_labels.numpy()
@@ -396,13 +432,20 @@ def prepare_tuning_split(name, root=None, test_fraction=1 / 6, seed=0, force=Fal
     splits = {"train": (source.train_images[~held], source.train_labels[~held]),
               "test": (source.train_images[held], source.train_labels[held])}
     meta = make_meta(tune, f"{source.meta.get('title', name)} (tuning split of the training images)",
-                     source.classes, splits,
-                     [{"derived_from": f"{name} train split", "test_fraction": test_fraction, "seed": seed}])
+                     source.classes, splits, [settings])
     write_processed(tune, splits, meta, root)
     if verbose:
         for split, (images, _) in splits.items():
             print(f"{tune} {split} {tuple(images.shape)} {str(images.dtype).removeprefix('torch.')}")
     return tune
+
+
+def _recorded_sources(name, root=None):
+    """The 'sources' a prepared dataset's meta.json records (None when unreadable)."""
+    try:
+        return json.loads((processed_dir(name, root) / "meta.json").read_text()).get("sources")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,6 +471,8 @@ class Dataset:
             return self.classes.index(value)
         try:
             index = int(value)
+            if isinstance(value, bool) or index != value and not isinstance(value, str):
+                raise ValueError(value)
         except (TypeError, ValueError):
             raise UserError(f"class '{value}' is not a class of {self.name}: valid are 0..{len(self.classes) - 1} "
                             f"or a name of {self.classes}") from None
@@ -444,18 +489,22 @@ def load_dataset(name, root=None):
     if not is_prepared(name, root):
         raise UserError(f"dataset '{name}' is not prepared (nothing complete in {folder}). "
                         f"Run: python preprocess.py --dataset {name}")
+    again = f"Prepare it again: python preprocess.py --dataset {name} --force"
     try:
         meta = json.loads((folder / "meta.json").read_text())
+        classes = [str(c) for c in meta["classes"]]
         parts = {split: torch.load(folder / f"{split}.pt", weights_only=True) for split in ("train", "test")}
         tensors = [parts[s][k] for s in ("train", "test") for k in ("images", "labels")]
-    except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as error:
-        raise UserError(f"{folder} is corrupt ({type(error).__name__}). Prepare it again: "
-                        f"python preprocess.py --dataset {name} --force") from None
+    except (OSError, RuntimeError, EOFError, KeyError, ValueError, TypeError, IndexError, AttributeError,
+            pickle.UnpicklingError) as error:
+        raise UserError(f"{folder} is corrupt ({type(error).__name__}). {again}") from None
     for images, labels in (tensors[:2], tensors[2:]):
-        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
-            raise UserError(f"{folder} holds tensors of the wrong format. Prepare it again: "
-                            f"python preprocess.py --dataset {name} --force")
-    return Dataset(name, list(meta["classes"]), *tensors, meta=meta)
+        if not (isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor)
+                and images.dtype == torch.uint8 and images.ndim == 4
+                and labels.dtype == torch.int64 and labels.ndim == 1 and len(images) == len(labels)
+                and (len(labels) == 0 or 0 <= int(labels.min()) <= int(labels.max()) < len(classes))):
+            raise UserError(f"{folder} holds tensors of the wrong format. {again}")
+    return Dataset(name, classes, *tensors, meta=meta)
 
 
 # ---------------------------------------------------------------------------------------------
