@@ -77,16 +77,18 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """Mirror of ConvEncoder: Linear to the smallest feature map, transposed convolutions doubling
     the size (output_padding restores odd sizes), the last one to C channels with no norm or
-    activation."""
+    activation (with no convolution at all, the Linear layer is that last layer)."""
 
     def __init__(self, input_shape, channels=(32, 64, 128), latent_dim=128):
         super().__init__()
         sizes = conv_plan(input_shape, channels)
         chans = [input_shape[0], *channels[: len(sizes) - 1]]
         self.start = (chans[-1], *sizes[-1])
-        layers = [*_block(nn.Linear(latent_dim, math.prod(self.start), bias=False), math.prod(self.start),
-                          nn.BatchNorm1d), nn.Unflatten(1, self.start)]
         steps = list(zip(reversed(chans[1:]), reversed(chans[:-1]), reversed(sizes[:-1]), reversed(sizes[1:])))
+        linear = nn.Linear(latent_dim, math.prod(self.start), bias=not steps)
+        # no strided convolution (input under 8 x 8, or channels=()): the Linear layer is the last one
+        layers = [*(_block(linear, math.prod(self.start), nn.BatchNorm1d) if steps else [linear]),
+                  nn.Unflatten(1, self.start)]
         for i, (c_in, c_out, size_out, size_in) in enumerate(steps):
             pad = tuple(o - 2 * s for o, s in zip(size_out, size_in))
             last = i == len(steps) - 1

@@ -25,7 +25,8 @@ class MemoryUnit(nn.Module):
     """One memory stage of the cascade (PAPER.md, "One memory stage"), steps 1-6:
 
     1. cosine similarity of h to every slot;                         s: (B x N)
-    2. in training, a random set of floor(forget_rate * N) slots is forgotten, one set per batch;
+    2. in training, a random set of floor(forget_rate * N) slots is forgotten, one set per batch:
+       torch.randperm(N)[:n_forget] from torch's default generator (tests/test_models.py replays it);
     3. top-k similarities and their slot indices;                     (B x k)
     4. a threshold on the kept similarities;
     5. softmax over the k kept values gives the weights w;            (B x k)
@@ -125,8 +126,13 @@ class MemAEMemory(nn.Module):
 
     def __init__(self, n_slots, slot_dim, shrink_threshold=None, entropy_weight=0.0002, eps=1e-12):
         super().__init__()
+        if n_slots < 1:
+            raise ValueError(f"MemAE memory needs at least one slot, got n_slots={n_slots}")
         self.n_slots, self.slot_dim = n_slots, slot_dim
         self.shrink_threshold = 1.0 / n_slots if shrink_threshold is None else shrink_threshold
+        if not 0.0 <= self.shrink_threshold < 1.0:  # a weight of 1 or less would always be shrunk to 0
+            raise ValueError(f"MemAE shrink threshold must lie in [0, 1), got {self.shrink_threshold:g} "
+                             f"(n_slots={n_slots})")
         self.entropy_weight, self.eps = entropy_weight, eps
         bound = 1.0 / math.sqrt(slot_dim)
         self.slots = nn.Parameter(torch.empty(n_slots, slot_dim).uniform_(-bound, bound))
