@@ -5,6 +5,7 @@
     python main.py --resume runs/fmnist/cascade/20261128-120000     # finish an interrupted sweep
     python main.py --eval-only runs/fmnist/cascade/20261128-120000  # re-evaluate its checkpoints
     python main.py --table runs/fmnist/cascade/20261128-120000      # print its table from results.json
+    python main.py --figures runs/fmnist/cascade/20261128-120000    # draw its figures again (tool/figures.py)
 
 Edit the constants below to reproduce a table, or override any of them on the command line
 (EPOCHS -> --epochs, TOP_K -> --top-k 15 5). Every run lands in its own new folder under
@@ -40,6 +41,8 @@ VAL_FRACTION = 0.1  # share of the normal training images held out for validatio
 THRESHOLD_PERCENTILE = 95.0  # decision threshold = this percentile of the validation scores (for F1 @ val.)
 DEVICE = "auto"  # auto = CUDA, then Apple MPS, then CPU; or cpu, cuda, cuda:1, mps
 JOBS = 1  # units run at once (CPU: the cores are split between them; several GPUs: one unit per GPU)
+THREADS = 0  # torch CPU threads per unit; 0 = the cores split between JOBS. Fixed (e.g. 1): scores independent of JOBS
+DRAW_FIGURES = True  # ROC, score histogram, reconstructions, slot usage beside every unit and run (tool/figures.py)
 OUTPUT_DIR = "runs"  # runs land in OUTPUT_DIR/<dataset>/<model>/<timestamp>/ (relative = beside this file)
 DATA_DIR = None  # datasets folder; None = datasets/ beside this file
 # ------------------------------------------------------------------------------------------------
@@ -59,6 +62,8 @@ def parse(argv=None):
     what.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted sweep with its own settings")
     what.add_argument("--eval-only", metavar="RUN_DIR", help="re-evaluate a run's checkpoints, print its table")
     what.add_argument("--table", metavar="RUN_DIR", help="print a run's table from its results.json files")
+    what.add_argument("--figures", metavar="RUN_DIR",
+                      help="draw a run's figures again from its results and checkpoints")
     actions.add_argument("--run-dir", metavar="DIR",
                          help="use DIR as the sweep folder (shared by cluster jobs; finished units are skipped)")
     args = parser.parse_args(argv)
@@ -70,14 +75,16 @@ def run(argv=None):
     from tool import sweep
 
     args, given = parse(argv)
-    if args.eval_only or args.table:
+    if args.eval_only or args.table or args.figures:
         extra = set(given) - {"device"}
         if extra or args.run_dir:
-            raise UserError(f"--eval-only and --table take their settings from the run folder; "
+            raise UserError(f"--eval-only, --table and --figures take their settings from the run folder; "
                             f"drop {', '.join('--' + k.replace('_', '-') for k in sorted(extra)) or '--run-dir'}")
         if args.table:
             sweep.read_run_config(args.table)
             return sweep.make_table(args.table)
+        if args.figures:
+            return sweep.draw_figures(args.figures, given.get("device", "auto"))
         return sweep.eval_only(args.eval_only, given.get("device", "auto"))
     if args.resume:
         extra = set(given) - {"device", "jobs", "classes", "seeds"}

@@ -5,6 +5,7 @@
     python preprocess.py --dataset mnist --download
     python preprocess.py --dataset digits --force # prepare again
     python preprocess.py --tuning-split fmnist    # fmnist-tune: 50,000 / 10,000 of the training images
+    python preprocess.py --dataset folder --path DIR --name NAME --size 64 64   # your own images (tool/folder.py)
 
 Writes datasets/<name>/processed/{train.pt,test.pt,meta.json}; see tool/data.py for the format
 and the places raw files are looked for.
@@ -15,12 +16,16 @@ from prettytable import PrettyTable
 
 from tool.data import DATASETS, find_raw, how_to_get, is_prepared, prepare, prepare_tuning_split
 from tool.errors import UserError, cli
+from tool.folder import prepare_folder
+
+FOLDER_FLAGS = ("path", "name", "size", "grayscale", "test_fraction", "seed")  # --dataset folder's own flags
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", nargs="+", metavar="NAME",
-                        help=f"datasets to prepare: {', '.join(DATASETS)} (default: every one found locally)")
+                        help=f"datasets to prepare: {', '.join(DATASETS)}, or folder for your own images "
+                             f"(default: every one found locally)")
     parser.add_argument("--download", action="store_true",
                         help="download missing raw files with torchvision (needs the network)")
     parser.add_argument("--force", action="store_true", help="prepare again even when already prepared")
@@ -28,18 +33,35 @@ def parse_args(argv=None):
                         help="also write NAME-tune: a train/test split of NAME's training images only, "
                              "for choosing settings without the test split")
     parser.add_argument("--data-dir", default=None, help="datasets folder (default: datasets/ beside this file)")
+    own = parser.add_argument_group("your own images (--dataset folder; see tool/folder.py)")
+    own.add_argument("--path", metavar="DIR",
+                     help="DIR/<class>/*.png|jpg|bmp, or DIR/train/<class>/ and DIR/test/<class>/")
+    own.add_argument("--name", help="the dataset's name: main.py --dataset NAME")
+    own.add_argument("--size", nargs=2, type=int, metavar=("H", "W"),
+                     help="resize every image to H x W (default: the most common size of the training images)")
+    own.add_argument("--grayscale", action="store_true", default=None, help="one channel instead of RGB")
+    own.add_argument("--test-fraction", type=float, metavar="F",
+                     help="share of each class held out as test when DIR has no train/ and test/ (default: 0.2)")
+    own.add_argument("--seed", type=int, metavar="S", help="seed of that split (default: 0)")
     return parser.parse_args(argv)
 
 
 @cli
 def main(argv=None):
     args = parse_args(argv)
+    folder_options = {key: getattr(args, key) for key in FOLDER_FLAGS if getattr(args, key) is not None}
+    if folder_options and "folder" not in (args.dataset or ()):
+        flags = ", ".join("--" + key.replace("_", "-") for key in folder_options)
+        raise UserError(f"{flags} can only be used with --dataset folder")
     if args.dataset:
         for name in args.dataset:
-            if name not in DATASETS:
-                raise UserError(f"unknown dataset '{name}'. Valid: {', '.join(DATASETS)}")
+            if name not in DATASETS and name != "folder":
+                raise UserError(f"unknown dataset '{name}'. Valid: {', '.join(DATASETS)}, folder (your own images)")
         for name in dict.fromkeys(args.dataset):
-            status = prepare(name, args.data_dir, force=args.force, download=args.download)
+            if name == "folder":
+                name, status = args.name, prepare_folder(root=args.data_dir, force=args.force, **folder_options)
+            else:
+                status = prepare(name, args.data_dir, force=args.force, download=args.download)
             print(f"{name}: {status}")
     if args.tuning_split:
         print(f"{prepare_tuning_split(args.tuning_split, args.data_dir, force=args.force)}: prepared")

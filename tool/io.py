@@ -35,8 +35,12 @@ def atomic_torch_save(obj, path):
     _atomic(path, lambda f: torch.save(obj, f))
 
 
+def atomic_write_bytes(path, data):
+    _atomic(path, lambda f: f.write(data))
+
+
 def atomic_write_text(path, text):
-    _atomic(path, lambda f: f.write(text.encode("utf-8")))
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path, obj):

@@ -1,0 +1,211 @@
+"""Figures written beside every run: ROC curves, score histograms, reconstructions, slot usage.
+
+    <run>/roc_all.png                     one ROC curve per class, each from the class's first seed
+                                          (the lowest finished one), its AUROC in the legend
+    <run>/class<c>_seed<s>/roc.png        the unit's ROC curve on the test split
+    <run>/class<c>_seed<s>/scores.png     histograms of the test scores, normal against anomalous
+                                          (densities), the validation threshold marked
+    <run>/class<c>_seed<s>/reconstructions.png
+                                          test inputs above their reconstructions: the most and least
+                                          anomalous anomalies and normal images, with their scores
+    <run>/class<c>_seed<s>/memory.png     memory models: how many normal validation images address
+                                          each slot (weight > 0), slots sorted by use, one panel a stage
+
+matplotlib is imported here only, lazily, and draws on Figure objects with the Agg canvas (no
+pyplot, no change of the global backend). Figures are extras: draw_unit and draw_run run after
+the results are written, and a failure to draw prints a warning instead of stopping a sweep.
+"""
+import io
+import sys
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_curve
+from tqdm import tqdm
+
+from tool.data import scale_images
+from tool.evaluation import reconstruct
+from tool.io import atomic_write_bytes
+
+N_EXTREMES = 6  # images per group in reconstructions.png
+
+
+def draw_unit(folder, results, split=None, model=None, device="cpu"):
+    """roc.png and scores.png in a finished unit's folder; given its model and split, also
+    reconstructions.png and (for a model with memory) memory.png. A failure is a warning."""
+    try:
+        roc_figure(results, folder / "roc.png")
+        scores_figure(results, folder / "scores.png")
+        if model is not None and split is not None:
+            reconstructions_figure(model, split.test, results, device, folder / "reconstructions.png")
+            counts = slot_usage(model, scale_images(split.val, device))
+            if counts:
+                memory_figure(counts, len(split.val), folder / "memory.png")
+    except Exception as error:  # a figure is an extra: never lose a finished unit to it
+        _warn(f"figures of {folder} not drawn", error)
+
+
+def draw_run(run_dir, results, class_names, title):
+    """roc_all.png in the run folder from {(class, seed): results}. A failure is a warning."""
+    if not results:
+        return
+    try:
+        roc_all_figure(results, class_names, title, run_dir / "roc_all.png")
+    except Exception as error:  # a figure is an extra: never lose a table to it
+        _warn(f"{run_dir / 'roc_all.png'} not drawn", error)
+
+
+def _warn(what, error):
+    tqdm.write(f"warning: {what} ({type(error).__name__}: {error})", file=sys.stderr)
+
+
+def _figure(width, height):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure, path):
+    """PNG bytes rendered in memory, then written atomically (a temp file renamed into place)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _unit_title(results):
+    role = "anomalous" if results["protocol"] == "one-anomalous-class" else "normal"
+    return (f"{results['dataset']} / {results['model']}: class {results['class']} ({results['class_name']}) "
+            f"{role}, seed {results['seed']}")
+
+
+# ---------------------------------------------------------------------------------------------
+# ROC curves and score histograms (from results.json alone)
+# ---------------------------------------------------------------------------------------------
+def _roc_curve(ax, results, label):
+    fpr, tpr, _ = roc_curve(results["targets"], results["scores"])  # target 1 = anomaly, higher = more anomalous
+    ax.plot(fpr, tpr, label=f"{label}AUROC {results['metrics']['auroc']:.3f}")
+
+
+def _roc_axes(ax, title):
+    ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey", label="chance")
+    ax.set(xlabel="false positive rate (normal images flagged)", ylabel="true positive rate (anomalies found)",
+           xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
+    ax.set_title(title, fontsize="small")
+    ax.legend(loc="lower right", fontsize="small")
+
+
+def roc_figure(results, path):
+    figure = _figure(5, 5)
+    ax = figure.add_subplot()
+    _roc_curve(ax, results, "")
+    _roc_axes(ax, _unit_title(results))
+    _save(figure, path)
+
+
+def roc_all_figure(results, class_names, title, path):
+    """One curve per class, from its first (lowest) finished seed."""
+    first = {}
+    for c, s in sorted(results):
+        first.setdefault(c, results[(c, s)])
+    figure = _figure(6.5, 6.5)
+    ax = figure.add_subplot()
+    for c, unit in first.items():
+        _roc_curve(ax, unit, f"{c} {class_names[c]} (seed {unit['seed']}): ")
+    _roc_axes(ax, f"{title}\none curve per class, from its first seed")
+    _save(figure, path)
+
+
+def scores_figure(results, path):
+    scores, targets = np.asarray(results["scores"]), np.asarray(results["targets"])
+    threshold = results["threshold"]
+    edges = np.histogram_bin_edges(scores, bins=int(np.clip(np.sqrt(len(scores)), 10, 50)))
+    figure = _figure(7, 4)
+    ax = figure.add_subplot()
+    for target, name, colour in ((0, "normal", "tab:blue"), (1, "anomalous", "tab:red")):
+        ax.hist(scores[targets == target], bins=edges, density=True, alpha=0.55, color=colour,
+                label=f"{name} ({int((targets == target).sum())} test images)")
+    ax.axvline(threshold["value"], ls="--", color="black",
+               label=f"validation threshold {threshold['value']:.4g} "
+                     f"({threshold['percentile_of_validation_scores']:g}th percentile of normal validation scores)")
+    ax.set(xlabel="anomaly score (L2 norm of the reconstruction error)", ylabel="density")
+    ax.set_title(_unit_title(results), fontsize="small")
+    ax.legend(fontsize="small")
+    _save(figure, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reconstructions and memory slot usage (need the model)
+# ---------------------------------------------------------------------------------------------
+def _extremes(scores, targets, n):
+    """{group title: test indices}: the n most and the n least anomalous anomalies and normals."""
+    order = np.argsort(scores, kind="stable")  # ascending score
+    groups = {}
+    for target, kind in ((1, "anomalies"), (0, "normal images")):
+        members = order[targets[order] == target]
+        if len(members):
+            groups[f"most anomalous {kind}"] = members[::-1][:n].copy()  # copy: torch takes no negative strides
+            groups[f"least anomalous {kind}"] = members[:n]
+    return groups
+
+
+def _grid(images, gap=1):
+    """(rows, cols, C, H, W) in [0, 1] -> one (H', W', C) picture, white lines between images."""
+    rows, cols, c, h, w = images.shape
+    grid = np.ones((rows * (h + gap) - gap, cols * (w + gap) - gap, c))
+    for r in range(rows):
+        for k in range(cols):
+            grid[r * (h + gap): r * (h + gap) + h, k * (w + gap): k * (w + gap) + w] = images[r, k].transpose(1, 2, 0)
+    return grid
+
+
+def reconstructions_figure(model, test_images, results, device, path, n=N_EXTREMES):
+    """Per group, the inputs (top row) above their reconstructions, pixels mapped back to [0, 1]."""
+    scores, targets = np.asarray(results["scores"]), np.asarray(results["targets"])
+    groups = _extremes(scores, targets, n)
+    figure = _figure(1.5 + 1.1 * n, 2.4 * len(groups))
+    axes = figure.subplots(len(groups), 1, squeeze=False)[:, 0]
+    for ax, (title, idx) in zip(axes, groups.items()):
+        x = scale_images(test_images[torch.from_numpy(idx)], device)
+        pair = torch.stack([x, reconstruct(model, x)]).add(1).div(2).clamp(0, 1).cpu().numpy()  # [-1, 1] -> [0, 1]
+        _, _, c, h, w = pair.shape
+        grid = _grid(pair)
+        ax.imshow(grid[:, :, 0] if c == 1 else grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xticks([k * (w + 1) + (w - 1) / 2 for k in range(len(idx))], [f"{scores[i]:.4g}" for i in idx],
+                      fontsize="small")
+        ax.set_yticks([(h - 1) / 2, h + 1 + (h - 1) / 2], ["input", "reconstruction"], fontsize="small")
+        ax.tick_params(length=0)
+        ax.set_title(f"{title} (anomaly scores below)", fontsize="small")
+    figure.suptitle(_unit_title(results), fontsize="small")
+    _save(figure, path)
+
+
+@torch.inference_mode()
+def slot_usage(model, images, batch_size=4096):
+    """Per memory stage, how many of `images` address each slot with weight > 0 (eval mode), from
+    the forward's "memory" list; [] for a model without memory."""
+    model.eval()
+    counts = []
+    for xb in images.split(batch_size):
+        for i, stage in enumerate(model(xb)["memory"]):
+            # counted on the CPU: CUDA's bincount has no deterministic implementation
+            used = torch.bincount(stage["indices"][stage["weights"] > 0].cpu(), minlength=stage["n_slots"])
+            if i == len(counts):
+                counts.append(used)
+            else:
+                counts[i] += used
+    return [used.numpy() for used in counts]
+
+
+def memory_figure(counts, n_images, path):
+    figure = _figure(7, 0.5 + 2.2 * len(counts))
+    axes = figure.subplots(len(counts), 1, squeeze=False)[:, 0]
+    for stage, (ax, used) in enumerate(zip(axes, counts), 1):
+        ax.stairs(np.sort(used)[::-1], fill=True)
+        ax.set(xlim=(0, len(used)), xlabel="slots, sorted by use", ylabel="images")
+        ax.set_title(f"stage {stage}: {len(used)} slots, {int((used > 0).sum())} addressed at least once",
+                     fontsize="small")
+    figure.suptitle(f"memory slot usage on the {n_images} normal validation images (weight > 0)", fontsize="small")
+    _save(figure, path)

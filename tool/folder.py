@@ -1,0 +1,232 @@
+"""Folder datasets: your own images, one sub-folder per class, in the processed format.
+
+    python preprocess.py --dataset folder --path DIR --name NAME [--size H W] [--grayscale]
+                         [--test-fraction 0.2] [--seed 0]
+
+Two layouts are understood:
+
+    DIR/<class>/*.png|jpg|jpeg|bmp                  each class split here: a seeded, stratified
+                                                    --test-fraction of its images becomes test
+    DIR/train/<class>/..., DIR/test/<class>/...     the folder's own split, used as it is (a class
+                                                    may be absent from train/, as in MVTec AD,
+                                                    where train/ holds the normal class only)
+
+Classes are the sub-folder names in sorted order: main.py's --classes takes a name or its index
+in that order. Images are read with OpenCV, as RGB or, with --grayscale, as one channel, and
+resized to one size with area interpolation: --size H W, or by default the most common size of
+the training images (on a tie, the first found in sorted file order; the test images never
+choose anything). meta.json records this
+preprocessing ("preprocessing": size, channels, grayscale, interpolation) so that score.py
+repeats it exactly, and every image's file in tensor order ("files"), so that a score in
+results.json can be traced back to its image. Files that are not PNG, JPEG or BMP, or that
+OpenCV cannot read, are listed and skipped.
+"""
+import re
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from prettytable import PrettyTable
+
+from tool.data import DATASETS, is_prepared, make_meta, processed_dir, write_processed
+from tool.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+READ_MODES = {  # how cv2.imread decodes a file; every mode gives 8-bit pixels
+    "rgb": cv2.IMREAD_COLOR,  # 3 channels (grey files repeated, alpha dropped), then BGR -> RGB
+    "grayscale": cv2.IMREAD_GRAYSCALE,  # 1 channel
+    "as-stored": cv2.IMREAD_ANYCOLOR,  # 1 or 3 channels, as the file holds them (built-in datasets' models)
+}
+INTERPOLATIONS = {"area": cv2.INTER_AREA}  # name recorded in meta.json -> OpenCV flag
+INTERPOLATION = "area"  # averages pixels when shrinking (no aliasing), bilinear-like when enlarging
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+TEST_FRACTION = 0.2  # share of each class held out as test when the folder has no train/ and test/
+SEED = 0  # numpy seed of that split
+
+
+# ---------------------------------------------------------------------------------------------
+# One image
+# ---------------------------------------------------------------------------------------------
+def read_image(path, mode):
+    """uint8 pixels (H, W, C) of an image file read in `mode` (READ_MODES); None when unreadable."""
+    image = cv2.imread(str(path), READ_MODES[mode])
+    if image is None:
+        return None
+    return image[:, :, None] if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def to_chw(image, size, interpolation=INTERPOLATION):
+    """uint8 (H, W, C) -> uint8 (C, *size), resized when its size differs."""
+    height, width = size
+    if image.shape[:2] != (height, width):
+        # cv2.resize drops a single channel's axis: reshape restores it
+        image = cv2.resize(image, (width, height), interpolation=INTERPOLATIONS[interpolation])
+        image = image.reshape(height, width, -1)
+    return np.ascontiguousarray(image.transpose(2, 0, 1))
+
+
+def list_images(folder, skipped):
+    """PNG, JPEG and BMP files under `folder` (recursively, sorted); other files are appended to
+    `skipped` as (path, reason)."""
+    images = []
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            images.append(path)
+        else:
+            skipped.append((path, "not a PNG, JPEG or BMP file"))
+    return images
+
+
+# ---------------------------------------------------------------------------------------------
+# A folder of classes
+# ---------------------------------------------------------------------------------------------
+def check_name(name):
+    """A dataset name for a folder: a plain folder name that no built-in dataset uses."""
+    if not name or not NAME_PATTERN.fullmatch(name):
+        raise UserError(f"--name '{name}' is not a plain folder name (letters, digits, '.', '_', '-').")
+    if name == "folder" or name in DATASETS or name.removesuffix("-tune") in DATASETS:
+        raise UserError(f"--name '{name}' is taken by a built-in dataset ({', '.join(DATASETS)}, their -tune "
+                        f"splits, and 'folder'); choose another name.")
+    return name
+
+
+def _subfolders(folder):
+    return {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+
+
+def _layout(source):
+    """{split: {class name: class folder}}; split None when the folder has no train/ and test/."""
+    top = _subfolders(source)
+    if "train" in top and "test" in top:
+        return {split: _subfolders(top[split]) for split in ("train", "test")}
+    if "train" in top or "test" in top:
+        one, other = ("train", "test") if "train" in top else ("test", "train")
+        raise UserError(f"{source} has a {one}/ folder but no {other}/ folder: give both "
+                        f"({source}/train/<class>/, {source}/test/<class>/) or neither ({source}/<class>/).")
+    return {None: top}
+
+
+def _read_class(folder, mode, skipped):
+    """(images, files) of one class folder; unreadable and non-image files go to `skipped`."""
+    images, files = [], []
+    for path in list_images(folder, skipped):
+        image = read_image(path, mode)
+        if image is None:
+            skipped.append((path, "unreadable: corrupt or not an image"))
+        else:
+            images.append(image)
+            files.append(path)
+    if not images:
+        raise UserError(f"class folder {folder} holds no readable PNG, JPEG or BMP image; add images or "
+                        f"remove the folder.")
+    return images, files
+
+
+def _stratified_test(n, test_fraction, rng):
+    """A boolean mask marking round(test_fraction * n) of n images, drawn with `rng`, as test."""
+    test = np.zeros(n, dtype=bool)
+    test[rng.choice(n, size=int(round(test_fraction * n)), replace=False)] = True
+    return test
+
+
+def prepare_folder(path=None, name=None, root=None, size=None, grayscale=False, test_fraction=None, seed=None,
+                   force=False, verbose=True):
+    """Prepare the images under `path` as dataset `name`; returns 'prepared' or 'already prepared'.
+
+    test_fraction and seed (default TEST_FRACTION, SEED) split a folder without train/ and test/.
+    Raises UserError (before anything is written) on a missing folder, fewer than two classes, a
+    class without readable images, a name a built-in dataset uses, or a setting that does not apply.
+    """
+    if path is None or name is None:
+        raise UserError("--dataset folder needs --path DIR (one sub-folder per class) and --name NAME.")
+    check_name(name)
+    source = Path(path)
+    if not source.is_dir():
+        raise UserError(f"--path {source}: no such folder.")
+    if size is not None and min(size) < 1:
+        raise UserError(f"--size must be two positive integers H W, got {list(size)}")
+    layout = _layout(source)
+    if None not in layout and (test_fraction is not None or seed is not None):
+        raise UserError(f"{source} has its own train/ and test/ folders: --test-fraction and --seed do not apply.")
+    test_fraction = TEST_FRACTION if test_fraction is None else test_fraction
+    seed = SEED if seed is None else seed
+    if not 0 < test_fraction < 1:
+        raise UserError(f"--test-fraction must lie in (0, 1), got {test_fraction}")
+    if seed < 0:
+        raise UserError(f"--seed must be a non-negative integer, got {seed}")
+    if is_prepared(name, root) and not force:
+        return "already prepared (--force prepares it again)"
+
+    classes = sorted({c for folders in layout.values() for c in folders})
+    if len(classes) < 2:
+        where = " and ".join(f"{source / split}/" for split in layout if split) or f"{source}/"
+        raise UserError(f"{where} must hold at least two class sub-folders, found {classes or 'none'}.")
+    mode = "grayscale" if grayscale else "rgb"
+    skipped = []
+    read = {split: {classes.index(c): _read_class(folder, mode, skipped) for c, folder in folders.items()}
+            for split, folders in layout.items()}
+
+    # entries (label, image, file) per split, in class order, files sorted within a class
+    entries = {"train": [], "test": []}
+    rng = np.random.default_rng(seed)
+    for split, per_class in read.items():
+        for label, (images, files) in sorted(per_class.items()):
+            test = np.full(len(images), split == "test") if split else _stratified_test(len(images), test_fraction, rng)
+            for image, file, is_test in zip(images, files, test):
+                entries["test" if is_test else "train"].append((label, image, file))
+    for split, items in entries.items():
+        if not items:
+            hint = " or a larger --test-fraction" if split == "test" and None in layout else ""
+            raise UserError(f"{source}: the {split} split would be empty; it needs more images{hint}.")
+
+    chosen = size is None
+    train_sizes = Counter(image.shape[:2] for _, image, _ in entries["train"])
+    size = train_sizes.most_common(1)[0][0] if chosen else tuple(size)  # chosen on the training images only
+    sizes = Counter(image.shape[:2] for items in entries.values() for _, image, _ in items)
+    splits = {split: (torch.from_numpy(np.stack([to_chw(image, size) for _, image, _ in items])),
+                      torch.tensor([label for label, _, _ in items], dtype=torch.int64))
+              for split, items in entries.items()}
+    layout_text = ("the folder's own train/ and test/ sub-folders" if None not in layout else
+                   f"one sub-folder per class; a stratified {test_fraction:g} of each class is test "
+                   f"(numpy seed {seed})")
+    meta = make_meta(
+        name, f"images from {source.resolve()}", classes, splits,
+        [{"folder": str(source.resolve()), "layout": layout_text}],
+        preprocessing={"size": list(size), "channels": 1 if grayscale else 3, "grayscale": grayscale,
+                       "color_order": "grayscale" if grayscale else "RGB", "interpolation": INTERPOLATION,
+                       "reader": f"cv2.imread (OpenCV {cv2.__version__})"},
+        files={split: [file.relative_to(source).as_posix() for _, _, file in items]
+               for split, items in entries.items()},
+        skipped=[{"file": p.relative_to(source).as_posix(), "reason": why} for p, why in skipped])
+    write_processed(name, splits, meta, root)
+    if verbose:
+        _report(name, source, classes, splits, sizes, size, skipped, root)
+        if chosen and max(size) > 128:
+            print(f"note: {size[0]} x {size[1]} images make a large model and slow training; smaller ones "
+                  f"(e.g. --size 64 64 --force) are usually enough for anomaly detection.")
+    return "prepared"
+
+
+def _report(name, source, classes, splits, sizes, size, skipped, root):
+    """What was read, what was skipped, the counts per class and split, and where it went."""
+    if skipped:
+        print(f"skipped {len(skipped)} file(s):")
+        for path, why in skipped:
+            print(f"  {path.relative_to(source).as_posix()}: {why}")
+    resized = sum(n for s, n in sizes.items() if s != size)
+    print(f"size {size[0]} x {size[1]}; {resized} of {sum(sizes.values())} image(s) resized "
+          f"({INTERPOLATION} interpolation)")
+    table = PrettyTable(["index", "class", *splits], align="r")
+    table.align["class"] = "l"
+    for c, class_name in enumerate(classes):
+        table.add_row([c, class_name, *(int((labels == c).sum()) for _, labels in splits.values())])
+    print(table)
+    for split, (images, _) in splits.items():
+        print(f"{name} {split} {tuple(images.shape)} {str(images.dtype).removeprefix('torch.')}")
+    print(f"written to {processed_dir(name, root)}")
+    numeric = [f"'{c}' is index {i}" for i, c in enumerate(classes) if c.lstrip("-").isdigit() and c != str(i)]
+    if numeric:
+        print(f"note: main.py --classes reads a number as an index, and {', '.join(numeric)}: give classes "
+              f"by index, or rename the folders (e.g. 'class{classes[0]}') to give them by name.")
