@@ -26,7 +26,8 @@ import torch
 from tqdm import tqdm
 
 from models import PRESETS, build_model, count_parameters
-from tool import evaluation
+from tool import evaluation, figures
+from tool.classical import CLASSICAL, fit_and_score
 from tool.config import resolve_device
 from tool.data import PROTOCOLS, check_dataset_name, is_prepared, load_dataset, make_split, prepare, scale_images
 from tool.errors import UserError
@@ -34,7 +35,7 @@ from tool.io import REPO, atomic_torch_save, atomic_write_json, atomic_write_tex
 from tool.train import TrainConfig, seed_everything, train_model
 
 # Settings that do not change what a unit computes: they may differ between runs of one folder.
-PLACEMENT_KEYS = ("classes", "seeds", "jobs", "device", "output_dir", "data_dir")
+PLACEMENT_KEYS = ("classes", "seeds", "jobs", "device", "output_dir", "data_dir", "draw_figures")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,8 +66,8 @@ def validate(config):
     check_dataset_name(config["dataset"], config["data_dir"])
     if config["protocol"] not in PROTOCOLS:
         raise UserError(f"unknown protocol '{config['protocol']}'. Valid: {', '.join(PROTOCOLS)}")
-    if config["model"] not in PRESETS:
-        raise UserError(f"unknown model preset '{config['model']}'. Valid: {', '.join(PRESETS)}")
+    if config["model"] not in PRESETS and config["model"] not in CLASSICAL:
+        raise UserError(f"unknown model preset '{config['model']}'. Valid: {', '.join([*PRESETS, *CLASSICAL])}")
     seeds = config["seeds"]
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise UserError(f"seeds must be one or more distinct non-negative integers, got {seeds}")
@@ -78,12 +79,14 @@ def validate(config):
               ("val_fraction", 0 < config["val_fraction"] < 1, "in (0, 1)"),
               ("threshold_percentile", 0 < config["threshold_percentile"] < 100, "in (0, 100)"),
               ("latent_dim", config["latent_dim"] >= 1, ">= 1"), ("jobs", config["jobs"] >= 1, ">= 1"),
+              ("threads", config.get("threads", 0) >= 0, ">= 0 (0 = the cores split between the jobs)"),
               ("channels", len(config["channels"]) >= 1 and min(config["channels"]) >= 1, "positive integers")]
     for key, ok, rule in checks:
         if not ok:
             raise UserError(f"{key} must be {rule}, got {config[key]}")
     resolve_device(config["device"])
-    build_from_config(config, (1, 28, 28))  # memory settings (lengths, top_k vs slots, rates)
+    if config["model"] in PRESETS:
+        build_from_config(config, (1, 28, 28))  # memory settings (lengths, top_k vs slots, rates)
 
 
 def class_list(config, ds):
@@ -180,48 +183,75 @@ def run_unit(config, ds, c, seed, run_dir, device, quiet=False):
     if not quiet:
         tqdm.write(f"{config['dataset']} {config['protocol']}: class {c} ({ds.classes[c]}), seed {seed}\n"
                    f"{split.table()}")
-    model = build_from_config(config, ds.shape).to(device)
-    n_parameters = count_parameters(model)
+    classical = config["model"] in CLASSICAL
+    model = None if classical else build_from_config(config, ds.shape).to(device)
+    unit_info = {"detector": CLASSICAL[config["model"]]} if classical else {"n_parameters": count_parameters(model)}
     atomic_write_json(folder / "config.json", {
         "config": config, "class": c, "class_name": ds.classes[c], "seed": seed, "input_shape": list(ds.shape),
-        "n_parameters": n_parameters, "device": device, "environment": environment(),
-        "dataset_sources": ds.meta.get("sources", [])})
+        **unit_info, "device": device, "environment": environment(), "dataset_sources": ds.meta.get("sources", []),
+        "preprocessing": ds.meta.get("preprocessing")})  # folder datasets: how score.py must read new images
+    if classical:
+        results = run_classical(config, split, seed)
+    else:
+        results = train_unit(config, model, split, seed, folder, device)
+    results.update({
+        "dataset": config["dataset"], "protocol": config["protocol"], "model": config["model"],
+        "class": c, "class_name": ds.classes[c], "seed": seed, **unit_info,
+        "total_seconds": round(time.perf_counter() - started, 3), "counts": split.counts, "device": device,
+    })
+    atomic_write_json(folder / "results.json", _ordered(results))
+    (folder / "last.pt").unlink(missing_ok=True)
+    if config.get("draw_figures", True):  # after results.json: a drawing error only warns
+        figures.draw_unit(folder, results, split, model, device)
+    if not quiet:
+        m = results["metrics"]
+        tqdm.write(f"class {c} seed {seed}: AUROC {m['auroc']:.4f}  AUPRC {m['auprc']:.4f}  "
+                   f"F1@val {m['f1_val_threshold']:.4f}  best F1 (oracle) {m['f1_oracle']:.4f}  "
+                   f"epochs {results['epochs_trained']} (best {results.get('best_epoch', '-')})  "
+                   f"{results['total_seconds']:.1f}s")
+    return results
 
+
+def train_unit(config, model, split, seed, folder, device):
+    """Train a network unit (resuming from its last checkpoint) and evaluate its best weights."""
     from tensorboardX import SummaryWriter
 
     writer = SummaryWriter(str(folder / "tb"))
     try:
         train_x, val_x = scale_images(split.train, device), scale_images(split.val, device)
         result = train_model(model, train_x, val_x, train_config(config), folder / "last.pt", seed, writer,
-                             desc=f"class {c} seed {seed}")
+                             desc=f"class {split.target_class} seed {seed}")
     finally:
         writer.close()
-    atomic_torch_save({"model": model.state_dict(), "preset": config["model"], "input_shape": list(ds.shape),
+    atomic_torch_save({"model": model.state_dict(), "preset": config["model"], "input_shape": list(split.train.shape[1:]),
                        "best_epoch": result.best_epoch}, folder / "best.pt")
     results = evaluate_unit(config, model, split, device)
-    results.update({
-        "dataset": config["dataset"], "protocol": config["protocol"], "model": config["model"],
-        "class": c, "class_name": ds.classes[c], "seed": seed, "n_parameters": n_parameters,
-        "epochs_trained": result.epochs_trained, "best_epoch": result.best_epoch,
-        "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early,
-        "train_seconds": round(result.seconds, 3), "total_seconds": round(time.perf_counter() - started, 3),
-        "history": result.history, "counts": split.counts, "device": device,
-    })
-    atomic_write_json(folder / "results.json", _ordered(results))
-    (folder / "last.pt").unlink(missing_ok=True)
-    if not quiet:
-        m = results["metrics"]
-        tqdm.write(f"class {c} seed {seed}: AUROC {m['auroc']:.4f}  AUPRC {m['auprc']:.4f}  "
-                   f"F1@val {m['f1_val_threshold']:.4f}  best F1 (oracle) {m['f1_oracle']:.4f}  "
-                   f"epochs {result.epochs_trained} (best {result.best_epoch})  {results['total_seconds']:.1f}s")
+    results.update({"epochs_trained": result.epochs_trained, "best_epoch": result.best_epoch,
+                    "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early,
+                    "train_seconds": round(result.seconds, 3), "history": result.history})
+    return results
+
+
+def run_classical(config, split, seed):
+    """Fit a classical detector on the normal training images; threshold and metrics as for networks."""
+    flat = [scale_images(x).flatten(1).numpy() for x in (split.train, split.val, split.test)]
+    started = time.perf_counter()
+    val_scores, test_scores = fit_and_score(config["model"], flat[0], flat[1:], seed)
+    results = scored_results(config, val_scores, test_scores, split)
+    results.update({"train_seconds": round(time.perf_counter() - started, 3), "epochs_trained": 0})
     return results
 
 
 def evaluate_unit(config, model, split, device):
     """Threshold from the normal validation images, then the test split, scored once."""
     val_scores = evaluation.anomaly_scores(model, scale_images(split.val, device))
-    threshold = evaluation.validation_threshold(val_scores, config["threshold_percentile"])
     test_scores = evaluation.anomaly_scores(model, scale_images(split.test, device))
+    return scored_results(config, val_scores, test_scores, split)
+
+
+def scored_results(config, val_scores, test_scores, split):
+    """Metrics at the threshold fixed on the validation scores; the per-sample test scores."""
+    threshold = evaluation.validation_threshold(val_scores, config["threshold_percentile"])
     metrics = evaluation.compute_metrics(test_scores, split.test_targets.numpy(), threshold)
     return {"metrics": metrics,
             "threshold": {"value": threshold, "percentile_of_validation_scores": config["threshold_percentile"]},
@@ -232,7 +262,7 @@ def evaluate_unit(config, model, split, device):
 def _ordered(results):
     """Small fields first, the long per-sample lists last, for a readable results.json."""
     tail = ("history", "scores", "targets")
-    return {**{k: v for k, v in results.items() if k not in tail}, **{k: results[k] for k in tail}}
+    return {**{k: v for k, v in results.items() if k not in tail}, **{k: results[k] for k in tail if k in results}}
 
 
 def load_unit_model(folder, device):
@@ -250,6 +280,17 @@ def load_unit_model(folder, device):
 # ---------------------------------------------------------------------------------------------
 # A sweep
 # ---------------------------------------------------------------------------------------------
+def unit_threads(config, jobs, device="cpu"):
+    """Torch CPU threads per unit: THREADS, or for 0 torch's default (OMP_NUM_THREADS, else the
+    cores this process may use) split between the `jobs` units run at once (1 each beside a GPU).
+    Float sums depend on the thread count: only a fixed THREADS makes scores independent of JOBS."""
+    if config.get("threads"):
+        return config["threads"]
+    if jobs == 1:
+        return torch.get_num_threads()
+    return max(1, torch.get_num_threads() // jobs) if device == "cpu" else 1
+
+
 def _worker_init(threads, devices, counter):
     torch.set_num_threads(threads)
     with counter.get_lock():
@@ -274,6 +315,7 @@ def run_sweep(config, run_dir):
     print(f"run folder: {run_dir}\n{len(units)} unit(s) to run" + (f", {done} already finished" if done else ""))
     device = resolve_device(config["device"])
     if config["jobs"] <= 1 or len(units) <= 1:
+        torch.set_num_threads(unit_threads(config, 1, device))
         for c, s in units:
             run_unit(config, ds, c, s, run_dir, device)
     else:
@@ -289,19 +331,23 @@ def _run_parallel(config, units, run_dir, device):
         devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     else:
         devices = [device]
-    threads = max(1, (os.cpu_count() or 1) // jobs) if device == "cpu" else 1
-    print(f"{jobs} units at a time on {', '.join(devices)}" + (f", {threads} thread(s) each" if device == "cpu" else ""))
+    threads = unit_threads(config, jobs, device)
+    print(f"{jobs} units at a time on {', '.join(devices)}, {threads} CPU thread(s) each")
     context = mp.get_context("spawn")
     counter = context.Value("i", 0)
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init,
                              initargs=(threads, devices, counter)) as pool:
         futures = {pool.submit(_worker_unit, config, c, s, str(run_dir)): (c, s) for c, s in units}
-        with tqdm(total=len(futures), desc="units", unit="unit") as bar:
-            for future in as_completed(futures):
-                c, s = futures[future]
-                m = future.result()["metrics"]
-                tqdm.write(f"class {c} seed {s}: AUROC {m['auroc']:.4f}  AUPRC {m['auprc']:.4f}")
-                bar.update(1)
+        try:
+            with tqdm(total=len(futures), desc="units", unit="unit") as bar:
+                for future in as_completed(futures):
+                    c, s = futures[future]
+                    m = future.result()["metrics"]
+                    tqdm.write(f"class {c} seed {s}: AUROC {m['auroc']:.4f}  AUPRC {m['auprc']:.4f}")
+                    bar.update(1)
+        except BaseException:  # a unit failed or Ctrl-C: start no further unit, let running ones end
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,6 +385,8 @@ def make_table(run_dir, results=None, decimals=2, write=True):
     if write:
         atomic_write_text(run_dir / "table.md", f"{title}\n\n" + evaluation.to_markdown(header, rows + published))
         atomic_write_text(run_dir / "table.csv", evaluation.to_csv(results, classes, class_names, seeds))
+        if config.get("draw_figures", True):
+            figures.draw_run(run_dir, results, class_names, title)
     return header, rows
 
 
@@ -367,3 +415,21 @@ def eval_only(run_dir, device_name="auto"):
     else:
         print(f"every re-evaluated unit matches its saved results.json exactly ({len(results)} units)")
     return results
+
+
+def draw_figures(run_dir, device_name="auto"):
+    """Draw a run's figures again (tool/figures.py) from its results.json files and checkpoints."""
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    device = resolve_device(device_name)
+    ds = load_dataset(config["dataset"], config["data_dir"])
+    folders = sorted(p for p in run_dir.glob("class*_seed*") if (p / "results.json").is_file())
+    if not folders:
+        raise UserError(f"{run_dir} holds no finished unit (no class*_seed*/results.json).")
+    for folder in tqdm(folders, desc="drawing", unit="unit", leave=False):
+        results = json.loads((folder / "results.json").read_text())
+        split = make_split(ds, config["protocol"], results["class"], config["val_fraction"], results["seed"])
+        model = load_unit_model(folder, device)[1] if (folder / "best.pt").is_file() else None
+        figures.draw_unit(folder, results, split, model, device)
+    make_table(run_dir)  # the table again, and roc_all.png
+    print(f"figures drawn in {run_dir} ({len(folders)} units)")
