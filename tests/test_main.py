@@ -202,3 +202,10 @@ def test_command_line_errors_exit_2_without_traceback(tmp_path):
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 2, done.stderr
         assert "Traceback" not in done.stderr and done.stderr.startswith("error: ")
+
+
+def test_corrupt_checkpoint_is_a_clear_error(data_dir, tmp_path):
+    run_dir = run_main(data_dir, tmp_path, "--classes", "9", "--seeds", "0", "--epochs", "1")
+    (run_dir / "class9_seed0" / "best.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="corrupt"):
+        main.run(["--eval-only", str(run_dir)])

@@ -432,7 +432,8 @@ def prepare_tuning_split(name, root=None, test_fraction=1 / 6, seed=0, force=Fal
     splits = {"train": (source.train_images[~held], source.train_labels[~held]),
               "test": (source.train_images[held], source.train_labels[held])}
     meta = make_meta(tune, f"{source.meta.get('title', name)} (tuning split of the training images)",
-                     source.classes, splits, [settings])
+                     source.classes, splits, [settings],
+                     **({"preprocessing": source.meta["preprocessing"]} if "preprocessing" in source.meta else {}))
     write_processed(tune, splits, meta, root)
     if verbose:
         for split, (images, _) in splits.items():
@@ -489,7 +490,8 @@ def load_dataset(name, root=None):
     if not is_prepared(name, root):
         raise UserError(f"dataset '{name}' is not prepared (nothing complete in {folder}). "
                         f"Run: python preprocess.py --dataset {name}")
-    again = f"Prepare it again: python preprocess.py --dataset {name} --force"
+    again = (f"Prepare it again: python preprocess.py --dataset {name} --force" if name in DATASETS else
+             f"Prepare it again: python preprocess.py --dataset folder --path DIR --name {name} --force")
     try:
         meta = json.loads((folder / "meta.json").read_text())
         classes = [str(c) for c in meta["classes"]]

@@ -136,6 +136,9 @@ def read_run_config(run_dir):
 def open_run_dir(run_dir, config):
     """Use `run_dir` for this sweep: create it, or check that its settings match this config."""
     run_dir = Path(run_dir)
+    # listed first, hidden names left out: array tasks starting together may find another task's
+    # config.json, or its temp file, appearing in a folder they saw empty
+    entries = [e for e in run_dir.iterdir() if not e.name.startswith(".")] if run_dir.is_dir() else []
     if (run_dir / "config.json").is_file():
         saved = read_run_config(run_dir)
         differ = [k for k in config if k not in PLACEMENT_KEYS and saved.get(k) != config[k]]
@@ -145,7 +148,7 @@ def open_run_dir(run_dir, config):
                             f"--resume {run_dir} to continue with its own settings.")
         planned = {k: _union(saved.get(k), config[k]) for k in ("classes", "seeds")}
         config = {**config, **planned}
-    elif run_dir.exists() and any(run_dir.iterdir()):
+    elif entries:
         raise UserError(f"{run_dir} exists and is not a run folder; give an empty or new folder.")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_config(run_dir, config)
@@ -270,10 +273,14 @@ def load_unit_model(folder, device):
     folder = Path(folder)
     if not (folder / "config.json").is_file() or not (folder / "best.pt").is_file():
         raise UserError(f"{folder} is not a trained unit folder (needs config.json and best.pt).")
-    unit = json.loads((folder / "config.json").read_text())
-    model = build_from_config(unit["config"], unit["input_shape"])
-    ckpt = torch.load(folder / "best.pt", map_location=device, weights_only=True)
-    model.load_state_dict(ckpt["model"])
+    try:
+        unit = json.loads((folder / "config.json").read_text())
+        model = build_from_config(unit["config"], unit["input_shape"])
+        ckpt = torch.load(folder / "best.pt", map_location=device, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError) as error:
+        raise UserError(f"{folder}: its config.json or best.pt is corrupt ({type(error).__name__}). "
+                        f"Train the unit again.") from None
     return unit, model.to(device).eval()
 
 
