@@ -495,7 +495,8 @@ BAD_PROCESSED_FILES = [  # (file, how it is broken, what the message must say)
 def test_corrupt_processed_file(tmp_path, make_prepared, file, damage, message):
     name = make_prepared(tmp_path)
     damage(processed_dir(name, tmp_path) / file)
-    with pytest.raises(UserError, match=f"{message}.*python preprocess.py --dataset {name} --force"):
+    # "tiny" is not a built-in dataset, so the message gives the folder-dataset command
+    with pytest.raises(UserError, match=f"{message}.*python preprocess.py --dataset folder --path DIR --name {name} --force"):
         load_dataset(name, tmp_path)
 
 
