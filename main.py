@@ -18,7 +18,7 @@ DATASET = "digits"  # mnist | fmnist | kmnist | cifar10 | digits (embedded, no d
 PROTOCOL = "one-anomalous-class"  # the paper's: one class anomalous, the rest normal; or one-normal-class (Deep SVDD / MemAE)
 CLASSES = None  # classes to run, by index or name; None = every class of the dataset
 SEEDS = [0, 1, 2]  # fixed seeds, one unit per (class, seed); tables give mean ± std over them
-MODEL = "cascade"  # preset: cascade | cascade-mlp | cascade-released | memae | ae | ae-mlp | vae (models/__init__.py)
+MODEL = "cascade"  # preset: cascade | cascade-mlp | cascade-released | memae | ae | ae-mlp | vae (models/__init__.py), or a classical detector: knn | iforest | ocsvm (tool/classical.py)
 # cascade memory, one value per stage (paper: prior memory 50 slots, k = 15, forget rate 0.1; posterior
 # memory 1000 slots, k = 5, forget rate 0.5). Fewer values = fewer stages; none = a plain autoencoder.
 N_SLOTS = [50, 1000]  # slots per stage (N_H, N_C)
@@ -47,7 +47,9 @@ OUTPUT_DIR = "runs"  # runs land in OUTPUT_DIR/<dataset>/<model>/<timestamp>/ (r
 DATA_DIR = None  # datasets folder; None = datasets/ beside this file
 # ------------------------------------------------------------------------------------------------
 
+import re  # noqa: E402
 import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 from tool.config import describe, make_parser, overrides_from, resolve_device  # noqa: E402
 from tool.errors import UserError, cli  # noqa: E402
@@ -55,8 +57,14 @@ from tool.errors import UserError, cli  # noqa: E402
 DEFAULTS = {name.lower(): value for name, value in dict(globals()).items() if name.isupper()}
 
 
+def setting_comments():
+    """Each constant's comment above, as the help text of its command-line flag."""
+    line = re.compile(r"^([A-Z_]+) = .*?  # (.*)$")
+    return {m[1].lower(): m[2] for text in Path(__file__).read_text().splitlines() if (m := line.match(text))}
+
+
 def parse(argv=None):
-    parser = make_parser(DEFAULTS, __doc__)
+    parser = make_parser(DEFAULTS, __doc__, setting_comments())
     actions = parser.add_argument_group("actions (instead of a new sweep)")
     what = actions.add_mutually_exclusive_group()
     what.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted sweep with its own settings")

@@ -45,7 +45,7 @@ def add_setting_flags(parser, defaults, help_texts=None):
     """One flag per setting, typed from its default."""
     for key, default in defaults.items():
         flag = "--" + key.replace("_", "-")
-        help_text = (help_texts or {}).get(key, "")
+        help_text = (help_texts or {}).get(key, "").replace("%", "%%")  # argparse formats help with %
         help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
         if isinstance(default, (list, tuple)) or key in LIST_TYPES:
             kind = LIST_TYPES.get(key) or (type(default[0]) if default else str)
