@@ -40,8 +40,8 @@ WEIGHT_DECAY = 0.0  # Adam weight decay (released code: none)
 VAL_FRACTION = 0.1  # share of the normal training images held out for validation (paper: 10%)
 THRESHOLD_PERCENTILE = 95.0  # decision threshold = this percentile of the validation scores (for F1 @ val.)
 DEVICE = "auto"  # auto = CUDA, then Apple MPS, then CPU; or cpu, cuda, cuda:1, mps
-JOBS = 1  # units run at once (CPU: the cores are split between them; several GPUs: one unit per GPU)
-THREADS = 0  # torch CPU threads per unit; 0 = the cores split between JOBS. Fixed (e.g. 1): scores independent of JOBS
+JOBS = 0  # units run at once; 0 = auto: one per CPU core / THREADS on a CPU, one per GPU on GPUs
+THREADS = 1  # torch CPU threads per unit; 1 keeps scores independent of JOBS and of the core count; 0 = torch default
 DRAW_FIGURES = True  # ROC, score histogram, reconstructions, slot usage beside every unit and run (tool/figures.py)
 OUTPUT_DIR = "runs"  # runs land in OUTPUT_DIR/<dataset>/<model>/<timestamp>/ (relative = beside this file)
 DATA_DIR = None  # datasets folder; None = datasets/ beside this file

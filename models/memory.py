@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 BEHAVIOURS = ("paper", "released")
+DENSE_READOUT_SLOTS = 256  # up to this many slots, the read-out is one dense matmul (faster on CPU)
 ACTIVATIONS = {"leaky_relu": nn.LeakyReLU, "relu": nn.ReLU}
 
 
@@ -59,24 +60,36 @@ class MemoryUnit(nn.Module):
         self.slots = nn.Parameter(torch.empty(n_slots, slot_dim).uniform_(-bound, bound))  # M: N x D
 
     def forward(self, h):
-        # 1. addressing by cosine similarity: (B x D) x (D x N) = B x N
-        sim = F.normalize(h, dim=1) @ F.normalize(self.slots, dim=1).t()
+        h, slots = F.normalize(h, dim=1), F.normalize(self.slots, dim=1)
         # 2. forgetting gates: one random set of slots per forward pass, torch's generator
+        forgotten = open_slots = None
         if self.training and self.n_forget:
-            forgotten = torch.randperm(self.n_slots, device=sim.device)[: self.n_forget]
-            fill = float("-inf") if self.behaviour == "paper" else 0.0
-            sim = sim.index_fill(1, forgotten, fill)
+            order = torch.randperm(self.n_slots, device=h.device)
+            forgotten, open_slots = order[: self.n_forget], order[self.n_forget:]
+        # 1. addressing by cosine similarity: (B x D) x (D x N) = B x N
+        if forgotten is not None and self.behaviour == "paper":
+            # a closed slot can never be chosen, so it is not even compared: B x (N - n_forget)
+            sim = h @ slots.index_select(0, open_slots).t()
+        else:
+            sim = h @ slots.t()
+            if forgotten is not None:  # released quirk 1: similarity 0, still selectable
+                sim = sim.index_fill(1, forgotten, 0.0)
         # 3. top-k: B x k, sorted so that column 0 is the most similar slot
         top_sim, indices = sim.topk(self.top_k, dim=1)
+        if sim.shape[1] < self.n_slots:
+            indices = open_slots[indices]  # positions among the open slots -> slot indices
         # 4.-5. threshold, then softmax over the kept values
         if self.behaviour == "paper":
             keep = top_sim > self.threshold
             keep[:, 0] |= ~keep.any(dim=1)  # nothing passes: weight 1 on the most similar slot
             weights = top_sim.masked_fill(~keep, float("-inf")).softmax(dim=1)
-        else:
+        else:  # released quirk 2: ReLU, then softmax: a clipped score still gets weight e^0 / Z
             weights = top_sim.clamp_min(self.threshold).softmax(dim=1)
-        # 6. weighted sum of the chosen slots: (B x k) . (B x k x D) -> B x D
-        out = torch.bmm(weights.unsqueeze(1), F.embedding(indices, self.slots)).squeeze(1)
+        # 6. weighted sum of the chosen slots
+        if self.n_slots <= DENSE_READOUT_SLOTS:  # small memory: (B x N) x (N x D) = B x D is cheapest
+            out = h.new_zeros(len(h), self.n_slots).scatter(1, indices, weights) @ self.slots
+        else:  # large memory: (B x 1 x k) x (B x k x D) = B x D touches only the k chosen slots
+            out = torch.bmm(weights.unsqueeze(1), F.embedding(indices, self.slots)).squeeze(1)
         return out, {"indices": indices, "weights": weights, "n_slots": self.n_slots}
 
     def extra_repr(self):

@@ -26,7 +26,8 @@ def data_dir(tmp_path_factory):
 
 def run_main(data_dir, out, *args):
     """main.run with the test's data and output folders; returns the run folder."""
-    return Path(main.run(["--data-dir", str(data_dir), "--output-dir", str(out), "--draw-figures", "false", *args]))
+    return Path(main.run(["--data-dir", str(data_dir), "--output-dir", str(out), "--draw-figures", "false",
+                          "--jobs", "1", *args]))
 
 
 def results_of(run_dir):

