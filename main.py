@@ -5,6 +5,7 @@
     python main.py --resume runs/fmnist/cascade/20261128-120000     # finish an interrupted sweep
     python main.py --eval-only runs/fmnist/cascade/20261128-120000  # re-evaluate its checkpoints
     python main.py --table runs/fmnist/cascade/20261128-120000      # print its table from results.json
+    python main.py --compare results/fmnist                          # every model of a dataset in one table
     python main.py --figures runs/fmnist/cascade/20261128-120000    # draw its figures again (tool/figures.py)
 
 Edit the constants below to reproduce a table, or override any of them on the command line
@@ -70,6 +71,8 @@ def parse(argv=None):
     what.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted sweep with its own settings")
     what.add_argument("--eval-only", metavar="RUN_DIR", help="re-evaluate a run's checkpoints, print its table")
     what.add_argument("--table", metavar="RUN_DIR", help="print a run's table from its results.json files")
+    what.add_argument("--compare", metavar="DIR",
+                      help="one table of every run folder below DIR, beside the published figures")
     what.add_argument("--figures", metavar="RUN_DIR",
                       help="draw a run's figures again from its results and checkpoints")
     actions.add_argument("--run-dir", metavar="DIR",
@@ -83,6 +86,10 @@ def run(argv=None):
     from tool import sweep
 
     args, given = parse(argv)
+    if args.compare:
+        from tool.report import compare
+
+        return compare(args.compare)
     if args.eval_only or args.table or args.figures:
         extra = set(given) - {"device"}
         if extra or args.run_dir:

@@ -210,3 +210,16 @@ def test_corrupt_checkpoint_is_a_clear_error(data_dir, tmp_path):
     (run_dir / "class9_seed0" / "best.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="corrupt"):
         main.run(["--eval-only", str(run_dir)])
+
+
+def test_compare_puts_every_model_in_one_table(data_dir, tmp_path):
+    for model in ("cascade", "knn"):
+        run_main(data_dir, tmp_path, "--model", model, "--classes", "0", "1", "--seeds", "0", "--epochs", "1")
+    text = main.run(["--compare", str(tmp_path)])
+    assert (tmp_path / "comparison.md").read_text() == text
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    knn = results_of(next((tmp_path / "digits" / "knn").iterdir()))
+    mean = np.mean([r["metrics"]["auroc"] for r in knn.values()]) * 100
+    assert f"{mean:.2f}" in rows["knn"] and "cascade" in rows
+    assert "1 (2/2 units)" in rows["cascade"]
+    assert "0 0" in rows and "1 1" in rows  # the per-class AUROC table

@@ -121,7 +121,8 @@ def summarise(results, classes, seeds):
     return rows
 
 
-def _fmt(cell, decimals, percent):
+def format_cell(cell, decimals=2, percent=True):
+    """'mean ± std' (the ± part only for more than one seed) of a summarise() cell; '-' for none."""
     if cell is None:
         return "-"
     mean, std, n = cell
@@ -138,7 +139,7 @@ def table_rows(results, classes, class_names, seeds, decimals=2, percent=True):
     for c in [*classes, "mean"]:
         name = "mean" if c == "mean" else f"{c} {class_names[c]}" if class_names else str(c)
         n = max((cell[2] for cell in summary[c].values() if cell), default=0)
-        rows.append([name, *(_fmt(summary[c][m], decimals, percent) for m in METRICS), str(n)])
+        rows.append([name, *(format_cell(summary[c][m], decimals, percent) for m in METRICS), str(n)])
     return header, rows
 
 

@@ -1,0 +1,84 @@
+"""One table for many runs: every model of a dataset side by side, beside the published figures.
+
+    python main.py --compare results/fmnist      # every run folder below, grouped by protocol
+
+Writes comparison.md and comparison.csv into the folder given. Each run folder contributes the
+mean over classes of each metric (mean ± std over its seeds) and its per-class AUROC; the tables
+are built from the results.json files by key, and a cell without results shows as "-".
+"""
+import csv
+import io
+import json
+from pathlib import Path
+
+from tool import evaluation
+from tool.errors import UserError
+from tool.io import atomic_write_text
+from tool.sweep import planned_units
+
+ROW_ORDER = ["cascade", "cascade-released", "cascade-mlp", "memae", "ae", "ae-mlp", "vae", "knn", "iforest", "ocsvm"]
+
+
+def find_runs(root):
+    """{(dataset, protocol, model): run folder} for every run folder below `root` (the newest one
+    when a model was run more than once)."""
+    runs = {}
+    for path in sorted(Path(root).rglob("config.json")):
+        if path.parent.name.startswith("class"):
+            continue
+        config = json.loads(path.read_text())["config"]
+        key = (config["dataset"], config["protocol"], config["model"])
+        if key in runs:
+            print(f"note: {key[2]} has more than one run below {root}; using the newest, {path.parent.name}")
+        runs[key] = path.parent  # sorted paths: timestamps in increasing order
+    if not runs:
+        raise UserError(f"no run folder (config.json beside class*_seed* folders) below {root}")
+    return runs
+
+
+def _order(model):
+    return (ROW_ORDER.index(model) if model in ROW_ORDER else len(ROW_ORDER), model)
+
+
+def compare(root):
+    """Print and write the comparison tables of every run below `root`; return the Markdown."""
+    root = Path(root)
+    runs = find_runs(root)
+    markdown, rows_csv = [], []
+    for dataset, protocol in sorted({(d, p) for d, p, _ in runs}):
+        models = sorted((m for d, p, m in runs if (d, p) == (dataset, protocol)), key=_order)
+        summary_rows, per_class, class_names = [], {}, {}
+        for model in models:
+            run_dir = runs[(dataset, protocol, model)]
+            config = json.loads((run_dir / "config.json").read_text())["config"]
+            results = evaluation.load_results(run_dir)
+            class_names.update({c: r["class_name"] for (c, _), r in results.items()})
+            classes, seeds = planned_units(run_dir, config)
+            summary = evaluation.summarise(results, classes, seeds)
+            cells = [evaluation.format_cell(summary["mean"][m], 2, True) for m in evaluation.METRICS]
+            finished = len(results)
+            summary_rows.append([model, *cells, f"{len(seeds)} ({finished}/{len(classes) * len(seeds)} units)",
+                                 str(run_dir.relative_to(root))])
+            per_class[model] = {c: summary[c]["auroc"] for c in classes}
+            rows_csv += [[dataset, protocol, model, m, *(f"{v:.6f}" for v in summary["mean"][m][:2])]
+                         for m in evaluation.METRICS if summary["mean"][m]]
+        header = ["model", *evaluation.METRICS.values(), "seeds", "run"]
+        published = [row[:-1] + ["-", "PAPER.md"] for row in evaluation.published_rows(dataset)] \
+            if protocol == "one-anomalous-class" else []
+        title = f"{dataset}, {protocol}: mean over classes, in %, mean ± std over seeds"
+        print(title)
+        print(evaluation.render_table(header, summary_rows, published))
+        markdown += [f"## {title}", "", evaluation.to_markdown(header, summary_rows + published)]
+        classes = sorted({c for cells in per_class.values() for c in cells})
+        class_header = ["class", *models]
+        class_rows = [[f"{c} {class_names.get(c, '')}".strip(),
+                       *(evaluation.format_cell(per_class[m].get(c), 2, True) for m in models)] for c in classes]
+        markdown += [f"AUROC per class ({dataset}, {protocol}), in %:", "",
+                     evaluation.to_markdown(class_header, class_rows)]
+    text = "\n".join(markdown)
+    atomic_write_text(root / "comparison.md", text)
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([["dataset", "protocol", "model", "metric", "mean", "std"], *rows_csv])
+    atomic_write_text(root / "comparison.csv", buffer.getvalue())
+    print(f"written: {root / 'comparison.md'}, {root / 'comparison.csv'}")
+    return text
