@@ -30,7 +30,8 @@ from models import PRESETS, build_model, count_parameters
 from tool import evaluation, figures
 from tool.classical import CLASSICAL, fit_and_score
 from tool.config import resolve_device
-from tool.data import PROTOCOLS, check_dataset_name, is_prepared, load_dataset, make_split, prepare, scale_images
+from tool.data import (DATASETS, PROTOCOLS, check_dataset_name, find_raw, is_prepared, load_dataset, make_split,
+                       prepare, scale_images)
 from tool.errors import UserError
 from tool.io import REPO, atomic_torch_save, atomic_write_json, atomic_write_text, environment
 from tool.train import TrainConfig, seed_everything, train_model
@@ -97,9 +98,11 @@ def class_list(config, ds):
 
 
 def ensure_prepared(config):
-    """digits (and any known dataset whose raw files are at hand) is prepared on first use."""
+    """Load the dataset; a built-in one whose raw files are at hand (digits always; fmnist from
+    the Debian package) is prepared on first use. Anything else names the preprocess command."""
     name, root = config["dataset"], config["data_dir"]
-    if not is_prepared(name, root) and name == "digits":
+    spec = DATASETS.get(name)
+    if spec and not is_prepared(name, root) and (spec.kind == "digits" or find_raw(spec, root)):
         prepare(name, root)
     return load_dataset(name, root)
 
@@ -163,9 +166,12 @@ def _union(saved, now):
 
 
 def write_run_config(run_dir, config):
-    atomic_write_json(Path(run_dir) / "config.json",
-                      {"config": config, "command": " ".join(sys.argv), "written": datetime.now().isoformat(),
-                       "environment": environment()})
+    """The run's config.json; a later run of the same folder (--resume, --run-dir) adds its
+    command, time and environment to the history instead of replacing the first one's."""
+    path = Path(run_dir) / "config.json"
+    history = json.loads(path.read_text()).get("history", []) if path.is_file() else []
+    entry = {"command": " ".join(sys.argv), "written": datetime.now().isoformat(), "environment": environment()}
+    atomic_write_json(path, {"config": config, **entry, "history": [*history, entry]})
 
 
 def unit_dir(run_dir, c, s):
