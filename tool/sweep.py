@@ -196,6 +196,9 @@ def run_unit(config, ds, c, seed, run_dir, device, quiet=False):
     classical = config["model"] in CLASSICAL
     model = None if classical else build_from_config(config, ds.shape).to(device)
     unit_info = {"detector": CLASSICAL[config["model"]]} if classical else {"n_parameters": count_parameters(model)}
+    if not quiet:
+        tqdm.write(f"model: {config['model']}, " + (CLASSICAL[config["model"]] if classical else
+                                                     f"{unit_info['n_parameters']:,} parameters"))
     atomic_write_json(folder / "config.json", {
         "config": config, "class": c, "class_name": ds.classes[c], "seed": seed, "input_shape": list(ds.shape),
         **unit_info, "device": device, "environment": environment(), "dataset_sources": ds.meta.get("sources", []),
