@@ -224,3 +224,9 @@ def test_compare_puts_every_model_in_one_table(data_dir, tmp_path):
     assert f"{mean:.2f}" in rows["knn"] and "cascade" in rows
     assert "1 (2/2 units)" in rows["cascade"]
     assert "0 0" in rows and "1 1" in rows  # the per-class AUROC table
+
+    # an ablation: runs of one model with other settings get a row each, labelled by what differs
+    run_main(data_dir, tmp_path, "--classes", "0", "1", "--seeds", "0", "--epochs", "2")
+    labels = [line.split("|")[1].strip() for line in main.run(["--compare", str(tmp_path)]).splitlines()
+              if line.startswith("| cascade")]
+    assert labels[:2] == ["cascade epochs=1", "cascade epochs=2"]

@@ -14,30 +14,46 @@ from pathlib import Path
 from tool import evaluation
 from tool.errors import UserError
 from tool.io import atomic_write_text
-from tool.sweep import planned_units
+from tool.sweep import PLACEMENT_KEYS, class_names_of, planned_units
 
 ROW_ORDER = ["cascade", "cascade-released", "cascade-mlp", "memae", "ae", "ae-mlp", "vae", "knn", "iforest", "ocsvm"]
 
 
 def find_runs(root):
-    """{(dataset, protocol, model): run folder} for every run folder below `root` (the newest one
-    when a model was run more than once)."""
-    runs = {}
-    for path in sorted(Path(root).rglob("config.json")):
-        if path.parent.name.startswith("class"):
-            continue
-        config = json.loads(path.read_text())["config"]
-        key = (config["dataset"], config["protocol"], config["model"])
-        if key in runs:
-            print(f"note: {key[2]} has more than one run below {root}; using the newest, {path.parent.name}")
-        runs[key] = path.parent  # sorted paths: timestamps in increasing order
-    if not runs:
+    """{(dataset, protocol): {row label: run folder}} for every run folder below `root`.
+
+    A row is labelled by its model, plus, where one model was run with several settings (an
+    ablation), the settings that tell its runs apart. Runs with identical settings: the newest.
+    """
+    configs = {}
+    for path in sorted(Path(root).rglob("config.json")):  # sorted: timestamps in increasing order
+        if not path.parent.name.startswith("class"):
+            configs[path.parent] = json.loads(path.read_text())["config"]
+    if not configs:
         raise UserError(f"no run folder (config.json beside class*_seed* folders) below {root}")
+    groups = {}
+    for run_dir, config in configs.items():
+        groups.setdefault((config["dataset"], config["protocol"]), {}).setdefault(config["model"], []).append(run_dir)
+    runs = {}
+    for key, models in groups.items():
+        runs[key] = {}
+        for model, run_dirs in models.items():
+            settings = [{k: v for k, v in configs[d].items() if k not in (*PLACEMENT_KEYS, "threads")}
+                        for d in run_dirs]
+            varying = [k for k in settings[0] if any(s.get(k) != settings[0].get(k) for s in settings)]
+            for run_dir, setting in zip(run_dirs, settings):
+                label = model + "".join(f" {k}={_text(setting.get(k))}" for k in varying)
+                runs[key][label] = run_dir
     return runs
 
 
-def _order(model):
-    return (ROW_ORDER.index(model) if model in ROW_ORDER else len(ROW_ORDER), model)
+def _text(value):
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _order(label):
+    model = label.split(" ")[0]
+    return (ROW_ORDER.index(model) if model in ROW_ORDER else len(ROW_ORDER), label)
 
 
 def compare(root):
@@ -45,15 +61,16 @@ def compare(root):
     root = Path(root)
     runs = find_runs(root)
     markdown, rows_csv = [], []
-    for dataset, protocol in sorted({(d, p) for d, p, _ in runs}):
-        models = sorted((m for d, p, m in runs if (d, p) == (dataset, protocol)), key=_order)
+    for (dataset, protocol), labelled in sorted(runs.items()):
+        models = sorted(labelled, key=_order)
         summary_rows, per_class, class_names = [], {}, {}
         for model in models:
-            run_dir = runs[(dataset, protocol, model)]
+            run_dir = labelled[model]
             config = json.loads((run_dir / "config.json").read_text())["config"]
             results = evaluation.load_results(run_dir)
             class_names.update({c: r["class_name"] for (c, _), r in results.items()})
-            classes, seeds = planned_units(run_dir, config)
+            names = class_names_of(config)
+            classes, seeds = planned_units(run_dir, config, len(names) if names else None)
             summary = evaluation.summarise(results, classes, seeds)
             cells = [evaluation.format_cell(summary["mean"][m], 2, True) for m in evaluation.METRICS]
             finished = len(results)
@@ -62,7 +79,7 @@ def compare(root):
             per_class[model] = {c: summary[c]["auroc"] for c in classes}
             rows_csv += [[dataset, protocol, model, m, *(f"{v:.6f}" for v in summary["mean"][m][:2])]
                          for m in evaluation.METRICS if summary["mean"][m]]
-        header = ["model", *evaluation.METRICS.values(), "seeds", "run"]
+        header = ["model (settings that differ)", *evaluation.METRICS.values(), "seeds", "run"]
         published = [row[:-1] + ["-", "PAPER.md"] for row in evaluation.published_rows(dataset)] \
             if protocol == "one-anomalous-class" else []
         title = f"{dataset}, {protocol}: mean over classes, in %, mean ± std over seeds"

@@ -393,7 +393,8 @@ def planned_units(run_dir, config, n_classes=None):
     return classes, seeds
 
 
-def _class_names(config):
+def class_names_of(config):
+    """The class names of a run's dataset (None when it is not prepared here)."""
     path = Path(config["data_dir"] or REPO / "datasets") / config["dataset"] / "processed" / "meta.json"
     return json.loads(path.read_text())["classes"] if path.is_file() else None
 
@@ -403,7 +404,7 @@ def make_table(run_dir, results=None, decimals=2, write=True):
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     results = evaluation.load_results(run_dir) if results is None else results
-    class_names = _class_names(config)
+    class_names = class_names_of(config)
     classes, seeds = planned_units(run_dir, config, len(class_names) if class_names else None)
     class_names = class_names or [str(c) for c in range(max(classes, default=-1) + 1)]
     header, rows = evaluation.table_rows(results, classes, class_names, seeds, decimals)
