@@ -14,6 +14,7 @@
 Units are independent: any subset can run anywhere (--classes C --seeds S --run-dir DIR), and a
 folder's finished units are skipped when it is run again.
 """
+import dataclasses
 import json
 import os
 import pickle
@@ -206,7 +207,7 @@ def run_unit(config, ds, c, seed, run_dir, device, quiet=False):
     if classical:
         results = run_classical(config, split, seed)
     else:
-        results = train_unit(config, model, split, seed, folder, device)
+        results = train_unit(config, model, split, seed, folder, device, quiet)
     results.update({
         "dataset": config["dataset"], "protocol": config["protocol"], "model": config["model"],
         "class": c, "class_name": ds.classes[c], "seed": seed, **unit_info,
@@ -225,14 +226,16 @@ def run_unit(config, ds, c, seed, run_dir, device, quiet=False):
     return results
 
 
-def train_unit(config, model, split, seed, folder, device):
-    """Train a network unit (resuming from its last checkpoint) and evaluate its best weights."""
+def train_unit(config, model, split, seed, folder, device, quiet=False):
+    """Train a network unit (resuming from its last checkpoint) and evaluate its best weights.
+    quiet (units run in parallel): a log line every 10 epochs instead of every epoch."""
     from tensorboardX import SummaryWriter
 
     writer = SummaryWriter(str(folder / "tb"))
     try:
         train_x, val_x = scale_images(split.train, device), scale_images(split.val, device)
-        result = train_model(model, train_x, val_x, train_config(config), folder / "last.pt", seed, writer,
+        settings = dataclasses.replace(train_config(config), log_every=10 if quiet else 1)
+        result = train_model(model, train_x, val_x, settings, folder / "last.pt", seed, writer,
                              desc=f"class {split.target_class} seed {seed}")
     finally:
         writer.close()
