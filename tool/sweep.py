@@ -213,7 +213,7 @@ def run_unit(config, ds, c, seed, run_dir, device, quiet=False):
         "class": c, "class_name": ds.classes[c], "seed": seed, **unit_info,
         "total_seconds": round(time.perf_counter() - started, 3), "counts": split.counts, "device": device,
     })
-    atomic_write_json(folder / "results.json", _ordered(results))
+    atomic_write_text(folder / "results.json", results_text(results))
     (folder / "last.pt").unlink(missing_ok=True)
     if config.get("draw_figures", True):  # after results.json: a drawing error only warns
         figures.draw_unit(folder, results, split, model, device)
@@ -275,10 +275,17 @@ def scored_results(config, val_scores, test_scores, split):
             "targets": split.test_targets.tolist()}
 
 
-def _ordered(results):
-    """Small fields first, the long per-sample lists last, for a readable results.json."""
-    tail = ("history", "scores", "targets")
-    return {**{k: v for k, v in results.items() if k not in tail}, **{k: results[k] for k in tail if k in results}}
+def results_text(results):
+    """results.json: the small fields first, indented; then the history, one epoch a line, and the
+    per-image scores and targets, one line each (readable, and half the size of indenting them)."""
+    long = ("history", "scores", "targets")
+    head = json.dumps({k: v for k, v in results.items() if k not in long}, indent=2)
+    parts = [head[:-2]]  # without its closing "\n}"
+    if "history" in results:
+        epochs = ",\n".join("    " + json.dumps(h) for h in results["history"])
+        parts.append(f'  "history": [\n{epochs}\n  ]')
+    parts += [f'  "{k}": {json.dumps(results[k], separators=(",", ":"))}' for k in long[1:] if k in results]
+    return ",\n".join(parts) + "\n}\n"
 
 
 def load_unit_model(folder, device):
