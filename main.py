@@ -6,6 +6,7 @@
     python main.py --eval-only runs/fmnist/cascade/20261128-120000  # re-evaluate its checkpoints
     python main.py --table runs/fmnist/cascade/20261128-120000      # print its table from results.json
     python main.py --compare results/fmnist                          # every model of a dataset in one table
+    python main.py --export runs/fmnist/cascade/20261128-120000     # its results, no checkpoints, to results/
     python main.py --figures runs/fmnist/cascade/20261128-120000    # draw its figures again (tool/figures.py)
 
 Edit the constants below to reproduce a table, or override any of them on the command line
@@ -73,6 +74,8 @@ def parse(argv=None):
     what.add_argument("--table", metavar="RUN_DIR", help="print a run's table from its results.json files")
     what.add_argument("--compare", metavar="DIR",
                       help="one table of every run folder below DIR, beside the published figures")
+    what.add_argument("--export", metavar="RUN_DIR",
+                      help="copy a run's results (no checkpoints or logs) to results/<dataset>/<model>/")
     what.add_argument("--figures", metavar="RUN_DIR",
                       help="draw a run's figures again from its results and checkpoints")
     actions.add_argument("--run-dir", metavar="DIR",
@@ -86,10 +89,10 @@ def run(argv=None):
     from tool import sweep
 
     args, given = parse(argv)
-    if args.compare:
-        from tool.report import compare
+    if args.compare or args.export:
+        from tool import report
 
-        return compare(args.compare)
+        return report.compare(args.compare) if args.compare else report.export(args.export)
     if args.eval_only or args.table or args.figures:
         extra = set(given) - {"device"}
         if extra or args.run_dir:

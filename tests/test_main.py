@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import main
-from tool import sweep, train
+from tool import report, sweep, train
 from tool.data import prepare
 from tool.errors import UserError
 
@@ -230,3 +230,14 @@ def test_compare_puts_every_model_in_one_table(data_dir, tmp_path):
     labels = [line.split("|")[1].strip() for line in main.run(["--compare", str(tmp_path)]).splitlines()
               if line.startswith("| cascade")]
     assert labels[:2] == ["cascade epochs=1", "cascade epochs=2"]
+
+
+def test_export_copies_results_without_checkpoints(data_dir, tmp_path):
+    run_dir = run_main(data_dir, tmp_path / "runs", "--classes", "2", "--seeds", "0", "--epochs", "1")
+    target = report.export(run_dir, tmp_path / "results")  # main.py --export: below the repository's results/
+    assert target == tmp_path / "results" / "digits" / "cascade" / run_dir.name
+    files = {p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()}
+    assert files == {"config.json", "table.md", "table.csv", "class2_seed0/config.json", "class2_seed0/results.json"}
+    assert results_of(target) == results_of(run_dir)
+    with pytest.raises(UserError, match="never overwrites"):
+        report.export(run_dir, tmp_path / "results")

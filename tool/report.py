@@ -9,13 +9,15 @@ are built from the results.json files by key, and a cell without results shows a
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 
 from tool import evaluation
 from tool.errors import UserError
-from tool.io import atomic_write_text
-from tool.sweep import PLACEMENT_KEYS, class_names_of, planned_units
+from tool.io import REPO, atomic_write_text
+from tool.sweep import PLACEMENT_KEYS, class_names_of, planned_units, read_run_config, results_text
 
+EXPORTED = ("config.json", "results.json", "table.md", "table.csv", "roc_all.png")
 ROW_ORDER = ["cascade", "cascade-released", "cascade-mlp", "memae", "ae", "ae-mlp", "vae", "knn", "iforest", "ocsvm"]
 
 
@@ -99,3 +101,24 @@ def compare(root):
     atomic_write_text(root / "comparison.csv", buffer.getvalue())
     print(f"written: {root / 'comparison.md'}, {root / 'comparison.csv'}")
     return text
+
+
+def export(run_dir, dest=None):
+    """Copy a run's results, without checkpoints, logs or per-unit figures, to
+    results/<dataset>/<model>/<timestamp>/ (or below `dest`): what a table is built from."""
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    target = Path(dest or REPO / "results") / config["dataset"] / config["model"] / run_dir.name
+    if target.exists():
+        raise UserError(f"{target} exists; an export never overwrites one.")
+    for path in sorted(run_dir.rglob("*")):
+        relative = path.relative_to(run_dir)  # the run's own files, and its units' (class*_seed*/...)
+        if not path.is_file() or relative.name not in EXPORTED or len(relative.parts) > 2:
+            continue
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        if relative.name == "results.json":  # rewritten in the compact layout of tool.sweep.results_text
+            atomic_write_text(target / relative, results_text(json.loads(path.read_text())))
+        else:
+            shutil.copyfile(path, target / relative)
+    print(f"exported: {target}")
+    return target
