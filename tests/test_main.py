@@ -231,12 +231,12 @@ def test_compare_puts_every_model_in_one_table(data_dir, tmp_path):
               if line.startswith("| cascade")]
     assert labels[:2] == ["cascade epochs=1", "cascade epochs=2"]
 
-    # a run planned with more seeds than have finished says so
+    # a run planned with more seeds than have finished says how many the mean is over
     partial = tmp_path / "partial"
     run_main(data_dir, partial, "--model", "knn", "--classes", "0", "1", "--seeds", "0", "1")
-    for path in partial.glob("digits/knn/*/class*_seed1/results.json"):
+    for path in partial.glob("digits/knn/*/class1_seed1/results.json"):
         path.unlink()
-    assert "1 of 2 (2/4 units)" in main.run(["--compare", str(partial)])
+    assert "1 of 2 (3/4 units)" in main.run(["--compare", str(partial)])
 
 
 def test_export_copies_results_without_checkpoints(data_dir, tmp_path):

@@ -75,8 +75,9 @@ def compare(root):
             classes, seeds = planned_units(run_dir, config, len(names) if names else None)
             summary = evaluation.summarise(results, classes, seeds)
             cells = [evaluation.format_cell(summary["mean"][m], 2, True) for m in evaluation.METRICS]
-            finished, seeds_run = len(results), len({s for _, s in results})
-            seeds_text = f"{seeds_run}" if seeds_run == len(seeds) else f"{seeds_run} of {len(seeds)}"
+            finished = len(results)
+            complete = summary["mean"]["auroc"][2] if summary["mean"]["auroc"] else 0  # seeds in the mean
+            seeds_text = f"{complete}" if complete == len(seeds) else f"{complete} of {len(seeds)}"
             summary_rows.append([model, *cells, f"{seeds_text} ({finished}/{len(classes) * len(seeds)} units)",
                                  str(run_dir.relative_to(root))])
             per_class[model] = {c: summary[c]["auroc"] for c in classes}
