@@ -9,12 +9,11 @@ are built from the results.json files by key, and a cell without results shows a
 import csv
 import io
 import json
-import shutil
 from pathlib import Path
 
 from tool import evaluation
 from tool.errors import UserError
-from tool.io import REPO, atomic_write_text
+from tool.io import REPO, atomic_write_bytes, atomic_write_text
 from tool.sweep import PLACEMENT_KEYS, class_names_of, planned_units, read_run_config, results_text
 
 EXPORTED = ("config.json", "results.json", "table.md", "table.csv", "roc_all.png")
@@ -117,10 +116,9 @@ def export(run_dir, dest=None):
         relative = path.relative_to(run_dir)  # the run's own files, and its units' (class*_seed*/...)
         if not path.is_file() or relative.name not in EXPORTED or len(relative.parts) > 2:
             continue
-        (target / relative).parent.mkdir(parents=True, exist_ok=True)
         if relative.name == "results.json":  # rewritten in the compact layout of tool.sweep.results_text
             atomic_write_text(target / relative, results_text(json.loads(path.read_text())))
         else:
-            shutil.copyfile(path, target / relative)
+            atomic_write_bytes(target / relative, path.read_bytes())
     print(f"exported: {target}")
     return target
