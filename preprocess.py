@@ -69,7 +69,9 @@ def main(argv=None):
         return
 
     # No names: prepare what can be prepared without a download, then say how to get the rest.
-    table = PrettyTable(["dataset", "status", "how to get it"], align="l")
+    # A dataset whose raw files are broken gets its error in its row; the others are still prepared.
+    table = PrettyTable(["dataset", "status", "what to do"], align="l")
+    failed = []
     for name, spec in DATASETS.items():
         if spec.kind != "digits" and find_raw(spec, args.data_dir) is None:
             if is_prepared(name, args.data_dir):
@@ -77,8 +79,14 @@ def main(argv=None):
             else:
                 table.add_row([name, "missing", how_to_get(spec, args.data_dir)])
             continue
-        table.add_row([name, prepare(name, args.data_dir, force=args.force), ""])
+        try:
+            table.add_row([name, prepare(name, args.data_dir, force=args.force), ""])
+        except UserError as error:
+            failed.append(name)
+            table.add_row([name, "failed", str(error)])
     print(table)
+    if failed:
+        raise UserError(f"could not prepare {', '.join(failed)}: see the table above for why and what to do")
 
 
 if __name__ == "__main__":

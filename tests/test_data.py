@@ -247,6 +247,17 @@ def test_tuning_split_is_seeded(tmp_path, make_prepared):
     assert held_out(0) == first
 
 
+def test_tuning_split_follows_its_source_when_that_is_prepared_again(tmp_path):
+    write_idx_raw(tmp_path, n_train=30)
+    prepare("mnist", tmp_path, verbose=False)
+    prepare_tuning_split("mnist", tmp_path, verbose=False)
+    write_idx_raw(tmp_path, n_train=40)  # other raw files: the source is prepared again with --force
+    prepare("mnist", tmp_path, force=True, verbose=False)
+    tune = load_dataset(prepare_tuning_split("mnist", tmp_path, verbose=False), tmp_path)  # no force needed
+    assert len(tune.train_images) + len(tune.test_images) == 40
+    assert rows(torch.cat([tune.train_images, tune.test_images])) == rows(load_dataset("mnist", tmp_path).train_images)
+
+
 # ---------------------------------------------------------------------------------------------
 # Protocols
 # ---------------------------------------------------------------------------------------------
@@ -529,3 +540,15 @@ def test_cli_without_arguments_prints_the_table(repo, tmp_path):
     assert load_dataset("digits", tmp_path).shape == (1, 8, 8)
     # fmnist depends on this machine: prepared from the Debian package when installed, else missing
     assert ("| prepared" in table["fmnist"]) == (find_raw(DATASETS["fmnist"], tmp_path / "nowhere") is not None)
+
+
+def test_cli_without_arguments_reports_a_broken_dataset_and_prepares_the_rest(repo, tmp_path):
+    write_idx_raw(tmp_path)
+    images = raw_dir("mnist", tmp_path) / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-100])
+    result = run_cli(repo, "--data-dir", str(tmp_path))
+    assert_clean_failure(result, "could not prepare mnist")
+    table = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("|")}
+    assert "failed" in table["mnist"] and "truncated or corrupt" in table["mnist"]
+    assert "| prepared" in table["digits"]  # the broken mnist did not stop the datasets after it
+    assert files_in(processed_dir("mnist", tmp_path)) == []
