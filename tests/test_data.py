@@ -337,10 +337,16 @@ def test_missing_fmnist_names_the_debian_package(tmp_path):
     assert "python preprocess.py --dataset fmnist --download" in str(error.value)
 
 
-def test_cli_truncated_idx_file(repo, tmp_path):
-    write_idx_raw(tmp_path)
-    images = raw_dir("mnist", tmp_path) / "train-images-idx3-ubyte"
+def truncate_idx_images(root):
+    """MNIST raw files in root whose training images lose their last 100 bytes -> that file."""
+    write_idx_raw(root)
+    images = raw_dir("mnist", root) / "train-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:-100])
+    return images
+
+
+def test_cli_truncated_idx_file(repo, tmp_path):
+    images = truncate_idx_images(tmp_path)
     result = run_cli(repo, "--dataset", "mnist", "--data-dir", str(tmp_path))
     assert_clean_failure(result, str(images), "truncated or corrupt")
     assert files_in(processed_dir("mnist", tmp_path)) == []
@@ -543,9 +549,7 @@ def test_cli_without_arguments_prints_the_table(repo, tmp_path):
 
 
 def test_cli_without_arguments_reports_a_broken_dataset_and_prepares_the_rest(repo, tmp_path):
-    write_idx_raw(tmp_path)
-    images = raw_dir("mnist", tmp_path) / "train-images-idx3-ubyte"
-    images.write_bytes(images.read_bytes()[:-100])
+    truncate_idx_images(tmp_path)
     result = run_cli(repo, "--data-dir", str(tmp_path))
     assert_clean_failure(result, "could not prepare mnist")
     table = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("|")}

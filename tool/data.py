@@ -421,7 +421,8 @@ def prepare_tuning_split(name, root=None, test_fraction=1 / 6, seed=0, force=Fal
     tune = f"{name}-tune"
     # The source's content is part of the settings: preparing the source again from other raw files
     # makes the tuning split stale, and it is then made again without --force.
-    content = hashlib.sha256(source.train_images.numpy().tobytes() + source.train_labels.numpy().tobytes())
+    content = hashlib.sha256(source.train_images.numpy().tobytes())  # fed in turn: no joined copy
+    content.update(source.train_labels.numpy().tobytes())
     settings = {"derived_from": f"{name} train split", "test_fraction": test_fraction, "seed": seed,
                 "source_train_sha256": content.hexdigest()}
     if is_prepared(tune, root) and not force and _recorded_sources(tune, root) == [settings]:
