@@ -39,7 +39,7 @@ def lean_training(preset, images, seed, tmp_path):
     model = build_model(preset, images.shape[1:])
     config = TrainConfig(epochs=EPOCHS, patience=EPOCHS, batch_size=BATCH)
     result = train_model(model, images, images[:16], config, tmp_path / "last.pt", seed)
-    model.load_state_dict(torch.load(tmp_path / "last.pt", weights_only=False)["model"])  # last epoch, not best
+    model.load_state_dict(torch.load(tmp_path / "last.pt", weights_only=True)["model"])  # last epoch, not best
     return [h["train_loss"] for h in result.history], anomaly_scores(model, images)
 
 

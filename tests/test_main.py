@@ -104,7 +104,7 @@ def test_resume_after_an_interrupted_epoch_ends_like_an_uninterrupted_run(data_d
         run_main(data_dir, tmp_path / "cut", *args)
     monkeypatch.setattr(train, "evaluate_loss", real_evaluate)
     run_dir, = (tmp_path / "cut").glob("digits/cascade/*")
-    checkpoint = torch.load(run_dir / "class5_seed0" / "last.pt", weights_only=False)
+    checkpoint = torch.load(run_dir / "class5_seed0" / "last.pt", weights_only=True)
     assert checkpoint["state"]["epoch"] == 3
     main.run(["--resume", str(run_dir)])
     resumed = results_of(run_dir)["class5_seed0"]
@@ -162,7 +162,7 @@ def test_nan_loss_stops_with_the_epoch_named(tmp_path):
     checkpoint = tmp_path / "last.pt"
     with pytest.raises(train.TrainingDiverged, match="epoch 3"):
         train.train_model(Diverging(), x, x[:8], config, checkpoint, generator_seed=0)
-    assert torch.load(checkpoint, weights_only=False)["state"]["epoch"] == 2  # the last good one is kept
+    assert torch.load(checkpoint, weights_only=True)["state"]["epoch"] == 2  # the last good one is kept
 
 
 @pytest.mark.parametrize("args, message", [
@@ -248,3 +248,32 @@ def test_export_copies_results_without_checkpoints(data_dir, tmp_path):
     assert results_of(target) == results_of(run_dir)
     with pytest.raises(UserError, match="never overwrites"):
         report.export(run_dir, tmp_path / "results")
+
+
+class _Forged:
+    """Unpickling this runs code: it creates `marker` (what a forged checkpoint could do)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+@pytest.mark.parametrize("forgery", ["whole file", "hidden key in a real checkpoint", "truncated"])
+def test_resume_never_runs_code_from_a_checkpoint(data_dir, tmp_path, forgery):
+    run_dir = run_main(data_dir, tmp_path, "--classes", "5", "--seeds", "0", "--epochs", "1")
+    trial = run_dir / "class5_seed0"
+    real = trial / "last.pt"
+    torch.save({"model": torch.load(trial / "best.pt", weights_only=True)["model"]}, real)  # a real checkpoint
+    (trial / "results.json").unlink()  # the trial is unfinished again: --resume reads last.pt
+    marker = tmp_path / "marker"
+    if forgery == "whole file":
+        torch.save(_Forged(marker), real)
+    elif forgery == "hidden key in a real checkpoint":
+        torch.save({**torch.load(real, weights_only=True), "extra": _Forged(marker)}, real)
+    else:
+        real.write_bytes(real.read_bytes()[:1000])
+    with pytest.raises(UserError, match="last.pt is not a checkpoint this code wrote.*Delete it"):
+        main.run(["--resume", str(run_dir)])
+    assert not marker.exists()

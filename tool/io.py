@@ -1,6 +1,7 @@
 """Atomic file writes and the provenance recorded in every results file."""
 import json
 import os
+import pickle
 import platform
 import subprocess
 import tempfile
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from tool.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 _UMASK = os.umask(0)
@@ -33,6 +36,18 @@ def _atomic(path, write):
 
 def atomic_torch_save(obj, path):
     _atomic(path, lambda f: torch.save(obj, f))
+
+
+def load_checkpoint(path, device="cpu", what_to_do="Train it again."):
+    """A checkpoint this code wrote, loaded with torch.load(weights_only=True): tensors, numbers,
+    strings and containers only, so a forged file can never run code. Anything else is a
+    UserError naming the file and what to do."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            pickle.UnpicklingError) as error:
+        raise UserError(f"{path} is not a checkpoint this code wrote, or it is truncated or corrupt "
+                        f"({type(error).__name__}). {what_to_do}") from None
 
 
 def atomic_write_bytes(path, data):

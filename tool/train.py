@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from tool.errors import UserError
 from tool.evaluation import eval_batch_size
-from tool.io import atomic_torch_save
+from tool.io import atomic_torch_save, load_checkpoint
 
 
 def seed_everything(seed):
@@ -66,15 +66,23 @@ class TrainResult:
 
 
 def rng_state():
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python's, numpy's and torch's RNG states in types torch.load(weights_only=True) accepts
+    (tensors, lists, numbers, strings): a checkpoint never needs the unpickler to run code."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, torch.tensor(internal, dtype=torch.int64), gauss],
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state):
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal.tolist()), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -139,12 +147,16 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
     state = {"epoch": 0, "best_val": float("inf"), "best_epoch": 0, "bad_epochs": 0, "history": [],
              "best_model": None, "seconds": 0.0}
     if checkpoint_path.exists():
-        ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        shuffle.set_state(ckpt["shuffle"])
-        set_rng_state(ckpt["rng"])
-        state = ckpt["state"]
+        ckpt = load_checkpoint(checkpoint_path, device, "Delete it to train this trial from its start.")
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            shuffle.set_state(ckpt["shuffle"])
+            set_rng_state(ckpt["rng"])
+            state = ckpt["state"]
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+            raise UserError(f"{checkpoint_path} does not fit this model and settings "
+                            f"({type(error).__name__}). Delete it to train this trial from its start.") from None
 
     n = len(train_images)
     bar = tqdm(total=config.epochs, initial=state["epoch"], desc=desc, unit="epoch", leave=False, dynamic_ncols=True,
