@@ -55,6 +55,7 @@ from pathlib import Path  # noqa: E402
 
 from tool.config import describe, make_parser, overrides_from, resolve_device  # noqa: E402
 from tool.errors import UserError, cli  # noqa: E402
+from tool.prepare import ensure_prepared  # noqa: E402
 
 DEFAULTS = {name.lower(): value for name, value in dict(globals()).items() if name.isupper()}
 
@@ -113,9 +114,9 @@ def run(argv=None):
     else:
         config = {**DEFAULTS, **given}
     sweep.validate(config)
-    ds = sweep.ensure_prepared(config)
+    ds = ensure_prepared(config["dataset"], config["data_dir"])
     if config["classes"] is not None:
-        config["classes"] = sweep.class_list(config, ds)
+        config["classes"] = ds.class_list(config["classes"])
     print(describe(config, DEFAULTS))
     print(f"device: {resolve_device(config['device'])}")
     run_dir = args.resume or args.run_dir

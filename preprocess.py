@@ -7,14 +7,15 @@
     python preprocess.py --tuning-split fmnist    # fmnist-tune: 50,000 / 10,000 of the training images
     python preprocess.py --dataset folder --path DIR --name NAME --size 64 64   # your own images (tool/folder.py)
 
-Writes datasets/<name>/processed/{train.pt,test.pt,meta.json}; see tool/data.py for the format
+Writes datasets/<name>/processed/{train.pt,test.pt,meta.json}; see tool/datasets.py for the format
 and the places raw files are looked for.
 """
 import argparse
 
 from prettytable import PrettyTable
 
-from tool.data import DATASETS, find_raw, how_to_get, is_prepared, prepare, prepare_tuning_split
+from tool.datasets import DATASETS, is_prepared
+from tool.prepare import find_raw, how_to_get, prepare, prepare_tuning_split
 from tool.errors import UserError, cli
 from tool.folder import prepare_folder
 

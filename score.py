@@ -27,7 +27,7 @@ import torch
 from prettytable import PrettyTable
 
 from tool.config import resolve_device
-from tool.data import scale_images
+from tool.datasets import scale_images
 from tool.errors import UserError, cli
 from tool.evaluation import anomaly_scores
 from tool.folder import INTERPOLATION, INTERPOLATIONS, list_images, read_image, to_chw

@@ -30,8 +30,8 @@ def synthetic_splits(n_train_per_class=20, n_test_per_class=5, n_classes=10, sha
 @pytest.fixture
 def make_prepared():
     """A factory: make_prepared(root, name="tiny", **synthetic_splits kwargs) writes a prepared dataset
-    under root/<name>/processed/ (loadable with tool.data.load_dataset) and returns its name."""
-    from tool.data import make_meta, write_processed
+    under root/<name>/processed/ (loadable with tool.datasets.load_dataset) and returns its name."""
+    from tool.datasets import make_meta, write_processed
 
     def make(root, name="tiny", **kwargs):
         splits = synthetic_splits(**kwargs)

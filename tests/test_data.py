@@ -19,9 +19,9 @@ import pytest
 import torch
 
 import preprocess
-from tool.data import (CIFAR_FILES, DATASETS, IDX_FILES, find_raw, load_dataset, make_split, prepare,
-                       prepare_tuning_split, processed_dir, raw_dir, scale_images, split_one_anomalous_class,
-                       split_one_normal_class)
+from tool.datasets import DATASETS, load_dataset, processed_dir, raw_dir, scale_images
+from tool.prepare import CIFAR_FILES, IDX_FILES, find_raw, prepare, prepare_tuning_split
+from tool.protocol import make_split, split_one_anomalous_class, split_one_normal_class
 from tool.errors import UserError
 
 IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801  # IDX: unsigned bytes, 3 dims / 1 dim

@@ -17,7 +17,8 @@ import main
 import preprocess
 import score
 from tool import figures
-from tool.data import load_dataset, make_split
+from tool.datasets import load_dataset
+from tool.protocol import make_split
 from tool.errors import UserError
 from tool.folder import prepare_folder
 

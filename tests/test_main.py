@@ -10,7 +10,7 @@ import torch
 
 import main
 from tool import report, sweep, train
-from tool.data import prepare
+from tool.prepare import prepare
 from tool.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent

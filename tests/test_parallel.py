@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import main
-from tool.data import prepare
+from tool.prepare import prepare
 from tool.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ import torch
 from sklearn.metrics import roc_curve
 from tqdm import tqdm
 
-from tool.data import scale_images
+from tool.datasets import scale_images
 from tool.evaluation import eval_batch_size, reconstruct
 from tool.io import atomic_write_bytes
 

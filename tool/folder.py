@@ -21,7 +21,6 @@ repeats it exactly, and every image's file in tensor order ("files"), so that a 
 results.json can be traced back to its image. Files that are not PNG, JPEG or BMP, or that
 OpenCV cannot read, are listed and skipped.
 """
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -30,7 +29,8 @@ import numpy as np
 import torch
 from prettytable import PrettyTable
 
-from tool.data import DATASETS, is_prepared, make_meta, processed_dir, write_processed
+from tool.datasets import (DATASETS, NAME_PATTERN, is_prepared, make_meta, processed_dir, stratified_mask,
+                           write_processed)
 from tool.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -41,7 +41,6 @@ READ_MODES = {  # how cv2.imread decodes a file; every mode gives 8-bit pixels
 }
 INTERPOLATIONS = {"area": cv2.INTER_AREA}  # name recorded in meta.json -> OpenCV flag
 INTERPOLATION = "area"  # averages pixels when shrinking (no aliasing), bilinear-like when enlarging
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 TEST_FRACTION = 0.2  # share of each class held out as test when the folder has no train/ and test/
 SEED = 0  # numpy seed of that split
 
@@ -124,13 +123,6 @@ def _read_class(folder, mode, skipped):
     return images, files
 
 
-def _stratified_test(n, test_fraction, rng):
-    """A boolean mask marking round(test_fraction * n) of n images, drawn with `rng`, as test."""
-    test = np.zeros(n, dtype=bool)
-    test[rng.choice(n, size=int(round(test_fraction * n)), replace=False)] = True
-    return test
-
-
 def prepare_folder(path=None, name=None, root=None, size=None, grayscale=False, test_fraction=None, seed=None,
                    force=False, verbose=True):
     """Prepare the images under `path` as dataset `name`; returns 'prepared' or 'already prepared'.
@@ -173,7 +165,8 @@ def prepare_folder(path=None, name=None, root=None, size=None, grayscale=False, 
     rng = np.random.default_rng(seed)
     for split, per_class in read.items():
         for label, (images, files) in sorted(per_class.items()):
-            test = np.full(len(images), split == "test") if split else _stratified_test(len(images), test_fraction, rng)
+            test = (np.full(len(images), split == "test") if split else
+                    stratified_mask(np.zeros(len(images)), 1, test_fraction, rng))
             for image, file, is_test in zip(images, files, test):
                 entries["test" if is_test else "train"].append((label, image, file))
     for split, items in entries.items():

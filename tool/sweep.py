@@ -31,8 +31,9 @@ from models import PRESETS, build_model, count_parameters
 from tool import evaluation, figures
 from tool.classical import CLASSICAL, fit_and_score
 from tool.config import resolve_device
-from tool.data import (DATASETS, PROTOCOLS, check_dataset_name, find_raw, is_prepared, load_dataset, make_split,
-                       prepare, scale_images)
+from tool.datasets import check_dataset_name, load_dataset, scale_images
+from tool.prepare import ensure_prepared
+from tool.protocol import PROTOCOLS, make_split
 from tool.errors import UserError
 from tool.io import REPO, atomic_torch_save, atomic_write_json, atomic_write_text, environment
 from tool.train import TrainConfig, seed_everything, train_model
@@ -90,22 +91,6 @@ def validate(config):
     resolve_device(config["device"])
     if config["model"] in PRESETS:
         build_from_config(config, (1, 28, 28))  # memory settings (lengths, top_k vs slots, rates)
-
-
-def class_list(config, ds):
-    """The classes to run as sorted indices (given by index or by name; None = all)."""
-    classes = range(len(ds.classes)) if config["classes"] is None else config["classes"]
-    return sorted(dict.fromkeys(ds.class_index(c) for c in classes))
-
-
-def ensure_prepared(config):
-    """Load the dataset; a built-in one whose raw files are at hand (digits always; fmnist from
-    the Debian package) is prepared on first use. Anything else names the preprocess command."""
-    name, root = config["dataset"], config["data_dir"]
-    spec = DATASETS.get(name)
-    if spec and not is_prepared(name, root) and (spec.kind == "digits" or find_raw(spec, root)):
-        prepare(name, root)
-    return load_dataset(name, root)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,8 +332,8 @@ def _worker_unit(config, c, seed, run_dir):
 
 def run_sweep(config, run_dir):
     """Run every unfinished (class, seed) unit of `config` in `run_dir`; return the run folder."""
-    ds = ensure_prepared(config)
-    classes = class_list(config, ds)
+    ds = ensure_prepared(config["dataset"], config["data_dir"])
+    classes = ds.class_list(config["classes"])
     units = [(c, s) for s in config["seeds"] for c in classes
              if not (unit_dir(run_dir, c, s) / "results.json").is_file()]
     done = len(classes) * len(config["seeds"]) - len(units)

@@ -1,0 +1,189 @@
+"""The datasets this code knows and the processed format every dataset is turned into.
+
+Processed format (one for every dataset): ``datasets/<name>/processed/{train,test}.pt``, each a
+dict ``{"images": uint8 (N, C, H, W), "labels": int64 (N,)}``, and ``meta.json`` (class names,
+shape, counts per class, every raw file with its sha256). ``meta.json`` is written last: a
+folder without it is not prepared. tool/prepare.py and tool/folder.py write this format; every
+other module reads it through `load_dataset`.
+"""
+import json
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tool.errors import UserError
+from tool.io import REPO, atomic_torch_save, atomic_write_json
+
+DATA_ROOT = REPO / "datasets"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a dataset name is a plain folder name
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    title: str
+    kind: str  # "idx" | "cifar" | "digits"
+    classes: tuple
+    shape: tuple  # (C, H, W)
+    torchvision_class: str = ""  # used for --download
+    system_dirs: tuple = ()  # where distributions install the raw files
+    apt_package: str = ""
+
+
+DATASETS = {
+    "mnist": DatasetSpec("mnist", "MNIST", "idx", tuple(str(i) for i in range(10)), (1, 28, 28), "MNIST"),
+    "fmnist": DatasetSpec(
+        "fmnist", "Fashion-MNIST", "idx",
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        (1, 28, 28), "FashionMNIST", ("/usr/share/datasets/fashion-mnist",), "dataset-fashion-mnist"),
+    "kmnist": DatasetSpec("kmnist", "Kuzushiji-MNIST", "idx",
+                          ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"), (1, 28, 28), "KMNIST"),
+    "cifar10": DatasetSpec(
+        "cifar10", "CIFAR-10", "cifar",
+        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+        (3, 32, 32), "CIFAR10"),
+    "digits": DatasetSpec("digits", "scikit-learn digits", "digits", tuple(str(i) for i in range(10)), (1, 8, 8)),
+}
+
+
+def processed_dir(name, root=None):
+    return Path(root or DATA_ROOT) / name / "processed"
+
+
+def raw_dir(name, root=None):
+    return Path(root or DATA_ROOT) / name / "raw"
+
+
+def is_prepared(name, root=None):
+    folder = processed_dir(name, root)
+    return all((folder / f).is_file() for f in ("train.pt", "test.pt", "meta.json"))
+
+
+def check_dataset_name(name, root=None):
+    """A known dataset, or a folder dataset someone prepared under datasets/<name>/."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise UserError(f"--dataset '{name}' is not a dataset name but a path or an empty name: give the name "
+                        f"of a dataset in {Path(root or DATA_ROOT)} (e.g. digits, fmnist, or your folder dataset's "
+                        f"--name), and --data-dir for another datasets folder.")
+    if name in DATASETS or is_prepared(name, root):
+        return name
+    raise UserError(f"unknown dataset '{name}'. Valid: {', '.join(DATASETS)} "
+                    f"(or the name of a folder dataset prepared with preprocess.py --dataset folder)")
+
+
+def stratified_mask(labels, n_classes, fraction, rng):
+    """A boolean mask marking round(fraction * n_c) of the n_c members of every class c, drawn with
+    the numpy Generator `rng` class by class in index order."""
+    labels = np.asarray(labels)
+    mask = np.zeros(len(labels), dtype=bool)
+    for c in range(n_classes):
+        members = np.flatnonzero(labels == c)
+        mask[rng.choice(members, size=int(round(fraction * len(members))), replace=False)] = True
+    return mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Pixel scaling: the one place it happens (x / 255, then (x - 0.5) / 0.5, so [-1, 1]).
+# ---------------------------------------------------------------------------------------------
+def scale_images(images, device=None):
+    """uint8 (N, C, H, W) -> float32 in [-1, 1] on `device`, as the paper scales pixels."""
+    x = images.to(device=device, dtype=torch.float32)
+    return x.div_(255.0).sub_(0.5).div_(0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing and reading the processed format
+# ---------------------------------------------------------------------------------------------
+def make_meta(name, title, classes, splits, sources, **extra):
+    return {
+        "name": name,
+        "title": title,
+        "classes": list(classes),
+        "shape": list(splits["train"][0].shape[1:]),
+        "splits": {split: {"count": len(labels),
+                           "per_class": [int((labels == c).sum()) for c in range(len(classes))]}
+                   for split, (images, labels) in splits.items()},
+        "pixel_scaling": "x / 255, then (x - 0.5) / 0.5 (applied when loading, tool.datasets.scale_images)",
+        "sources": sources,
+        **extra,
+    }
+
+
+def write_processed(name, splits, meta, root=None):
+    """Write train.pt, test.pt and meta.json atomically (meta.json last: it marks completion)."""
+    folder = processed_dir(name, root)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "meta.json").unlink(missing_ok=True)
+        for split, (images, labels) in splits.items():
+            atomic_torch_save({"images": images.contiguous(), "labels": labels.contiguous()},
+                              folder / f"{split}.pt")
+        atomic_write_json(folder / "meta.json", meta)
+    except OSError as error:
+        raise UserError(f"cannot write {folder} ({type(error).__name__}: {error}).") from None
+
+
+@dataclass
+class Dataset:
+    name: str
+    classes: list
+    train_images: torch.Tensor  # uint8 (N, C, H, W)
+    train_labels: torch.Tensor  # int64 (N,)
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def shape(self):
+        return tuple(self.train_images.shape[1:])
+
+    def class_index(self, value):
+        """A class given by index (int or digit string) or by name -> its index; else a UserError."""
+        if isinstance(value, str) and value in self.classes and not value.lstrip("-").isdigit():
+            return self.classes.index(value)
+        try:
+            index = int(value)
+            if isinstance(value, bool) or index != value and not isinstance(value, str):
+                raise ValueError(value)
+        except (TypeError, ValueError):
+            raise UserError(f"class '{value}' is not a class of {self.name}: valid are 0..{len(self.classes) - 1} "
+                            f"or a name of {self.classes}") from None
+        if not 0 <= index < len(self.classes):
+            raise UserError(f"class {index} is outside {self.name}'s classes: valid are 0..{len(self.classes) - 1} "
+                            f"({', '.join(self.classes)})")
+        return index
+
+    def class_list(self, classes):
+        """`classes` (indices or names; None = all) as sorted, distinct indices."""
+        classes = range(len(self.classes)) if classes is None else classes
+        return sorted(dict.fromkeys(self.class_index(c) for c in classes))
+
+
+def load_dataset(name, root=None):
+    """Load a prepared dataset. A missing dataset names the command that prepares it."""
+    check_dataset_name(name, root)
+    folder = processed_dir(name, root)
+    if not is_prepared(name, root):
+        raise UserError(f"dataset '{name}' is not prepared (nothing complete in {folder}). "
+                        f"Run: python preprocess.py --dataset {name}")
+    again = (f"Prepare it again: python preprocess.py --dataset {name} --force" if name in DATASETS else
+             f"Prepare it again: python preprocess.py --dataset folder --path DIR --name {name} --force")
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        classes = [str(c) for c in meta["classes"]]
+        parts = {split: torch.load(folder / f"{split}.pt", weights_only=True) for split in ("train", "test")}
+        tensors = [parts[s][k] for s in ("train", "test") for k in ("images", "labels")]
+    except (OSError, RuntimeError, EOFError, KeyError, ValueError, TypeError, IndexError, AttributeError,
+            pickle.UnpicklingError) as error:
+        raise UserError(f"{folder} is corrupt ({type(error).__name__}). {again}") from None
+    for images, labels in (tensors[:2], tensors[2:]):
+        if not (isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor)
+                and images.dtype == torch.uint8 and images.ndim == 4
+                and labels.dtype == torch.int64 and labels.ndim == 1 and len(images) == len(labels)
+                and (len(labels) == 0 or 0 <= int(labels.min()) <= int(labels.max()) < len(classes))):
+            raise UserError(f"{folder} holds tensors of the wrong format. {again}")
+    return Dataset(name, classes, *tensors, meta=meta)

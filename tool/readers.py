@@ -1,0 +1,149 @@
+"""Raw dataset files -> tensors: the IDX format (MNIST-style, plain or gzipped), CIFAR-10's python
+batches, and scikit-learn's digits. Each reader checks its file and names it in every error.
+
+A pickle is never loaded with pickle.load, which runs whatever code a forged file names: CIFAR
+batches go through an unpickler that only builds numpy arrays.
+"""
+import gzip
+import hashlib
+import math
+import pickle
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tool.datasets import stratified_mask
+from tool.errors import UserError
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_bytes(path):
+    """A raw file's bytes, gunzipped when it is gzipped; a corrupt archive is a UserError."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
+        return data
+    except (OSError, EOFError, zlib.error) as error:
+        raise UserError(f"{path}: cannot be read ({error}). The file is truncated or corrupt: "
+                        f"delete it and fetch it again.") from None
+
+
+def _check_idx(path, data, magic, ndim):
+    """Validate an IDX header and length, naming the file on any mismatch."""
+    if len(data) < 4 + 4 * ndim:
+        raise UserError(f"{path}: only {len(data)} bytes, too short for an IDX header: truncated or corrupt.")
+    found = int.from_bytes(data[:4], "big")
+    if found != magic:
+        raise UserError(f"{path}: wrong IDX magic number {found:#010x} (expected {magic:#010x}, "
+                        f"{'images' if ndim == 3 else 'labels'}): not the file its name says.")
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    expected = 4 + 4 * ndim + math.prod(dims)  # exact: np.prod would wrap around on a garbage header
+    if len(data) != expected:
+        raise UserError(f"{path}: {len(data)} bytes but its header {dims} needs {expected}: "
+                        f"truncated or corrupt.")
+    return dims
+
+
+def read_idx_pair(images_path, labels_path, n_classes):
+    """IDX images + labels (plain or gzipped) -> uint8 (N, 1, H, W), int64 (N,).
+
+    The header and length are checked here so that every mistake names its file; the parsing
+    itself is torchvision's (the reader its MNIST classes use).
+    """
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tensors = []
+        for path, magic, ndim, reader in ((images_path, 0x803, 3, read_image_file),
+                                          (labels_path, 0x801, 1, read_label_file)):
+            data = _read_bytes(path)
+            _check_idx(path, data, magic, ndim)
+            plain = Path(tmp) / Path(path).name.removesuffix(".gz")
+            plain.write_bytes(data)
+            tensors.append(reader(str(plain)))
+    images, labels = tensors
+    if len(images) != len(labels):
+        raise UserError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} "
+                        f"labels: the two files do not belong together.")
+    if len(labels) and int(labels.max()) >= n_classes:
+        raise UserError(f"{labels_path}: label {int(labels.max())} outside 0..{n_classes - 1}.")
+    return images.unsqueeze(1).contiguous(), labels.long()
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR-10 batch (a dict of numpy arrays, lists and strings) and nothing else.
+
+    A plain pickle.load runs whatever code a damaged or forged file names; this one only builds
+    the numpy arrays a batch holds (pickled by any numpy version and pickle protocol).
+    """
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"unexpected object {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_cifar_batches(paths):
+    """CIFAR-10 python pickle batches -> uint8 (N, 3, 32, 32), int64 (N,).
+
+    Each row of a batch's 'data' holds the 1024 red, then green, then blue values of one image,
+    row-major, so a reshape to (3, 32, 32) gives the channels in RGB order.
+    """
+    images, labels = [], []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                batch = _CifarUnpickler(f, encoding="latin1").load()
+            data = np.asarray(batch["data"])
+            batch_labels = np.asarray(batch["labels"])
+            if data.dtype != np.uint8 or not np.issubdtype(batch_labels.dtype, np.integer):
+                raise TypeError(f"data of type {data.dtype}, labels of type {batch_labels.dtype}")
+            batch_labels = batch_labels.astype(np.int64)
+        except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError,
+                AttributeError, IndexError, ImportError, MemoryError, OverflowError) as error:
+            raise UserError(f"{path}: not a readable CIFAR-10 python batch ({type(error).__name__}: {error}). "
+                            f"The file is truncated or corrupt: delete it and fetch it again.") from None
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise UserError(f"{path}: images of shape {data.shape}, expected (N, 3072).")
+        if batch_labels.ndim != 1 or len(data) != len(batch_labels):
+            raise UserError(f"{path}: {len(data)} images but labels of shape {batch_labels.shape}.")
+        if len(batch_labels) and (batch_labels.min() < 0 or batch_labels.max() > 9):
+            raise UserError(f"{path}: labels outside 0..9.")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(batch_labels)
+    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
+
+def read_digits():
+    """scikit-learn's load_digits -> {"train": (images, labels), "test": (...)} and its source record.
+
+    Intensities 0..16 are scaled to 0..255 (every dataset is uint8 pixels); load_digits ships no
+    split of its own, so a fixed, stratified 70/30 train/test split is drawn with numpy seed 0.
+    """
+    import sklearn
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
+    labels = torch.from_numpy(digits.target.astype(np.int64))
+    test = torch.from_numpy(stratified_mask(digits.target, 10, 0.3, np.random.default_rng(0)))
+    source = [{"file": "sklearn.datasets.load_digits", "version": sklearn.__version__,
+               "note": "pixels 0..16 scaled to 0..255; stratified 70/30 split, numpy seed 0"}]
+    return {"train": (images[~test], labels[~test]), "test": (images[test], labels[test])}, source
