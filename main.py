@@ -7,26 +7,27 @@
     python main.py --table runs/fmnist/cascade/20261128-120000      # print its table from results.json
     python main.py --compare results/fmnist                          # every model of a dataset in one table
     python main.py --export runs/fmnist/cascade/20261128-120000     # its results, no checkpoints, to results/
-    python main.py --figures runs/fmnist/cascade/20261128-120000    # draw its figures again (tool/figures.py)
+    python main.py --figures runs/fmnist/cascade/20261128-120000    # draw its figures again
 
 Edit the constants below to reproduce a table, or override any of them on the command line
 (EPOCHS -> --epochs, TOP_K -> --top-k 15 5). Every run lands in its own new folder under
-OUTPUT_DIR; nothing is ever overwritten.
+OUTPUT_DIR; nothing is ever overwritten. Below the constants, `run_trial` is the experiment: one
+class as the anomaly, one seed, from the split to the metrics.
 """
 # ------------------------------------------------------------------------------------------------
-# Settings: the paper's by default (PAPER.md). Each can be overridden on the command line.
+# Settings: the paper's by default (docs/method.md). Each can be overridden on the command line.
 # ------------------------------------------------------------------------------------------------
 DATASET = "digits"  # mnist | fmnist | kmnist | cifar10 | digits (embedded, no download) | a folder dataset
 PROTOCOL = "one-anomalous-class"  # the paper's: one class anomalous, the rest normal; or one-normal-class (Deep SVDD / MemAE)
 CLASSES = None  # classes to run, by index or name; None = every class of the dataset
-SEEDS = [0, 1, 2]  # fixed seeds, one unit per (class, seed); tables give mean ± std over them
+SEEDS = [0, 1, 2]  # fixed seeds, one trial per (class, seed); tables give mean ± std over them
 MODEL = "cascade"  # preset: cascade | cascade-mlp | cascade-released | memae | ae | ae-mlp | vae (models/__init__.py), or a classical detector: knn | iforest | ocsvm (tool/classical.py)
 # cascade memory, one value per stage (paper: prior memory 50 slots, k = 15, forget rate 0.1; posterior
 # memory 1000 slots, k = 5, forget rate 0.5). Fewer values = fewer stages; none = a plain autoencoder.
 N_SLOTS = [50, 1000]  # slots per stage (N_H, N_C)
 TOP_K = [15, 5]  # slots each latent vector is re-written from (k)
 FORGET_RATE = [0.1, 0.5]  # share of slots forgotten per training pass (nu); 0 = no forgetting
-THRESHOLD = 0.0  # addressing threshold on the kept cosine similarities (released code: ReLU, i.e. 0)
+ADDRESSING_THRESHOLD = 0.0  # memory addressing: kept cosine similarities at or below it get weight 0 (released code: ReLU, i.e. 0)
 CONNECTOR = "leaky_relu"  # activation after BatchNorm1d behind each stage: leaky_relu (released code) | relu (paper figure)
 LATENT_DIM = 128  # D, width of the latent vector and of every slot (released code: 128)
 CHANNELS = [32, 64, 128]  # conv backbone: channels of the strided convolutions (as many as the image size allows)
@@ -34,7 +35,7 @@ MEMAE_SLOTS = 100  # MemAE baseline: memory size N (MemAE paper, image experimen
 MEMAE_SHRINK_THRESHOLD = None  # MemAE hard-shrinkage lambda; None = 1 / MEMAE_SLOTS
 MEMAE_ENTROPY_WEIGHT = 0.0002  # MemAE entropy loss weight (MemAE paper)
 KL_WEIGHT = 1.0  # VAE baseline: weight of the KL term (per pixel, like the MSE)
-EPOCHS = 100  # most epochs per unit (the paper's count is not public; early stopping ends most runs sooner)
+EPOCHS = 100  # most epochs per trial (the paper's count is not public; early stopping ends most runs sooner)
 PATIENCE = 10  # early stopping: epochs without a lower validation loss (released code: 10)
 BATCH_SIZE = 256  # (released code: 256)
 LR = 1e-3  # Adam learning rate (released code: 1e-3)
@@ -42,24 +43,147 @@ WEIGHT_DECAY = 0.0  # Adam weight decay (released code: none)
 VAL_FRACTION = 0.1  # share of the normal training images held out for validation (paper: 10%)
 THRESHOLD_PERCENTILE = 95.0  # decision threshold = this percentile of the validation scores (for F1 @ val.)
 DEVICE = "auto"  # auto = CUDA, then Apple MPS, then CPU; or cpu, cuda, cuda:1, mps
-JOBS = 0  # units run at once; 0 = auto: one per CPU core / THREADS on a CPU, one per GPU on GPUs
-THREADS = 1  # torch CPU threads per unit; 1 keeps scores independent of JOBS and of the core count; 0 = torch default
-DRAW_FIGURES = True  # ROC, score histogram, reconstructions, slot usage beside every unit and run (tool/figures.py)
+JOBS = 0  # trials run at once; 0 = auto: one per CPU core / THREADS on a CPU, one per GPU on GPUs
+THREADS = 1  # torch CPU threads per trial; 1 keeps scores independent of JOBS and of the core count; 0 = torch default
+DRAW_FIGURES = True  # ROC, score histogram, reconstructions, slot usage beside every trial and run (tool/figures.py)
 OUTPUT_DIR = "runs"  # runs land in OUTPUT_DIR/<dataset>/<model>/<timestamp>/ (relative = beside this file)
 DATA_DIR = None  # datasets folder; None = datasets/ beside this file
-# ------------------------------------------------------------------------------------------------
 
 import re  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from tool.config import describe, make_parser, overrides_from, resolve_device  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from models import ModelConfig, build_model, count_parameters  # noqa: E402
+from tool import figures, report  # noqa: E402
+from tool.classical import CLASSICAL, fit_and_score  # noqa: E402
+from tool.datasets import load_dataset, scale_images  # noqa: E402
 from tool.errors import UserError, cli  # noqa: E402
+from tool.evaluation import anomaly_scores, compute_metrics, validation_threshold  # noqa: E402
+from tool.parallel import run_trials, trial_threads  # noqa: E402
 from tool.prepare import ensure_prepared  # noqa: E402
+from tool.protocol import make_split  # noqa: E402
+from tool.runs import (is_finished, load_trial_model, new_run_dir, open_run_dir, read_results,  # noqa: E402
+                       read_run_config, trial_dir, write_checkpoint, write_results, write_run_config,
+                       write_trial_config)
+from tool.settings import describe, make_parser, overrides_from, resolve_device, validate  # noqa: E402
+from tool.train import TrainConfig, seed_everything, train_model  # noqa: E402
 
 DEFAULTS = {name.lower(): value for name, value in dict(globals()).items() if name.isupper()}
 
 
+# ------------------------------------------------------------------------------------------------
+# The experiment: one trial = one class as the anomaly (or as the normal class), one seed
+# ------------------------------------------------------------------------------------------------
+def run_trial(config, ds, target_class, seed, run_dir, device, quiet=False):
+    """Train and evaluate one trial into run_dir/class<c>_seed<s>/ and return its results (a
+    finished trial is read back, not run again). quiet: a log line every 10 epochs, not every one."""
+    folder = trial_dir(run_dir, target_class, seed)
+    if is_finished(folder):
+        return read_results(folder)
+    started = time.perf_counter()
+    log = (lambda text: None) if quiet else tqdm.write
+    seed_everything(seed)
+    split = make_split(ds, config["protocol"], target_class, config["val_fraction"], seed)
+    log(f"{config['dataset']} {config['protocol']}: class {target_class} ({ds.classes[target_class]}), "
+        f"seed {seed}\n{split.table()}")
+    if config["model"] in CLASSICAL:
+        model, about = None, {"detector": CLASSICAL[config["model"]]}
+    else:
+        model = build_model(config["model"], ds.shape, ModelConfig.from_settings(config)).to(device)
+        about = {"n_parameters": count_parameters(model)}
+    log(f"model: {config['model']}, " + about.get("detector", f"{about.get('n_parameters', 0):,} parameters"))
+    write_trial_config(folder, config, ds, target_class, seed, device, about)
+
+    if model is None:  # a classical detector: fitted on the normal training images, then scored
+        val_scores, test_scores, trained = fit_classical(config, split, seed)
+    else:  # a network: trained on the normal training images, stopped early on the validation images
+        trained = fit(config, model, split, seed, folder, device, log_every=10 if quiet else 1)
+        val_scores, test_scores = (anomaly_scores(model, scale_images(x, device)) for x in (split.val, split.test))
+    results = {**evaluate(config, val_scores, test_scores, split), **trained, **about,
+               "dataset": config["dataset"], "protocol": config["protocol"], "model": config["model"],
+               "class": target_class, "class_name": ds.classes[target_class], "seed": seed,
+               "total_seconds": round(time.perf_counter() - started, 3), "counts": split.counts, "device": device}
+    write_results(folder, results)  # written last: it marks the trial finished
+    (folder / "last.pt").unlink(missing_ok=True)
+    if config["draw_figures"]:
+        figures.draw_trial(folder, results, split, model, device)
+    m = results["metrics"]
+    log(f"class {target_class} seed {seed}: AUROC {m['auroc']:.4f}  AUPRC {m['auprc']:.4f}  "
+        f"F1@val {m['f1_val_threshold']:.4f}  best F1 (oracle) {m['f1_oracle']:.4f}  "
+        f"epochs {results['epochs_trained']} (best {results.get('best_epoch', '-')})  {results['total_seconds']:.1f}s")
+    return results
+
+
+def fit(config, model, split, seed, folder, device, log_every=1):
+    """Train `model` on the split's normal training images; early stopping and the best weights
+    come from its normal validation images (the test images never reach training)."""
+    from tensorboardX import SummaryWriter
+
+    with SummaryWriter(str(folder / "tb")) as writer:
+        result = train_model(model, scale_images(split.train, device), scale_images(split.val, device),
+                             TrainConfig.from_settings(config), folder / "last.pt", seed, writer,
+                             desc=f"class {split.target_class} seed {seed}", log_every=log_every)
+    write_checkpoint(folder, model, config["model"], split.train.shape[1:], result.best_epoch)
+    return {"epochs_trained": result.epochs_trained, "best_epoch": result.best_epoch,
+            "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early,
+            "train_seconds": round(result.seconds, 3), "history": result.history}
+
+
+def fit_classical(config, split, seed):
+    """(validation scores, test scores, timing) of a classical detector fitted on the normal
+    training images (pixels scaled as for the networks, flattened)."""
+    flat = [scale_images(x).flatten(1).numpy() for x in (split.train, split.val, split.test)]
+    started = time.perf_counter()
+    val_scores, test_scores = fit_and_score(config["model"], flat[0], flat[1:], seed)
+    return val_scores, test_scores, {"train_seconds": round(time.perf_counter() - started, 3), "epochs_trained": 0}
+
+
+def evaluate(config, val_scores, test_scores, split):
+    """The decision threshold from the normal validation scores (fixed before the test split is
+    looked at), then the metrics of the test scores; the per-image test scores and targets."""
+    threshold = validation_threshold(val_scores, config["threshold_percentile"])
+    metrics = compute_metrics(test_scores, split.test_targets.numpy(), threshold)
+    return {"metrics": metrics,
+            "threshold": {"value": threshold, "percentile_of_validation_scores": config["threshold_percentile"]},
+            "scores": [round(float(v), 6) for v in test_scores],
+            "targets": split.test_targets.tolist()}
+
+
+def reevaluate(run_dir, device_name="auto"):
+    """--eval-only: score every trained trial's best.pt again, without training; print the table
+    (4 decimals) and say whether each trial matches its saved results.json."""
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    device = resolve_device(device_name)
+    torch.set_num_threads(trial_threads(config, 1, device))  # as in training: float sums depend on it
+    ds = load_dataset(config["dataset"], config["data_dir"])
+    folders = sorted(p for p in run_dir.glob("class*_seed*") if (p / "best.pt").is_file())
+    if not folders:
+        raise UserError(f"{run_dir} holds no trained trial (no class*_seed*/best.pt).")
+    results, mismatches = {}, []
+    for folder in tqdm(folders, desc="re-evaluating", unit="trial", leave=False):
+        trial, model = load_trial_model(folder, device)
+        settings = {**DEFAULTS, **trial["config"]}
+        split = make_split(ds, settings["protocol"], trial["class"], settings["val_fraction"], trial["seed"])
+        scores = (anomaly_scores(model, scale_images(x, device)) for x in (split.val, split.test))
+        results[(trial["class"], trial["seed"])] = evaluated = evaluate(settings, *scores, split)
+        if is_finished(folder) and read_results(folder)["metrics"] != evaluated["metrics"]:
+            mismatches.append(folder.name)
+    report.run_table(run_dir, results, decimals=4, write=False)
+    if mismatches:
+        print(f"differs from the saved results.json: {', '.join(mismatches)} (other machine or library version?)")
+    else:
+        print(f"every re-evaluated trial matches its saved results.json exactly ({len(results)} trials)")
+    return results
+
+
+# ------------------------------------------------------------------------------------------------
+# The command line: a sweep of trials, or an action on a run folder
+# ------------------------------------------------------------------------------------------------
 def setting_comments():
     """Each constant's comment above, as the help text of its command-line flag."""
     line = re.compile(r"^([A-Z_]+) = .*?  # (.*)$")
@@ -80,51 +204,54 @@ def parse(argv=None):
     what.add_argument("--figures", metavar="RUN_DIR",
                       help="draw a run's figures again from its results and checkpoints")
     actions.add_argument("--run-dir", metavar="DIR",
-                         help="use DIR as the sweep folder (shared by cluster jobs; finished units are skipped)")
+                         help="use DIR as the sweep folder (shared by cluster jobs; finished trials are skipped)")
     args = parser.parse_args(argv)
     return args, overrides_from(args, DEFAULTS)
 
 
-def run(argv=None):
-    """Everything main.py does; returns the run folder (or the results for --eval-only)."""
-    from tool import sweep
+def refuse(given, allowed, action, run_dir_given=False):
+    extra = set(given) - set(allowed)
+    if extra or run_dir_given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(extra)) or "--run-dir"
+        raise UserError(f"{action} takes its settings from the run folder; drop {flags}")
 
+
+def run(argv=None):
+    """Everything main.py does; returns the run folder (or what the action returns)."""
     args, given = parse(argv)
     if args.compare or args.export:
-        from tool import report
-
+        refuse(given, (), "--compare" if args.compare else "--export", args.run_dir)
         return report.compare(args.compare) if args.compare else report.export(args.export)
     if args.eval_only or args.table or args.figures:
-        extra = set(given) - {"device"}
-        if extra or args.run_dir:
-            raise UserError(f"--eval-only, --table and --figures take their settings from the run folder; "
-                            f"drop {', '.join('--' + k.replace('_', '-') for k in sorted(extra)) or '--run-dir'}")
+        refuse(given, ("device",), "--eval-only, --table and --figures each", args.run_dir)
         if args.table:
-            sweep.read_run_config(args.table)
-            return sweep.make_table(args.table)
+            return report.run_table(args.table)
         if args.figures:
-            return sweep.draw_figures(args.figures, given.get("device", "auto"))
-        return sweep.eval_only(args.eval_only, given.get("device", "auto"))
+            return figures.redraw(args.figures, resolve_device(given.get("device", "auto")))
+        return reevaluate(args.eval_only, given.get("device", "auto"))
     if args.resume:
-        extra = set(given) - {"device", "jobs", "classes", "seeds"}
-        if extra or args.run_dir:
-            raise UserError(f"--resume continues with the run's own settings; drop "
-                            f"{', '.join('--' + k.replace('_', '-') for k in sorted(extra)) or '--run-dir'}")
-        config = {**DEFAULTS, **sweep.read_run_config(args.resume), **given}
+        refuse(given, ("device", "jobs", "classes", "seeds"), "--resume", args.run_dir)
+        config = {**DEFAULTS, **read_run_config(args.resume), **given}
     else:
         config = {**DEFAULTS, **given}
-    sweep.validate(config)
+    validate(config)
     ds = ensure_prepared(config["dataset"], config["data_dir"])
     if config["classes"] is not None:
         config["classes"] = ds.class_list(config["classes"])
     print(describe(config, DEFAULTS))
-    print(f"device: {resolve_device(config['device'])}")
-    run_dir = args.resume or args.run_dir
-    run_dir = sweep.open_run_dir(run_dir, config) if run_dir else sweep.new_run_dir(config)
-    if not args.resume and not args.run_dir:
-        sweep.write_run_config(run_dir, config)
-    sweep.run_sweep(config, run_dir)
-    sweep.make_table(run_dir)
+    device = resolve_device(config["device"])
+    print(f"device: {device}")
+    if args.resume or args.run_dir:
+        run_dir = open_run_dir(args.resume or args.run_dir, config)
+    else:
+        run_dir = new_run_dir(config)
+        write_run_config(run_dir, config)
+    trials = [(c, s) for s in config["seeds"] for c in ds.class_list(config["classes"])]
+    todo = [(c, s) for c, s in trials if not is_finished(trial_dir(run_dir, c, s))]
+    done = len(trials) - len(todo)
+    print(f"run folder: {run_dir}\n{len(todo)} trial(s) to run" + (f", {done} already finished" if done else ""))
+    run_trials(run_trial, config, ds, todo, run_dir, device)
+    report.run_table(run_dir)
     print(f"results: {run_dir}")
     return run_dir
 

@@ -1,24 +1,23 @@
-"""Score new images with a trained unit: the anomaly score and a verdict at the run's threshold.
+"""Score new images with a trained trial: the anomaly score and a verdict at the run's threshold.
 
     python score.py --checkpoint runs/mine/cascade/20261128-120000/class0_seed0 photo.png more_photos/
     python score.py --checkpoint RUN_DIR/class0_seed0 images/ --output scores.csv --device cpu
 
-Every image gets the preprocessing the unit's dataset recorded (folder datasets: size, channels,
+Every image gets the preprocessing the trial's dataset recorded (folder datasets: size, channels,
 interpolation; see tool/folder.py; built-in datasets: none, the image must already have the
 model's channels), then training's pixel scaling, and the score evaluation computes: the L2 norm
-of the reconstruction error. An image is "anomalous" when its score is above the unit's
+of the reconstruction error. An image is "anomalous" when its score is above the trial's
 validation threshold (results.json: threshold.value, a percentile of the scores of normal
 validation images). Folders are searched recursively for PNG, JPEG and BMP files.
 
 The table is printed and written as CSV (path, anomaly_score, threshold, verdict): to --output,
-which must not exist yet, or by default to scores.csv in the unit folder (scores-1.csv, ... when
+which must not exist yet, or by default to scores.csv in the trial folder (scores-1.csv, ... when
 that is taken). Nothing is ever overwritten.
 """
 import argparse
 import csv
 import io
 import itertools
-import json
 import sys
 from pathlib import Path
 
@@ -26,36 +25,36 @@ import numpy as np
 import torch
 from prettytable import PrettyTable
 
-from tool.config import resolve_device
+from tool.settings import resolve_device
 from tool.datasets import scale_images
 from tool.errors import UserError, cli
 from tool.evaluation import anomaly_scores
 from tool.folder import INTERPOLATION, INTERPOLATIONS, list_images, read_image, to_chw
 from tool.io import atomic_write_text
-from tool.sweep import load_unit_model
+from tool.runs import load_trial_model, read_results
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, metavar="UNIT_DIR",
-                        help="a finished unit of a run: RUN_DIR/class<c>_seed<s> (holds best.pt and results.json)")
+                        help="a finished trial of a run: RUN_DIR/class<c>_seed<s> (holds best.pt and results.json)")
     parser.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders of images")
     parser.add_argument("--output", metavar="CSV", help="write the scores here (must not exist; default: "
-                                                       "scores.csv in the unit folder, or the next free scores-N.csv)")
+                                                       "scores.csv in the trial folder, or the next free scores-N.csv)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     return parser.parse_args(argv)
 
 
-def open_unit(folder, device):
-    """(unit config, model in eval mode, results) of a finished unit folder; else a UserError."""
+def open_trial(folder, device):
+    """(trial config, model in eval mode, results) of a finished trial folder; else a UserError."""
     folder = Path(folder)
     if not (folder / "results.json").is_file():
-        units = sorted(p.name for p in folder.glob("class*_seed*") if p.is_dir())
-        hint = f" It is a run folder: give one of its units, e.g. {folder / units[0]}." if units else ""
-        raise UserError(f"{folder} is not a finished unit of a run (no results.json): give a RUN_DIR/class<c>_seed<s> "
+        trials = sorted(p.name for p in folder.glob("class*_seed*") if p.is_dir())
+        hint = f" It is a run folder: give one of its trials, e.g. {folder / trials[0]}." if trials else ""
+        raise UserError(f"{folder} is not a finished trial of a run (no results.json): give a RUN_DIR/class<c>_seed<s> "
                         f"folder made by main.py.{hint}")
-    unit, model = load_unit_model(folder, device)
-    return unit, model, json.loads((folder / "results.json").read_text())
+    trial, model = load_trial_model(folder, device)
+    return trial, model, read_results(folder)
 
 
 def find_images(inputs):
@@ -83,7 +82,7 @@ def load_images(files, input_shape, preprocessing):
     if preprocessing:  # a folder dataset: read exactly as preprocess.py read its images
         mode, interpolation = ("grayscale" if preprocessing["grayscale"] else "rgb"), preprocessing["interpolation"]
         if interpolation not in INTERPOLATIONS:
-            raise UserError(f"the unit's dataset was resized with '{interpolation}' interpolation, which this code "
+            raise UserError(f"the trial's dataset was resized with '{interpolation}' interpolation, which this code "
                             f"does not know ({', '.join(INTERPOLATIONS)}).")
     else:  # a built-in dataset: its images are the model's size already; nothing to convert
         mode, interpolation = "as-stored", INTERPOLATION
@@ -105,15 +104,15 @@ def load_images(files, input_shape, preprocessing):
     return torch.from_numpy(np.stack(images))
 
 
-def output_path(given, unit_folder):
-    """--output (refused when it exists), or the first free scores[-N].csv in the unit folder."""
+def output_path(given, trial_folder):
+    """--output (refused when it exists), or the first free scores[-N].csv in the trial folder."""
     if given:
         path = Path(given)
         if path.exists():
             raise UserError(f"{path} exists; scores never overwrite a file: give another --output.")
         return path
     for i in itertools.count():
-        path = Path(unit_folder) / ("scores.csv" if i == 0 else f"scores-{i}.csv")
+        path = Path(trial_folder) / ("scores.csv" if i == 0 else f"scores-{i}.csv")
         if not path.exists():
             return path
 
@@ -122,10 +121,10 @@ def run(argv=None):
     """Everything score.py does; returns (CSV path, rows [(path, score, verdict)])."""
     args = parse_args(argv)
     device = resolve_device(args.device)
-    unit, model, results = open_unit(args.checkpoint, device)
+    trial, model, results = open_trial(args.checkpoint, device)
     files = find_images(args.images)
     output = output_path(args.output, args.checkpoint)
-    images = load_images(files, unit["input_shape"], unit.get("preprocessing"))
+    images = load_images(files, trial["input_shape"], trial.get("preprocessing"))
     scores = anomaly_scores(model, scale_images(images, device))  # exactly evaluation's score
     threshold = results["threshold"]["value"]
     rows = [(str(path), float(score), "anomalous" if score > threshold else "normal")
@@ -143,7 +142,7 @@ def run(argv=None):
     atomic_write_text(output, buffer.getvalue())
     n_anomalous = sum(verdict == "anomalous" for _, _, verdict in rows)
     print(f"{n_anomalous} of {len(rows)} image(s) anomalous at the threshold {threshold:.6f} "
-          f"({results['threshold']['percentile_of_validation_scores']:g}th percentile of the unit's normal "
+          f"({results['threshold']['percentile_of_validation_scores']:g}th percentile of the trial's normal "
           f"validation scores)\nwritten: {output}")
     return output, rows
 

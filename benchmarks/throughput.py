@@ -46,9 +46,10 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 from prettytable import PrettyTable  # noqa: E402
 
-from models import PRESETS, build_model, count_parameters  # noqa: E402
+from main import DEFAULTS  # noqa: E402
+from models import PRESETS, ModelConfig, build_model, count_parameters  # noqa: E402
 from models.memory import MemAEMemory, MemoryUnit  # noqa: E402
-from tool.config import resolve_device  # noqa: E402
+from tool.settings import resolve_device  # noqa: E402
 from tool.errors import UserError, cli  # noqa: E402
 from tool.evaluation import anomaly_scores  # noqa: E402
 from tool.train import TrainConfig, make_optimizer, seed_everything, train_epoch  # noqa: E402
@@ -142,8 +143,8 @@ class Bench:
 
     def __init__(self, name, device):
         self.name = name
-        self.model = build_model(name, INPUT_SHAPE).to(device)
-        self.optimizer = make_optimizer(self.model, TrainConfig(), device)  # the training loop's own Adam
+        self.model = build_model(name, INPUT_SHAPE, ModelConfig.from_settings(DEFAULTS)).to(device)
+        self.optimizer = make_optimizer(self.model, TrainConfig.from_settings(DEFAULTS), device)  # the training loop's own Adam
         self.flops = forward_flops_per_image(self.model, device)
         self.train_seconds, self.eval_seconds = [], []
 

@@ -14,7 +14,7 @@ def _block(layer, features, norm):
 class MLPEncoder(nn.Module):
     """The released backbone: C*H*W -> 512 -> 256 -> 128, each Linear + BatchNorm1d + LeakyReLU."""
 
-    def __init__(self, input_shape, hidden=(512, 256), latent_dim=128):
+    def __init__(self, input_shape, latent_dim, hidden=(512, 256)):
         super().__init__()
         sizes = [math.prod(input_shape), *hidden, latent_dim]
         layers = [nn.Flatten()]
@@ -30,7 +30,7 @@ class MLPDecoder(nn.Module):
     """Mirror of MLPEncoder: 128 -> 256 -> 512 -> C*H*W; the last layer is Linear + BatchNorm1d,
     with no activation, as released."""
 
-    def __init__(self, input_shape, hidden=(512, 256), latent_dim=128):
+    def __init__(self, input_shape, latent_dim, hidden=(512, 256)):
         super().__init__()
         self.input_shape = tuple(input_shape)
         sizes = [latent_dim, *reversed(hidden)]
@@ -59,7 +59,7 @@ class ConvEncoder(nn.Module):
     """Strided convolutions (kernel 4, stride 2) with BatchNorm2d + LeakyReLU, then a Linear layer
     with BatchNorm1d + LeakyReLU down to the flat latent vector."""
 
-    def __init__(self, input_shape, channels=(32, 64, 128), latent_dim=128):
+    def __init__(self, input_shape, channels, latent_dim):
         super().__init__()
         sizes = conv_plan(input_shape, channels)
         chans = [input_shape[0], *channels[: len(sizes) - 1]]
@@ -79,7 +79,7 @@ class ConvDecoder(nn.Module):
     the size (output_padding restores odd sizes), the last one to C channels with no norm or
     activation (with no convolution at all, the Linear layer is that last layer)."""
 
-    def __init__(self, input_shape, channels=(32, 64, 128), latent_dim=128):
+    def __init__(self, input_shape, channels, latent_dim):
         super().__init__()
         sizes = conv_plan(input_shape, channels)
         chans = [input_shape[0], *channels[: len(sizes) - 1]]

@@ -17,6 +17,12 @@ DENSE_READOUT_SLOTS = 256  # up to this many slots, the read-out is one dense ma
 ACTIVATIONS = {"leaky_relu": nn.LeakyReLU, "relu": nn.ReLU}
 
 
+def addressing_entropy(weights):
+    """Per row of addressing weights (B x N or B x k): -sum_i w_i log w_i. The log is taken of
+    max(w, 1e-12), so a zero weight contributes exactly 0 and never log(0)."""
+    return -(weights * weights.clamp_min(1e-12).log()).sum(dim=1)
+
+
 def n_forgotten(forget_rate, n_slots):
     """floor(forget_rate * n_slots), robust to float error (0.29 * 100 -> 29, not 28)."""
     return int(math.floor(forget_rate * n_slots + 1e-9))
@@ -132,9 +138,7 @@ class MemAEMemory(nn.Module):
         w = softmax(h M^T)                          B x N (inner-product attention, as in MemAE)
         w = relu(w - lambda) * w / (|w - lambda| + eps), then renormalised to sum 1
         h' = w M                                    (B x N) x (N x D) = B x D
-        loss = entropy_weight * mean_b( -sum_i w_i log w_i )
-
-    log is taken of max(w, 1e-12), so a zero weight contributes exactly 0 and never log(0).
+        loss = entropy_weight * mean_b( -sum_i w_i log w_i )        (addressing_entropy)
     """
 
     def __init__(self, n_slots, slot_dim, shrink_threshold=None, entropy_weight=0.0002, eps=1e-12):
@@ -157,7 +161,7 @@ class MemAEMemory(nn.Module):
             w = F.relu(shifted) * w / (shifted.abs() + self.eps)
             w = w / w.sum(dim=1, keepdim=True).clamp_min(self.eps)
         out = w @ self.slots  # (B x N) x (N x D) = B x D
-        entropy = -(w * w.clamp_min(1e-12).log()).sum(dim=1).mean()
+        entropy = addressing_entropy(w).mean()
         indices = torch.arange(self.n_slots, device=h.device).expand_as(w)
         return out, [{"indices": indices, "weights": w, "n_slots": self.n_slots,
                       "loss": self.entropy_weight * entropy}]

@@ -10,6 +10,22 @@ if str(REPO) not in sys.path:  # `pytest` run without `python -m` still imports 
     sys.path.insert(0, str(REPO))
 
 
+def model_config(**overrides):
+    """main.py's model settings (its defaults, the paper's), with `overrides`."""
+    from main import DEFAULTS
+    from models import ModelConfig
+
+    return ModelConfig.from_settings(DEFAULTS, **overrides)
+
+
+def train_config(**overrides):
+    """main.py's training settings, with `overrides`."""
+    from main import DEFAULTS
+    from tool.train import TrainConfig
+
+    return TrainConfig.from_settings(DEFAULTS, **overrides)
+
+
 @pytest.fixture
 def repo():
     """The repository root (cwd for command-line tests)."""

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from tool import evaluation
+from tool import evaluation, report
 from tool.evaluation import compute_metrics, validation_threshold
 
 
@@ -63,13 +63,13 @@ def _result(auroc):
 
 def test_table_is_built_by_key_and_missing_runs_show_a_dash():
     results = {(0, 0): _result(0.9), (1, 0): _result(0.7), (0, 1): _result(0.8)}  # (1, 1) missing
-    header, rows = evaluation.table_rows(results, [0, 1], ["zero", "one"], [0, 1])
+    header, rows = report.table_rows(results, [0, 1], ["zero", "one"], [0, 1])
     assert header[:2] == ["class", "AUROC"]
     by_class = {row[0]: row for row in rows}
     assert by_class["0 zero"][1] == "85.00 ± 5.00"
     assert by_class["1 one"][1] == "70.00"  # one seed: no ± shown
     # the mean row uses only seeds with every class finished: seed 0 -> (0.9 + 0.7) / 2
     assert by_class["mean"][1] == "80.00"
-    assert evaluation.table_rows({}, [0, 1], ["zero", "one"], [0])[1][0][1] == "-"
-    csv_text = evaluation.to_csv(results, [0, 1], ["zero", "one"], [0, 1])
+    assert report.table_rows({}, [0, 1], ["zero", "one"], [0])[1][0][1] == "-"
+    csv_text = report.table_csv(results, [0, 1], ["zero", "one"], [0, 1])
     assert csv_text.splitlines()[0].startswith("class,name,auroc_mean,auroc_std")

@@ -4,9 +4,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import model_config, train_config
 from models import build_model
 from tool.evaluation import anomaly_scores
-from tool.train import TrainConfig, seed_everything, train_model
+from tool.train import seed_everything, train_model
 
 EPOCHS, BATCH = 3, 32
 
@@ -14,7 +15,7 @@ EPOCHS, BATCH = 3, 32
 def plain_training(preset, images, seed, fused):
     """The reference: a DataLoader over a TensorDataset, Adam, .item() after every batch."""
     seed_everything(seed)
-    model = build_model(preset, images.shape[1:])
+    model = build_model(preset, images.shape[1:], model_config())
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=False, fused=fused)
     shuffle = torch.Generator().manual_seed(seed)  # the batch order the lean loop draws
     losses = []
@@ -36,8 +37,8 @@ def plain_training(preset, images, seed, fused):
 
 def lean_training(preset, images, seed, tmp_path):
     seed_everything(seed)
-    model = build_model(preset, images.shape[1:])
-    config = TrainConfig(epochs=EPOCHS, patience=EPOCHS, batch_size=BATCH)
+    model = build_model(preset, images.shape[1:], model_config())
+    config = train_config(epochs=EPOCHS, patience=EPOCHS, batch_size=BATCH)
     result = train_model(model, images, images[:16], config, tmp_path / "last.pt", seed)
     model.load_state_dict(torch.load(tmp_path / "last.pt", weights_only=True)["model"])  # last epoch, not best
     return [h["train_loss"] for h in result.history], anomaly_scores(model, images)
@@ -59,6 +60,6 @@ def test_lean_loop_matches_a_plain_loop(preset, tmp_path):
 
 def test_evaluation_batch_size_does_not_change_scores():
     seed_everything(0)
-    model = build_model("cascade", (1, 28, 28)).eval()
+    model = build_model("cascade", (1, 28, 28), model_config()).eval()
     images = torch.rand(600, 1, 28, 28) * 2 - 1
     assert (anomaly_scores(model, images, batch_size=256) == anomaly_scores(model, images, batch_size=4096)).all()

@@ -239,10 +239,10 @@ def test_a_channel_count_the_preprocessing_cannot_convert_fails(digits_unit, own
     assert not (tmp_path / "s.csv").exists()
 
 
-def test_a_folder_that_is_not_a_unit_fails(trained, own_images, tmp_path):
-    with pytest.raises(UserError, match="not a finished unit.*give one of its units"):
+def test_a_folder_that_is_not_a_trial_fails(trained, own_images, tmp_path):
+    with pytest.raises(UserError, match="not a finished trial.*give one of its trials"):
         score_run(trained.parent, own_images / "test", "--output", tmp_path / "s.csv")
-    with pytest.raises(UserError, match="not a finished unit"):
+    with pytest.raises(UserError, match="not a finished trial"):
         score_run(tmp_path, own_images / "test", "--output", tmp_path / "s.csv")
     assert not (tmp_path / "s.csv").exists()
 
@@ -251,7 +251,7 @@ def test_command_line_errors_exit_2_without_a_traceback(tmp_path, own_images):
     commands = [["preprocess.py", "--dataset", "folder", "--path", str(tmp_path / "nowhere"), "--name", NAME,
                  "--data-dir", str(tmp_path / "data")],
                 ["score.py", "--checkpoint", str(tmp_path), str(own_images / "test"), "--device", "cpu"]]
-    for command, message in zip(commands, ["no such folder", "not a finished unit"]):
+    for command, message in zip(commands, ["no such folder", "not a finished trial"]):
         done = subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True, env=ENV,
                               timeout=120)
         assert done.returncode == 2, done.stderr

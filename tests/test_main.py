@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import main
-from tool import report, sweep, train
+from conftest import train_config
+from tool import report, train
 from tool.prepare import prepare
 from tool.errors import UserError
 
@@ -72,13 +73,13 @@ def test_a_new_run_never_overwrites_an_old_one(data_dir, tmp_path):
 
 def test_test_split_never_reaches_training(data_dir, tmp_path, monkeypatch):
     seen = []
-    real = sweep.train_model
+    real = main.train_model
 
     def spy(model, train_images, val_images, *args, **kwargs):
         seen.append((train_images.clone(), val_images.clone()))
         return real(model, train_images, val_images, *args, **kwargs)
 
-    monkeypatch.setattr(sweep, "train_model", spy)
+    monkeypatch.setattr(main, "train_model", spy)
     run_main(data_dir, tmp_path, "--classes", "2", "--seeds", "0", "--epochs", "1")
     test_images = torch.load(Path(data_dir) / "digits" / "processed" / "test.pt")["images"]
     test_rows = {row.numpy().tobytes() for row in (test_images.float() / 255 - 0.5) / 0.5}
@@ -91,7 +92,7 @@ def test_resume_after_an_interrupted_epoch_ends_like_an_uninterrupted_run(data_d
     args = ["--classes", "5", "--seeds", "0", "--epochs", "8", "--patience", "8"]
     whole = results_of(run_main(data_dir, tmp_path / "whole", *args))["class5_seed0"]
 
-    real_evaluate, calls = train.evaluate_loss, []
+    real_evaluate, calls = train.validation_pass, []
 
     def interrupt_in_epoch_4(*a, **k):
         calls.append(1)
@@ -99,10 +100,10 @@ def test_resume_after_an_interrupted_epoch_ends_like_an_uninterrupted_run(data_d
             raise KeyboardInterrupt
         return real_evaluate(*a, **k)
 
-    monkeypatch.setattr(train, "evaluate_loss", interrupt_in_epoch_4)
+    monkeypatch.setattr(train, "validation_pass", interrupt_in_epoch_4)
     with pytest.raises(KeyboardInterrupt):
         run_main(data_dir, tmp_path / "cut", *args)
-    monkeypatch.setattr(train, "evaluate_loss", real_evaluate)
+    monkeypatch.setattr(train, "validation_pass", real_evaluate)
     run_dir, = (tmp_path / "cut").glob("digits/cascade/*")
     checkpoint = torch.load(run_dir / "class5_seed0" / "last.pt", weights_only=True)
     assert checkpoint["state"]["epoch"] == 3
@@ -117,7 +118,7 @@ def test_resume_skips_finished_units(data_dir, tmp_path, capsys):
     run_dir = run_main(data_dir, tmp_path, "--classes", "6", "--seeds", "0", "--epochs", "1")
     stamp = (run_dir / "class6_seed0" / "results.json").stat().st_mtime_ns
     main.run(["--resume", str(run_dir)])
-    assert "0 unit(s) to run, 1 already finished" in capsys.readouterr().out
+    assert "0 trial(s) to run, 1 already finished" in capsys.readouterr().out
     assert (run_dir / "class6_seed0" / "results.json").stat().st_mtime_ns == stamp
 
 
@@ -127,7 +128,7 @@ def test_eval_only_reproduces_the_table(data_dir, tmp_path, capsys):
     capsys.readouterr()
     evaluated = main.run(["--eval-only", str(run_dir)])
     out = capsys.readouterr().out
-    assert "matches its saved results.json exactly (2 units)" in out
+    assert "matches its saved results.json exactly (2 trials)" in out
     for (c, s), result in evaluated.items():
         assert result["metrics"] == saved[f"class{c}_seed{s}"]["metrics"]
     auroc = np.mean([r["metrics"]["auroc"] for r in saved.values()]) * 100
@@ -141,7 +142,7 @@ def test_run_dir_shared_by_independent_units(data_dir, tmp_path):
     assert sorted(results_of(shared)) == ["class0_seed0", "class4_seed0"]
     with pytest.raises(UserError, match="other settings"):
         run_main(data_dir, tmp_path, "--classes", "0", "--seeds", "0", "--epochs", "2", "--run-dir", str(shared))
-    header, rows = sweep.make_table(shared)
+    header, rows = report.run_table(shared)
     assert {row[0] for row in rows} >= {"0 0", "4 4", "mean"}
 
 
@@ -158,7 +159,7 @@ def test_nan_loss_stops_with_the_epoch_named(tmp_path):
             return {"recon": x, "loss": loss, "memory": []}
 
     x = torch.randn(40, 1, 2, 2)
-    config = train.TrainConfig(epochs=5, patience=5, batch_size=16)  # 3 batches per epoch
+    config = train_config(epochs=5, patience=5, batch_size=16)  # 3 batches per epoch
     checkpoint = tmp_path / "last.pt"
     with pytest.raises(train.TrainingDiverged, match="epoch 3"):
         train.train_model(Diverging(), x, x[:8], config, checkpoint, generator_seed=0)
@@ -172,12 +173,12 @@ def test_nan_loss_stops_with_the_epoch_named(tmp_path):
     (["--model", "nope"], "unknown model preset 'nope'. Valid: cascade"),
     (["--protocol", "nope"], "unknown protocol 'nope'"),
     (["--classes", "10"], "class 10 is outside digits's classes: valid are 0..9"),
-    (["--seeds", "-1"], "seeds must be one or more distinct non-negative integers"),
-    (["--seeds", "1", "1"], "seeds must be one or more distinct"),
+    (["--seeds", "-1"], "--seeds (SEEDS) must be one or more distinct integers in 0..4294967295"),
+    (["--seeds", "1", "1"], "--seeds (SEEDS) must be one or more distinct"),
     (["--device", "cuda:7" if torch.cuda.is_available() else "cuda"], "device 'cuda"),
     (["--top-k", "15"], "must list one value per memory stage"),
     (["--top-k", "15", "600"], "top_k=600 needs"),
-    (["--epochs", "0"], "epochs must be >= 1"),
+    (["--epochs", "0"], "--epochs (EPOCHS) must be >= 1"),
 ])
 def test_bad_settings_get_one_clear_message(data_dir, tmp_path, args, message):
     with pytest.raises(UserError, match=None) as error:
@@ -222,7 +223,7 @@ def test_compare_puts_every_model_in_one_table(data_dir, tmp_path):
     knn = results_of(next((tmp_path / "digits" / "knn").iterdir()))
     mean = np.mean([r["metrics"]["auroc"] for r in knn.values()]) * 100
     assert f"{mean:.2f}" in rows["knn"] and "cascade" in rows
-    assert "1 (2/2 units)" in rows["cascade"]
+    assert "1 (2/2 trials)" in rows["cascade"]
     assert "0 0" in rows and "1 1" in rows  # the per-class AUROC table
 
     # an ablation: runs of one model with other settings get a row each, labelled by what differs
@@ -236,7 +237,7 @@ def test_compare_puts_every_model_in_one_table(data_dir, tmp_path):
     run_main(data_dir, partial, "--model", "knn", "--classes", "0", "1", "--seeds", "0", "1")
     for path in partial.glob("digits/knn/*/class1_seed1/results.json"):
         path.unlink()
-    assert "1 of 2 (3/4 units)" in main.run(["--compare", str(partial)])
+    assert "1 of 2 (3/4 trials)" in main.run(["--compare", str(partial)])
 
 
 def test_export_copies_results_without_checkpoints(data_dir, tmp_path):

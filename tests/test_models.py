@@ -13,8 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import (PAPER_STAGES, PRESETS, VAE, CascadeMemory, MemAEMemory, MemoryAutoencoder, MemoryUnit,
-                    build_model, count_parameters)
+from conftest import model_config
+from main import DEFAULTS
+from models import (PRESETS, VAE, CascadeMemory, MemAEMemory, MemoryAutoencoder, MemoryUnit, build_model,
+                    count_parameters)
+
+PAPER_STAGES = {key: DEFAULTS[key] for key in ("n_slots", "top_k", "forget_rate")}  # main.py's defaults: the paper's
 
 BEHAVIOURS = ("paper", "released")
 CASCADE_PRESETS = [name for name, (_, memory, _) in PRESETS.items() if memory in ("cascade", "cascade-released")]
@@ -96,7 +100,7 @@ def assert_valid_weights(weights, top_k=None):
 
 
 def reference_unit(h, slots, top_k, threshold, behaviour, forgotten=frozenset()):
-    """The memory stage, steps 1-6 of PAPER.md, one row at a time in plain Python (float64).
+    """The memory stage, steps 1-6 of docs/method.md, one row at a time in plain Python (float64).
 
     Returns per-row {slot index: weight} and the output rows (B x D)."""
     slots = slots.tolist()
@@ -145,7 +149,7 @@ def shape_cases():
 @pytest.mark.parametrize("preset, shape", shape_cases())
 def test_reconstruction_has_the_input_shape(preset, shape):
     torch.manual_seed(0)
-    model = build_model(preset, shape)
+    model = build_model(preset, shape, model_config())
     for training, batch in ((True, 4), (False, 4), (False, 1)):
         model.train(training)
         x = images(batch, shape)
@@ -165,7 +169,7 @@ def test_reconstruction_has_the_input_shape(preset, shape):
 def test_conv_decoder_ends_without_norm_or_activation(shape, channels):
     """The last layer of the conv decoder is affine (so it can reach every pixel value), also when
     there is no strided convolution at all."""
-    model = build_model("ae", shape, channels=channels)
+    model = build_model("ae", shape, model_config(channels=channels))
     assert model(images(2, shape))["recon"].shape == (2, *shape)
     *_, last = (m for m in model.decoder.net if not isinstance(m, torch.nn.Unflatten))
     assert isinstance(last, (torch.nn.ConvTranspose2d, torch.nn.Linear)), model.decoder
@@ -197,7 +201,7 @@ def test_unit_weights_are_a_sparse_convex_mix(behaviour, training, threshold):
 @pytest.mark.parametrize("preset", MEMORY_PRESETS)
 def test_model_weights_are_valid_in_every_stage(preset):
     torch.manual_seed(0)
-    model = build_model(preset, TINY)
+    model = build_model(preset, TINY, model_config())
     if preset == "memae":
         stages = [(100, None)]  # MemAE addresses all its slots: no top-k
     else:
@@ -287,7 +291,7 @@ def test_same_seed_forgets_same_slots_other_seed_other_slots():
 @pytest.mark.parametrize("preset", PRESETS)
 def test_eval_is_deterministic_and_independent_of_the_rng(preset):
     torch.manual_seed(0)
-    model = build_model(preset, TINY)
+    model = build_model(preset, TINY, model_config())
     x = images(8)
     model.eval()
     first, again, other_seed = (seeded_forward(model, x, s) for s in (0, 0, 1))
@@ -317,7 +321,7 @@ def test_unit_eval_switches_forgetting_off(behaviour):
 @pytest.mark.parametrize("preset", MEMORY_PRESETS)
 def test_gradients_reach_the_memory_slots_and_the_encoder(preset):
     torch.manual_seed(0)
-    model = build_model(preset, TINY).train()
+    model = build_model(preset, TINY, model_config()).train()
     model(images(16))["loss"].backward()
     for name, parameter in model.named_parameters():
         assert parameter.grad is not None, f"{name} gets no gradient"
@@ -464,7 +468,7 @@ def test_memae_entropy_is_finite_when_weights_are_exactly_zero(h, all_zero):
 # Ablations and settings
 # ---------------------------------------------------------------------------------------------
 def test_one_stage_is_the_single_memory_ablation():
-    model = build_model("cascade", TINY, n_slots=[20], top_k=[4], forget_rate=[0.25])
+    model = build_model("cascade", TINY, model_config(n_slots=[20], top_k=[4], forget_rate=[0.25]))
     assert isinstance(model.memory, CascadeMemory)
     assert len(model.memory.units) == len(model.memory.connectors) == 1
     (info,) = model.train()(images(8))["memory"]
@@ -474,9 +478,9 @@ def test_one_stage_is_the_single_memory_ablation():
 @pytest.mark.parametrize("preset", CASCADE_PRESETS)
 def test_zero_stages_is_the_plain_autoencoder(preset):
     torch.manual_seed(0)
-    model = build_model(preset, TINY, n_slots=[], top_k=[], forget_rate=[])
+    model = build_model(preset, TINY, model_config(n_slots=[], top_k=[], forget_rate=[]))
     torch.manual_seed(0)
-    plain = build_model(PLAIN_AE[preset], TINY)
+    plain = build_model(PLAIN_AE[preset], TINY, model_config())
     assert isinstance(model, MemoryAutoencoder) and model.memory is None
     assert model.state_dict().keys() == plain.state_dict().keys()
     for key, value in plain.state_dict().items():
@@ -505,19 +509,19 @@ def test_zero_stages_is_the_plain_autoencoder(preset):
 ])
 def test_inconsistent_settings_raise(preset, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        build_model(preset, TINY, **kwargs)
+        build_model(preset, TINY, model_config(**kwargs))
 
 
 def test_released_memory_may_address_every_slot():
     """Released behaviour: forgotten slots stay selectable, so top_k may equal n_slots."""
-    model = build_model("cascade-released", TINY, n_slots=[10], top_k=[10], forget_rate=[0.1])
+    model = build_model("cascade-released", TINY, model_config(n_slots=[10], top_k=[10], forget_rate=[0.1]))
     (info,) = model.train()(images(4))["memory"]
     assert all(row == set(range(10)) for row in chosen(info))
 
 
 def test_unknown_preset_lists_the_valid_ones():
     with pytest.raises(ValueError, match="unknown model preset 'cascad'") as error:
-        build_model("cascad", TINY)
+        build_model("cascad", TINY, model_config())
     assert all(name in str(error.value) for name in PRESETS)
 
 
@@ -530,10 +534,10 @@ def test_unknown_behaviour_raises():
 # Sizes and parameter counts
 # ---------------------------------------------------------------------------------------------
 def test_extra_repr_shows_the_real_sizes():
-    text = str(build_model("cascade", (1, 28, 28)).memory)
+    text = str(build_model("cascade", (1, 28, 28), model_config()).memory)
     assert "n_slots=50, slot_dim=128, top_k=15, forget_rate=0.1 (5 slots per pass)" in text
     assert "n_slots=1000, slot_dim=128, top_k=5, forget_rate=0.5 (500 slots per pass)" in text
-    assert "n_slots=100, slot_dim=128, shrink_threshold=0.01" in str(build_model("memae", (1, 28, 28)).memory)
+    assert "n_slots=100, slot_dim=128, shrink_threshold=0.01" in str(build_model("memae", (1, 28, 28), model_config()).memory)
     assert "n_slots=100, slot_dim=64, top_k=3, forget_rate=0.29 (29 slots per pass)" in repr(
         MemoryUnit(100, 64, 3, 0.29))
 
@@ -541,11 +545,11 @@ def test_extra_repr_shows_the_real_sizes():
 @pytest.mark.parametrize("preset", PRESETS)
 def test_parameter_counts(preset):
     latent = 128
-    model = build_model(preset, (1, 28, 28))
+    model = build_model(preset, (1, 28, 28), model_config())
     assert count_parameters(model) > 0
     assert count_parameters(model) == sum(p.numel() for p in model.parameters() if p.requires_grad)
     if preset in PLAIN_AE:
-        plain = build_model(PLAIN_AE[preset], (1, 28, 28))
+        plain = build_model(PLAIN_AE[preset], (1, 28, 28), model_config())
         if preset == "memae":
             memory_size = 100 * latent
         else:  # the slots of every stage, and a BatchNorm1d (weight + bias) after each
@@ -554,7 +558,7 @@ def test_parameter_counts(preset):
         assert count_parameters(model) == count_parameters(plain) + memory_size
     if preset == "vae":
         assert isinstance(model, VAE)
-        assert count_parameters(model) == count_parameters(build_model("ae", (1, 28, 28))) + 2 * (latent + 1) * latent
+        assert count_parameters(model) == count_parameters(build_model("ae", (1, 28, 28), model_config())) + 2 * (latent + 1) * latent
 
 
 # ---------------------------------------------------------------------------------------------
@@ -574,7 +578,7 @@ def test_short_training_lowers_the_loss(preset):
     (The eval-mode loss is not asserted: after 30 steps BatchNorm's running statistics still lag.)"""
     x = prototype_images()
     torch.manual_seed(0)
-    model = build_model(preset, TINY).train()
+    model = build_model(preset, TINY, model_config()).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(30):

@@ -2,7 +2,7 @@
 
     <run>/roc_all.png                     one ROC curve per class, each from the class's first seed
                                           (the lowest finished one), its AUROC in the legend
-    <run>/class<c>_seed<s>/roc.png        the unit's ROC curve on the test split
+    <run>/class<c>_seed<s>/roc.png        the trial's ROC curve on the test split
     <run>/class<c>_seed<s>/scores.png     histograms of the test scores, normal against anomalous
                                           (densities), the validation threshold marked
     <run>/class<c>_seed<s>/reconstructions.png
@@ -12,36 +12,42 @@
                                           each slot (weight > 0), slots sorted by use, one panel a stage
 
 matplotlib is imported here only, lazily, and draws on Figure objects with the Agg canvas (no
-pyplot, no change of the global backend). Figures are extras: draw_unit and draw_run run after
+pyplot, no change of the global backend). Figures are extras: draw_trial and draw_run run after
 the results are written, and a failure to draw prints a warning instead of stopping a sweep.
 """
 import io
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_curve
 from tqdm import tqdm
 
-from tool.datasets import scale_images
-from tool.evaluation import eval_batch_size, reconstruct
+from tool.datasets import load_dataset, scale_images
+from tool.errors import UserError
+from tool.evaluation import reconstruct
 from tool.io import atomic_write_bytes
+from tool.protocol import make_split
+from tool.runs import load_results, load_trial_model, read_run_config
+from tool.train import validation_pass
 
 N_EXTREMES = 6  # images per group in reconstructions.png
 
 
-def draw_unit(folder, results, split=None, model=None, device="cpu"):
-    """roc.png and scores.png in a finished unit's folder; given its model and split, also
+def draw_trial(folder, results, split=None, model=None, device="cpu"):
+    """roc.png and scores.png in a finished trial's folder; given its model and split, also
     reconstructions.png and (for a model with memory) memory.png. A failure is a warning."""
     try:
         roc_figure(results, folder / "roc.png")
         scores_figure(results, folder / "scores.png")
         if model is not None and split is not None:
             reconstructions_figure(model, split.test, results, device, folder / "reconstructions.png")
-            counts = slot_usage(model, scale_images(split.val, device))
+            counts = [u["hits"].cpu().numpy().astype(np.int64)
+                      for u in validation_pass(model, scale_images(split.val, device))[1]]
             if counts:
                 memory_figure(counts, len(split.val), folder / "memory.png")
-    except Exception as error:  # a figure is an extra: never lose a finished unit to it
+    except Exception as error:  # a figure is an extra: never lose a finished trial to it
         _warn(f"figures of {folder} not drawn", error)
 
 
@@ -75,7 +81,7 @@ def _save(figure, path):
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _unit_title(results):
+def _trial_title(results):
     role = "anomalous" if results["protocol"] == "one-anomalous-class" else "normal"
     return (f"{results['dataset']} / {results['model']}: class {results['class']} ({results['class_name']}) "
             f"{role}, seed {results['seed']}")
@@ -101,7 +107,7 @@ def roc_figure(results, path):
     figure = _figure(5, 5)
     ax = figure.add_subplot()
     _roc_curve(ax, results, "")
-    _roc_axes(ax, _unit_title(results))
+    _roc_axes(ax, _trial_title(results))
     _save(figure, path)
 
 
@@ -112,8 +118,8 @@ def roc_all_figure(results, class_names, title, path):
         first.setdefault(c, results[(c, s)])
     figure = _figure(6.5, 6.5)
     ax = figure.add_subplot()
-    for c, unit in first.items():
-        _roc_curve(ax, unit, f"{c} {class_names[c]} (seed {unit['seed']}): ")
+    for c, trial in first.items():
+        _roc_curve(ax, trial, f"{c} {class_names[c]} (seed {trial['seed']}): ")
     _roc_axes(ax, f"{title}\none curve per class, from its first seed")
     _save(figure, path)
 
@@ -131,7 +137,7 @@ def scores_figure(results, path):
                label=f"validation threshold {threshold['value']:.4g} "
                      f"({threshold['percentile_of_validation_scores']:g}th percentile of normal validation scores)")
     ax.set(xlabel="anomaly score (L2 norm of the reconstruction error)", ylabel="density")
-    ax.set_title(_unit_title(results), fontsize="small")
+    ax.set_title(_trial_title(results), fontsize="small")
     ax.legend(fontsize="small")
     _save(figure, path)
 
@@ -178,25 +184,8 @@ def reconstructions_figure(model, test_images, results, device, path, n=N_EXTREM
         ax.set_yticks([(h - 1) / 2, h + 1 + (h - 1) / 2], ["input", "reconstruction"], fontsize="small")
         ax.tick_params(length=0)
         ax.set_title(f"{title} (anomaly scores below)", fontsize="small")
-    figure.suptitle(_unit_title(results), fontsize="small")
+    figure.suptitle(_trial_title(results), fontsize="small")
     _save(figure, path)
-
-
-@torch.inference_mode()
-def slot_usage(model, images, batch_size=None):
-    """Per memory stage, how many of `images` address each slot with weight > 0 (eval mode), from
-    the forward's "memory" list; [] for a model without memory."""
-    model.eval()
-    counts = []
-    for xb in images.split(batch_size or eval_batch_size(images.device)):
-        for i, stage in enumerate(model(xb)["memory"]):
-            # counted on the CPU: CUDA's bincount has no deterministic implementation
-            used = torch.bincount(stage["indices"][stage["weights"] > 0].cpu(), minlength=stage["n_slots"])
-            if i == len(counts):
-                counts.append(used)
-            else:
-                counts[i] += used
-    return [used.numpy() for used in counts]
 
 
 def memory_figure(counts, n_images, path):
@@ -209,3 +198,23 @@ def memory_figure(counts, n_images, path):
                      fontsize="small")
     figure.suptitle(f"memory slot usage on the {n_images} normal validation images (weight > 0)", fontsize="small")
     _save(figure, path)
+
+
+def redraw(run_dir, device):
+    """Draw a run's figures again (python main.py --figures RUN_DIR) from its results.json files
+    and checkpoints, then its table and roc_all.png."""
+    from tool.report import run_table
+
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    results = load_results(run_dir)
+    if not results:
+        raise UserError(f"{run_dir} holds no finished trial (no class*_seed*/results.json).")
+    ds = load_dataset(config["dataset"], config["data_dir"])
+    for (c, seed), trial_results in tqdm(sorted(results.items()), desc="drawing", unit="trial", leave=False):
+        folder = run_dir / f"class{c}_seed{seed}"
+        split = make_split(ds, config["protocol"], c, config["val_fraction"], seed)
+        model = load_trial_model(folder, device)[1] if (folder / "best.pt").is_file() else None
+        draw_trial(folder, trial_results, split, model, device)
+    run_table(run_dir)  # the table again, and roc_all.png
+    print(f"figures drawn in {run_dir} ({len(results)} trials)")

@@ -1,4 +1,5 @@
-"""Atomic file writes and the provenance recorded in every results file."""
+"""Reading and writing files safely: atomic writes, loaders that never run code from a file and
+name the file in every error, and the provenance recorded beside every result."""
 import json
 import os
 import pickle
@@ -48,6 +49,15 @@ def load_checkpoint(path, device="cpu", what_to_do="Train it again."):
             pickle.UnpicklingError) as error:
         raise UserError(f"{path} is not a checkpoint this code wrote, or it is truncated or corrupt "
                         f"({type(error).__name__}). {what_to_do}") from None
+
+
+def read_json(path, what_to_do):
+    """The JSON in `path`; a missing, unreadable, truncated or malformed file is a UserError that
+    names it and says `what_to_do`."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path} cannot be read ({type(error).__name__}: {error}). {what_to_do}") from None
 
 
 def atomic_write_bytes(path, data):

@@ -1,25 +1,164 @@
-"""One table for many runs: every model of a dataset side by side, beside the published figures.
+"""Every table: one run's per-class table, every run of a dataset side by side beside the
+published figures, and the export of a run's results into results/.
 
+    python main.py --table RUN_DIR         # the per-class table of one run (mean ± std over seeds)
     python main.py --compare results/fmnist      # every run folder below, grouped by protocol
+    python main.py --export RUN_DIR        # its results, without checkpoints, into results/
 
-Writes comparison.md and comparison.csv into the folder given. Each run folder contributes the
-mean over classes of each metric (mean ± std over its seeds) and its per-class AUROC; the tables
-are built from the results.json files by key, and a cell without results shows as "-".
+Tables are built from the trials' results.json files by key; a cell without results shows as "-".
 """
 import csv
 import io
-import json
+import shutil
+import tempfile
 from pathlib import Path
 
-from tool import evaluation
-from tool.errors import UserError
-from tool.io import REPO, atomic_write_bytes, atomic_write_text
-from tool.sweep import PLACEMENT_KEYS, class_names_of, planned_units, read_run_config, results_text
+import numpy as np
+from prettytable import PrettyTable
 
+from tool.errors import UserError
+from tool.evaluation import METRICS
+from tool.io import REPO, atomic_write_text, read_json
+from tool.runs import PLACEMENT_KEYS, class_names_of, load_results, planned_trials, read_run_config, results_text
+
+# Published mean AUROC / AUPRC / best F1 in %, one anomalous class, from the authors' public
+# rebuttal of an earlier version of the method (WWW 2024); see docs/method.md.
+PUBLISHED = {
+    "mnist": {"VAE (published)": {"auroc": 85.12, "auprc": 53.45, "f1_oracle": 54.67},
+              "Cascade memory, untuned (published)": {"auroc": 88.45, "auprc": 59.17, "f1_oracle": 60.44}},
+    "fmnist": {"VAE (published)": {"auroc": 70.61, "auprc": 22.90, "f1_oracle": 31.97},
+               "Cascade memory, untuned (published)": {"auroc": 71.22, "auprc": 24.21, "f1_oracle": 33.36},
+               "Cascade memory, tuned (published)": {"auroc": 74.61, "auprc": 26.84, "f1_oracle": 35.91}},
+    "kmnist": {"VAE (published)": {"auroc": 72.57, "auprc": 25.34, "f1_oracle": 32.37},
+               "Cascade memory, untuned (published)": {"auroc": 76.44, "auprc": 29.48, "f1_oracle": 35.93}},
+}
 EXPORTED = ("config.json", "results.json", "table.md", "table.csv", "roc_all.png")
 ROW_ORDER = ["cascade", "cascade-released", "cascade-mlp", "memae", "ae", "ae-mlp", "vae", "knn", "iforest", "ocsvm"]
 
 
+# ---------------------------------------------------------------------------------------------
+# Cells: mean ± std over seeds
+# ---------------------------------------------------------------------------------------------
+def _mean_std(values):
+    if not values:
+        return None
+    return float(np.mean(values)), float(np.std(values)) if len(values) > 1 else 0.0
+
+
+def summarise(results, classes, seeds):
+    """Per class and overall: {metric: (mean, std, n)} from {(class, seed): results}.
+
+    A class's cell is the mean +- std over its finished seeds. The "mean" row is, per seed, the
+    mean over classes (only seeds with every class finished), then mean +- std over those seeds.
+    """
+    rows = {}
+    for c in classes:
+        cell = {}
+        for metric in METRICS:
+            values = [results[(c, s)]["metrics"][metric] for s in seeds if (c, s) in results]
+            cell[metric] = _mean_std(values) + (len(values),) if values else None
+        rows[c] = cell
+    complete = [s for s in seeds if all((c, s) in results for c in classes)]
+    rows["mean"] = {metric: (_mean_std([np.mean([results[(c, s)]["metrics"][metric] for c in classes])
+                                        for s in complete]) + (len(complete),)) if complete else None
+                    for metric in METRICS}
+    return rows
+
+
+def format_cell(cell, decimals=2, percent=True):
+    """'mean ± std' (the ± part only for more than one seed) of a summarise() cell; '-' for none."""
+    if cell is None:
+        return "-"
+    mean, std, n = cell
+    scale = 100.0 if percent else 1.0
+    text = f"{mean * scale:.{decimals}f}"
+    return text + (f" ± {std * scale:.{decimals}f}" if n > 1 else "")
+
+
+def published_rows(dataset):
+    return [[name, *(f"{v[m]:.2f}" if m in v else "-" for m in METRICS), "-"]
+            for name, v in PUBLISHED.get(dataset, {}).items()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering: the terminal (PrettyTable), Markdown, CSV
+# ---------------------------------------------------------------------------------------------
+def render_table(header, rows, extra_rows=()):
+    table = PrettyTable(header, align="r")
+    table.align[header[0]] = "l"
+    for i, row in enumerate(rows):
+        table.add_row(row, divider=bool(extra_rows) and i == len(rows) - 1)
+    for row in extra_rows:
+        table.add_row(row)
+    return table
+
+
+def to_markdown(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _csv_text(rows):
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# One run: a row per class, then the mean
+# ---------------------------------------------------------------------------------------------
+def table_rows(results, classes, class_names, seeds, decimals=2):
+    """Header and rows (strings) of the per-class table: each metric as mean ± std over seeds."""
+    summary = summarise(results, classes, seeds)
+    rows = []
+    for c in [*classes, "mean"]:
+        n = max((cell[2] for cell in summary[c].values() if cell), default=0)
+        name = "mean" if c == "mean" else f"{c} {class_names[c]}"
+        rows.append([name, *(format_cell(summary[c][m], decimals) for m in METRICS), str(n)])
+    return ["class", *METRICS.values(), "seeds"], rows
+
+
+def table_csv(results, classes, class_names, seeds):
+    """The per-class table for machines: mean and std of each metric (0..1), one line per class."""
+    summary = summarise(results, classes, seeds)
+    lines = [["class", "name", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")), "n_seeds"]]
+    for c in [*classes, "mean"]:
+        values = [text for m in METRICS
+                  for text in ([f"{v:.6f}" for v in summary[c][m][:2]] if summary[c][m] else ["", ""])]
+        n = max((cell[2] for cell in summary[c].values() if cell), default=0)
+        lines.append([c, "" if c == "mean" else class_names[c], *values, n])
+    return _csv_text(lines)
+
+
+def run_table(run_dir, results=None, decimals=2, write=True):
+    """Print the run's table, built by key from its results; write table.md / table.csv beside it
+    (and roc_all.png when the run draws figures). Returns (header, rows)."""
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    results = load_results(run_dir) if results is None else results
+    class_names = class_names_of(config)
+    classes, seeds = planned_trials(run_dir, config, len(class_names) if class_names else None)
+    class_names = class_names or [str(c) for c in range(max(classes, default=-1) + 1)]
+    header, rows = table_rows(results, classes, class_names, seeds, decimals)
+    published = published_rows(config["dataset"]) if config["protocol"] == "one-anomalous-class" else []
+    title = (f"{config['dataset']} / {config['model']} / {config['protocol']}: metrics in %, "
+             f"mean ± std over seeds {seeds}")
+    print(title)
+    print(render_table(header, rows, published))
+    if write:
+        atomic_write_text(run_dir / "table.md", f"{title}\n\n" + to_markdown(header, rows + published))
+        atomic_write_text(run_dir / "table.csv", table_csv(results, classes, class_names, seeds))
+        if config.get("draw_figures", True):
+            from tool import figures
+
+            figures.draw_run(run_dir, results, class_names, title)
+    return header, rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Every run of a dataset
+# ---------------------------------------------------------------------------------------------
 def find_runs(root):
     """{(dataset, protocol): {row label: run folder}} for every run folder below `root`.
 
@@ -29,11 +168,14 @@ def find_runs(root):
     configs = {}
     for path in sorted(Path(root).rglob("config.json")):  # sorted: timestamps in increasing order
         if not path.parent.name.startswith("class"):
-            configs[path.parent] = json.loads(path.read_text())["config"]
+            configs[path.parent] = read_run_config(path.parent)
     if not configs:
         raise UserError(f"no run folder (config.json beside class*_seed* folders) below {root}")
     groups = {}
     for run_dir, config in configs.items():
+        if not all(isinstance(config.get(k), str) for k in ("dataset", "protocol", "model")):
+            raise UserError(f"{run_dir / 'config.json'} names no dataset, protocol and model. Restore it from "
+                            f"a copy, or move the folder out of {root}.")
         groups.setdefault((config["dataset"], config["protocol"]), {}).setdefault(config["model"], []).append(run_dir)
     runs = {}
     for key, models in groups.items():
@@ -58,67 +200,76 @@ def _order(label):
 
 
 def compare(root):
-    """Print and write the comparison tables of every run below `root`; return the Markdown."""
+    """Print and write comparison.md / comparison.csv of every run below `root`; return the Markdown."""
     root = Path(root)
     runs = find_runs(root)
-    markdown, rows_csv = [], []
+    markdown, rows_csv = [], [["dataset", "protocol", "model", "metric", "mean", "std"]]
     for (dataset, protocol), labelled in sorted(runs.items()):
         models = sorted(labelled, key=_order)
         summary_rows, per_class, class_names = [], {}, {}
         for model in models:
             run_dir = labelled[model]
-            config = json.loads((run_dir / "config.json").read_text())["config"]
-            results = evaluation.load_results(run_dir)
-            class_names.update({c: r["class_name"] for (c, _), r in results.items()})
+            config = read_run_config(run_dir)
+            results = load_results(run_dir)
+            class_names.update({c: r.get("class_name", "") for (c, _), r in results.items()})
             names = class_names_of(config)
-            classes, seeds = planned_units(run_dir, config, len(names) if names else None)
-            summary = evaluation.summarise(results, classes, seeds)
-            cells = [evaluation.format_cell(summary["mean"][m], 2, True) for m in evaluation.METRICS]
-            finished = len(results)
+            classes, seeds = planned_trials(run_dir, config, len(names) if names else None)
+            summary = summarise(results, classes, seeds)
+            cells = [format_cell(summary["mean"][m]) for m in METRICS]
             complete = summary["mean"]["auroc"][2] if summary["mean"]["auroc"] else 0  # seeds in the mean
             seeds_text = f"{complete}" if complete == len(seeds) else f"{complete} of {len(seeds)}"
-            summary_rows.append([model, *cells, f"{seeds_text} ({finished}/{len(classes) * len(seeds)} units)",
+            summary_rows.append([model, *cells, f"{seeds_text} ({len(results)}/{len(classes) * len(seeds)} trials)",
                                  str(run_dir.relative_to(root))])
             per_class[model] = {c: summary[c]["auroc"] for c in classes}
             rows_csv += [[dataset, protocol, model, m, *(f"{v:.6f}" for v in summary["mean"][m][:2])]
-                         for m in evaluation.METRICS if summary["mean"][m]]
-        header = ["model (settings that differ)", *evaluation.METRICS.values(), "seeds", "run"]
-        published = [row[:-1] + ["-", "PAPER.md"] for row in evaluation.published_rows(dataset)] \
+                         for m in METRICS if summary["mean"][m]]
+        header = ["model (settings that differ)", *METRICS.values(), "seeds", "run"]
+        published = [row[:-1] + ["-", "docs/method.md"] for row in published_rows(dataset)] \
             if protocol == "one-anomalous-class" else []
         title = f"{dataset}, {protocol}: mean over classes, in %, mean ± std over seeds"
         print(title)
-        print(evaluation.render_table(header, summary_rows, published))
-        markdown += [f"## {title}", "", evaluation.to_markdown(header, summary_rows + published)]
+        print(render_table(header, summary_rows, published))
+        markdown += [f"## {title}", "", to_markdown(header, summary_rows + published)]
         classes = sorted({c for cells in per_class.values() for c in cells})
-        class_header = ["class", *models]
-        class_rows = [[f"{c} {class_names.get(c, '')}".strip(),
-                       *(evaluation.format_cell(per_class[m].get(c), 2, True) for m in models)] for c in classes]
+        class_rows = [[f"{c} {class_names.get(c, '')}".strip(), *(format_cell(per_class[m].get(c)) for m in models)]
+                      for c in classes]
         markdown += [f"AUROC per class ({dataset}, {protocol}), in %:", "",
-                     evaluation.to_markdown(class_header, class_rows)]
+                     to_markdown(["class", *models], class_rows)]
     text = "\n".join(markdown)
     atomic_write_text(root / "comparison.md", text)
-    buffer = io.StringIO()
-    csv.writer(buffer).writerows([["dataset", "protocol", "model", "metric", "mean", "std"], *rows_csv])
-    atomic_write_text(root / "comparison.csv", buffer.getvalue())
+    atomic_write_text(root / "comparison.csv", _csv_text(rows_csv))
     print(f"written: {root / 'comparison.md'}, {root / 'comparison.csv'}")
     return text
 
 
+# ---------------------------------------------------------------------------------------------
+# Export: what a table is built from, without checkpoints, logs or per-trial figures
+# ---------------------------------------------------------------------------------------------
 def export(run_dir, dest=None):
-    """Copy a run's results, without checkpoints, logs or per-unit figures, to
-    results/<dataset>/<model>/<timestamp>/ (or below `dest`): what a table is built from."""
+    """Copy a run's results to results/<dataset>/<model>/<timestamp>/ (or below `dest`). The copy
+    is made in a hidden folder beside the target and renamed into place when complete, so a
+    failed export leaves nothing behind."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     target = Path(dest or REPO / "results") / config["dataset"] / config["model"] / run_dir.name
     if target.exists():
         raise UserError(f"{target} exists; an export never overwrites one.")
-    for path in sorted(run_dir.rglob("*")):
-        relative = path.relative_to(run_dir)  # the run's own files, and its units' (class*_seed*/...)
-        if not path.is_file() or relative.name not in EXPORTED or len(relative.parts) > 2:
-            continue
-        if relative.name == "results.json":  # rewritten in the compact layout of tool.sweep.results_text
-            atomic_write_text(target / relative, results_text(json.loads(path.read_text())))
-        else:
-            atomic_write_bytes(target / relative, path.read_bytes())
+    load_results(run_dir)  # every results.json must be readable before anything is written
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        for path in sorted(run_dir.rglob("*")):
+            relative = path.relative_to(run_dir)  # the run's own files, and its trials' (class*_seed*/...)
+            if not path.is_file() or relative.name not in EXPORTED or len(relative.parts) > 2:
+                continue
+            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+            if relative.name == "results.json":  # rewritten in the compact layout of tool.runs.results_text
+                (staging / relative).write_text(results_text(read_json(path, "")))
+            else:
+                shutil.copyfile(path, staging / relative)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     print(f"exported: {target}")
     return target

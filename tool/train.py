@@ -12,14 +12,15 @@ and nothing else.
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from tool.errors import UserError
-from tool.evaluation import eval_batch_size
+from models.memory import addressing_entropy
+from tool.evaluation import batches
 from tool.io import atomic_torch_save, load_checkpoint
 
 
@@ -44,15 +45,20 @@ class TrainingDiverged(UserError):
     """The loss became NaN or infinite."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 100
-    patience: int = 10  # epochs without a better validation loss before stopping
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    eval_batch_size: int = 0  # 0 = tool.evaluation.eval_batch_size(device)
-    log_every: int = 1  # one log line every this many epochs
+    """The training settings, named as main.py's constants (EPOCHS -> epochs, ...), which hold
+    their defaults and say what each one is."""
+    epochs: int
+    patience: int  # epochs without a better validation loss before stopping
+    batch_size: int
+    lr: float
+    weight_decay: float
+
+    @classmethod
+    def from_settings(cls, settings, **overrides):
+        """The training settings out of a mapping of every setting (main.DEFAULTS, a run's config)."""
+        return cls(**{f.name: overrides.get(f.name, settings[f.name]) for f in fields(cls)})
 
 
 @dataclass
@@ -89,12 +95,13 @@ def set_rng_state(state):
 
 
 @torch.inference_mode()
-def evaluate_loss(model, images, batch_size=None):
-    """Mean loss of `model` (eval mode) over `images`, and per-stage addressing statistics:
-    share of slots used and mean addressing entropy, on these (normal) images."""
+def validation_pass(model, images, batch_size=None):
+    """Mean loss of `model` (eval mode) over `images`, and per memory stage what these (normal)
+    images address: "hits", how many of them give each slot a weight > 0, and "entropy", their
+    mean addressing entropy."""
     model.eval()
     total, count, stats = None, 0, []
-    for xb in images.split(batch_size or eval_batch_size(images.device)):
+    for xb in batches(images, batch_size):
         out = model(xb)
         total = out["loss"] * len(xb) if total is None else total + out["loss"] * len(xb)
         count += len(xb)
@@ -103,10 +110,8 @@ def evaluate_loss(model, images, batch_size=None):
                 stats.append({"hits": torch.zeros(info["n_slots"], device=xb.device), "entropy": 0.0})
             w = info["weights"]
             stats[i]["hits"].index_put_((info["indices"].reshape(-1),), (w > 0).reshape(-1).float(), accumulate=True)
-            stats[i]["entropy"] = stats[i]["entropy"] + (-(w * w.clamp_min(1e-12).log()).sum(dim=1)).sum()
-    memory = [{"slots_used": float((s["hits"] > 0).float().mean()), "entropy": float(s["entropy"]) / count}
-              for s in stats]
-    return float(total) / count, memory
+            stats[i]["entropy"] = stats[i]["entropy"] + addressing_entropy(w).sum()
+    return float(total) / count, [{"hits": s["hits"], "entropy": float(s["entropy"]) / count} for s in stats]
 
 
 def make_optimizer(model, config, device):
@@ -135,11 +140,11 @@ def train_epoch(model, optimizer, images, order, batch_size):
 
 
 def train_model(model, train_images, val_images, config, checkpoint_path, generator_seed, writer=None,
-                desc="train"):
+                desc="train", log_every=1):
     """Train `model` on `train_images` (float, on the model's device), stop early on `val_images`.
 
     Resumes from `checkpoint_path` when it exists. Returns a TrainResult; the model ends holding
-    its best weights (lowest validation loss).
+    its best weights (lowest validation loss). One log line every `log_every` epochs.
     """
     device = train_images.device
     optimizer = make_optimizer(model, config, device)
@@ -176,7 +181,8 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
             raise TrainingDiverged(f"{desc}: the training loss became {train_loss} in epoch {epoch}. "
                                    f"The last good checkpoint (epoch {state['epoch']}) is kept in "
                                    f"{checkpoint_path}; try a lower learning rate.")
-        val_loss, memory = evaluate_loss(model, val_images, config.eval_batch_size)
+        val_loss, usage = validation_pass(model, val_images)
+        memory = [{"slots_used": float((u["hits"] > 0).float().mean()), "entropy": u["entropy"]} for u in usage]
         if not np.isfinite(val_loss):
             raise TrainingDiverged(f"{desc}: the validation loss became {val_loss} in epoch {epoch}. "
                                    f"The last good checkpoint (epoch {state['epoch']}) is kept in {checkpoint_path}.")
@@ -202,7 +208,7 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
                            "shuffle": shuffle.get_state(), "rng": rng_state(), "state": state}, checkpoint_path)
         bar.update(1)
         bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", best=state["best_epoch"])
-        if epoch % config.log_every == 0 or epoch == config.epochs:
+        if epoch % log_every == 0 or epoch == config.epochs:
             usage = " ".join(f"s{i + 1} used {m['slots_used']:.2f} H {m['entropy']:.2f}" for i, m in enumerate(memory))
             tqdm.write(f"{desc} epoch {epoch:3d}  train {train_loss:.5f}  val {val_loss:.5f}"
                        f"{' *' if improved else '  '}  {seconds:5.1f}s  {usage}".rstrip())

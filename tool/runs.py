@@ -1,0 +1,206 @@
+"""Run folders: what a run writes, where, and how it is read back.
+
+    runs/<dataset>/<preset>/<timestamp>/
+        config.json                 the run's settings, environment, command history
+        table.md, table.csv         the table, rebuilt from the trials' results.json by key
+        class<c>_seed<s>/           one trial: class c as the anomaly (or the normal class), seed s
+            config.json             full settings, seed, library versions, git commit
+            results.json            metrics, per-image test scores and targets, threshold, epochs,
+                                    times (written last: its presence marks the trial finished)
+            best.pt                 the weights with the lowest validation loss
+            last.pt                 the end-of-epoch checkpoint (deleted once the trial finishes)
+            tb/                     tensorboardX logs
+
+Trials are independent: any subset can run anywhere (--classes C --seeds S --run-dir DIR), and a
+folder's finished trials are skipped when it is run again.
+"""
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from models import ModelConfig, build_model
+from tool.errors import UserError
+from tool.evaluation import METRICS
+from tool.io import (REPO, atomic_torch_save, atomic_write_json, atomic_write_text, environment, load_checkpoint,
+                     read_json)
+
+# Settings that do not change what a trial computes: they may differ between runs of one folder.
+PLACEMENT_KEYS = ("classes", "seeds", "jobs", "device", "output_dir", "data_dir", "draw_figures")
+RENAMED_KEYS = {"threshold": "addressing_threshold"}  # run configs written before a setting was renamed
+
+
+# ---------------------------------------------------------------------------------------------
+# The run folder
+# ---------------------------------------------------------------------------------------------
+def new_run_dir(config):
+    """A new folder OUTPUT_DIR/<dataset>/<model>/<timestamp> (relative OUTPUT_DIR: beside main.py)."""
+    base = Path(config["output_dir"])
+    base = base if base.is_absolute() else REPO / base
+    parent = base / config["dataset"] / config["model"]
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for i in range(1000):  # never reuse a folder: a second run in the same second gets a suffix
+        path = parent / (stamp if i == 0 else f"{stamp}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise UserError(f"cannot create a new run folder under {parent}")
+
+
+def read_run_config(run_dir):
+    """The settings a run folder was made with (renamed settings under their new names)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a run folder (no config.json). Give a folder that main.py made, "
+                        f"e.g. runs/<dataset>/<model>/<timestamp>.")
+    config = read_json(path, "Restore it from a copy, or run again in a new folder.")
+    if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
+        raise UserError(f"{path} holds no run settings. Restore it from a copy, or run again in a new folder.")
+    return {RENAMED_KEYS.get(key, key): value for key, value in config["config"].items()}
+
+
+def write_run_config(run_dir, config):
+    """The run's config.json; a later run of the same folder (--resume, --run-dir) adds its
+    command, time and environment to the history instead of replacing the first one's."""
+    path = Path(run_dir) / "config.json"
+    history = json.loads(path.read_text()).get("history", []) if path.is_file() else []
+    entry = {"command": " ".join(sys.argv), "written": datetime.now().isoformat(), "environment": environment()}
+    atomic_write_json(path, {"config": config, **entry, "history": [*history, entry]})
+
+
+def open_run_dir(run_dir, config):
+    """Use `run_dir` for this sweep: create it, or check that its settings match this config. Its
+    config.json then plans the classes and seeds of both (the table shows them all)."""
+    run_dir = Path(run_dir)
+    # listed first, hidden names left out: array tasks starting together may find another task's
+    # config.json, or its temp file, appearing in a folder they saw empty
+    entries = [e for e in run_dir.iterdir() if not e.name.startswith(".")] if run_dir.is_dir() else []
+    if (run_dir / "config.json").is_file():
+        saved = read_run_config(run_dir)
+        differ = [k for k in config if k not in PLACEMENT_KEYS and saved.get(k) != config[k]]
+        if differ:
+            details = ", ".join(f"{k}: folder {saved.get(k)!r} vs now {config[k]!r}" for k in differ)
+            raise UserError(f"{run_dir} was made with other settings ({details}). Use a new folder, or "
+                            f"--resume {run_dir} to continue with its own settings.")
+        config = {**config, **{k: _union(saved.get(k), config[k]) for k in ("classes", "seeds")}}
+    elif entries:
+        raise UserError(f"{run_dir} exists and is not a run folder; give an empty or new folder.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_config(run_dir, config)
+    return run_dir
+
+
+def _union(saved, now):
+    if saved is None or now is None:
+        return None  # "all classes"
+    return list(dict.fromkeys([*saved, *now]))
+
+
+def class_names_of(config):
+    """The class names of a run's dataset (None when it is not prepared here)."""
+    path = Path(config["data_dir"] or REPO / "datasets") / config["dataset"] / "processed" / "meta.json"
+    try:
+        return json.loads(path.read_text())["classes"] if path.is_file() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Trials
+# ---------------------------------------------------------------------------------------------
+def trial_dir(run_dir, c, s):
+    return Path(run_dir) / f"class{c}_seed{s}"
+
+
+def is_finished(folder):
+    return (Path(folder) / "results.json").is_file()
+
+
+def planned_trials(run_dir, config, n_classes=None):
+    """Classes and seeds of a run folder: those its settings plan plus those found on disk."""
+    found = []
+    for path in Path(run_dir).glob("class*_seed*"):
+        try:
+            found.append(tuple(int(v) for v in path.name.removeprefix("class").split("_seed")))
+        except ValueError:
+            continue  # not a trial folder (e.g. class0_seed0.bak)
+    planned = range(n_classes or 0) if config["classes"] is None else config["classes"]
+    classes = sorted({*planned, *(c for c, _ in found)})
+    seeds = list(dict.fromkeys([*config["seeds"], *sorted({s for _, s in found})]))
+    return classes, seeds
+
+
+def write_trial_config(folder, config, ds, c, seed, device, about):
+    """The trial's config.json: every setting, the trial, the model's size, the environment, the
+    dataset's sources and (folder datasets) the preprocessing score.py repeats for new images."""
+    atomic_write_json(Path(folder) / "config.json", {
+        "config": config, "class": c, "class_name": ds.classes[c], "seed": seed, "input_shape": list(ds.shape),
+        **about, "device": device, "environment": environment(), "dataset_sources": ds.meta.get("sources", []),
+        "preprocessing": ds.meta.get("preprocessing")})
+
+
+def write_checkpoint(folder, model, preset, input_shape, best_epoch):
+    """best.pt: the weights with the lowest validation loss (load_trial_model reads them back)."""
+    atomic_torch_save({"model": model.state_dict(), "preset": preset, "input_shape": list(input_shape),
+                       "best_epoch": best_epoch}, Path(folder) / "best.pt")
+
+
+def results_text(results):
+    """results.json: the small fields first, indented; then the history, one epoch a line, and the
+    per-image scores and targets, one line each (readable, and half the size of indenting them)."""
+    long = ("history", "scores", "targets")
+    head = json.dumps({k: v for k, v in results.items() if k not in long}, indent=2)
+    parts = [head[:-2]]  # without its closing "\n}"
+    if "history" in results:
+        epochs = ",\n".join("    " + json.dumps(h) for h in results["history"])
+        parts.append(f'  "history": [\n{epochs}\n  ]')
+    parts += [f'  "{k}": {json.dumps(results[k], separators=(",", ":"))}' for k in long[1:] if k in results]
+    return ",\n".join(parts) + "\n}\n"
+
+
+def write_results(folder, results):
+    atomic_write_text(Path(folder) / "results.json", results_text(results))
+
+
+def read_results(folder):
+    """A finished trial's results.json, checked; a damaged one is a UserError saying what to do."""
+    path = Path(folder) / "results.json"
+    what_to_do = (f"Delete it and run the trial again (python main.py --resume {Path(folder).parent}), "
+                  f"or restore it from a copy.")
+    results = read_json(path, what_to_do)
+    if not (isinstance(results, dict) and isinstance(results.get("metrics"), dict)
+            and all(isinstance(results["metrics"].get(m), (int, float)) for m in METRICS)
+            and isinstance(results.get("class"), int) and isinstance(results.get("seed"), int)):
+        raise UserError(f"{path} is not a trial's results (metrics, class and seed missing or malformed). "
+                        f"{what_to_do}")
+    return results
+
+
+def load_results(run_dir):
+    """{(class, seed): results dict} for every finished trial under `run_dir`."""
+    found = {}
+    for path in sorted(Path(run_dir).glob("class*_seed*/results.json")):
+        result = read_results(path.parent)
+        found[(result["class"], result["seed"])] = result
+    return found
+
+
+def load_trial_model(folder, device):
+    """(trial config, model in eval mode) from a trial folder's config.json and best.pt."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file() or not (folder / "best.pt").is_file():
+        raise UserError(f"{folder} is not a trained trial folder (needs config.json and best.pt).")
+    again = "Train the trial again."
+    trial = read_json(folder / "config.json", again)
+    checkpoint = load_checkpoint(folder / "best.pt", device, again)
+    try:
+        trial["config"] = {RENAMED_KEYS.get(k, k): v for k, v in trial["config"].items()}
+        model = build_model(trial["config"]["model"], trial["input_shape"], ModelConfig.from_settings(trial["config"]))
+        model.load_state_dict(checkpoint["model"])
+    except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as error:
+        raise UserError(f"{folder}: its config.json and best.pt do not make a model ({type(error).__name__}). "
+                        f"{again}") from None
+    return trial, model.to(device).eval()

@@ -1,0 +1,212 @@
+"""Settings: main.py's constants, overridden from the command line, checked, printed.
+
+Every constant in main.py's settings block becomes a flag: EPOCHS -> --epochs, TOP_K -> --top-k.
+The flag's type comes from the constant's default; a list default takes one value per element.
+An unknown flag, a value of the wrong type, and a value outside its range (`validate`, the one
+place every setting is checked) are errors that name the setting.
+"""
+import argparse
+import math
+
+import torch
+
+from tool.errors import UserError
+
+LIST_TYPES = {  # settings whose default may be empty or None: their element type
+    "classes": str, "seeds": int, "n_slots": int, "top_k": int, "forget_rate": float, "channels": int,
+}
+SCALAR_TYPES = {"memae_shrink_threshold": float, "data_dir": str}  # settings whose default is None
+OPTIONAL = {"classes", "memae_shrink_threshold", "data_dir"}  # None is a valid value ("none" on the CLI)
+
+
+RENAMED = {  # old flag -> (new flag, why)
+    "--threshold": ("--addressing-threshold", "it is the memory's addressing threshold; the decision threshold is "
+                                              "--threshold-percentile"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit code 2, no usage dump
+        raise UserError(f"{message} (see python main.py --help)")
+
+
+def _none_or(kind):
+    def convert(text):
+        return None if text.lower() == "none" else kind(text)
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def _bool(text):
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+_bool.__name__ = "bool"
+
+
+def add_setting_flags(parser, defaults, help_texts=None):
+    """One flag per setting, typed from its default."""
+    for key, default in defaults.items():
+        flag = "--" + key.replace("_", "-")
+        help_text = (help_texts or {}).get(key, "").replace("%", "%%")  # argparse formats help with %
+        help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
+        if isinstance(default, (list, tuple)) or key in LIST_TYPES:
+            kind = LIST_TYPES.get(key) or (type(default[0]) if default else str)
+            parser.add_argument(flag, dest=key, nargs="*", type=kind, default=argparse.SUPPRESS, help=help_text)
+        else:
+            kind = SCALAR_TYPES.get(key) or type(default)
+            kind = _bool if kind is bool else kind
+            if key in OPTIONAL:
+                kind = _none_or(kind)
+            parser.add_argument(flag, dest=key, type=kind, default=argparse.SUPPRESS, help=help_text,
+                                metavar=kind.__name__.upper())
+
+
+def make_parser(defaults, description, help_texts=None):
+    parser = _Parser(description=description, allow_abbrev=False,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_setting_flags(parser.add_argument_group("settings (main.py's constants)"), defaults, help_texts)
+    for old, (new, why) in RENAMED.items():
+        parser.add_argument(old, nargs="*", action=_Renamed, help=argparse.SUPPRESS, new=new, why=why)
+    return parser
+
+
+class _Renamed(argparse.Action):
+    def __init__(self, *args, new, why, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.new, self.why = new, why
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise UserError(f"{option_string} is now {self.new}: {self.why}.")
+
+
+def overrides_from(args, defaults):
+    """The settings given on the command line: {key: value}."""
+    given = {}
+    for key in defaults:
+        if hasattr(args, key):
+            value = getattr(args, key)
+            given[key] = list(value) if isinstance(value, list) else value
+    return given
+
+
+def _finite(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _in(low, high, low_open=False, high_open=False):
+    """A check: a finite number between low and high (None = unbounded), ends open or closed."""
+    def check(v):
+        return (_finite(v) and (low is None or (v > low if low_open else v >= low))
+                and (high is None or (v < high if high_open else v <= high)))
+    return check
+
+
+def _each(check, allow_empty=True):
+    return lambda values: isinstance(values, list) and (allow_empty or values) and all(check(v) for v in values)
+
+
+SEED_LIMIT = 2 ** 32  # numpy's seeds are 32-bit
+RULES = {  # setting: (check, the rule in words). Every numeric setting is checked here, and only here.
+    "seeds": (lambda v: _each(_in(0, SEED_LIMIT, high_open=True), allow_empty=False)(v) and len(set(v)) == len(v)
+              and all(isinstance(s, int) for s in v), f"one or more distinct integers in 0..{SEED_LIMIT - 1}"),
+    "n_slots": (_each(_in(1, None)), "positive integers, one per memory stage"),
+    "top_k": (_each(_in(1, None)), "positive integers, one per memory stage"),
+    "forget_rate": (_each(_in(0, 1, high_open=True)), "numbers in [0, 1), one per memory stage"),
+    "addressing_threshold": (_in(-1, 1), "a number in [-1, 1] (it is compared with cosine similarities)"),
+    "latent_dim": (_in(1, None), ">= 1"),
+    "channels": (_each(_in(1, None), allow_empty=False), "one or more positive integers"),
+    "memae_slots": (_in(1, None), ">= 1"),
+    "memae_shrink_threshold": (lambda v: v is None or _in(0, 1, high_open=True)(v), "none or a number in [0, 1)"),
+    "memae_entropy_weight": (_in(0, None), "a finite number >= 0"),
+    "kl_weight": (_in(0, None), "a finite number >= 0"),
+    "epochs": (_in(1, None), ">= 1"),
+    "patience": (_in(1, None), ">= 1"),
+    "batch_size": (_in(2, None), ">= 2"),
+    "lr": (_in(0, None, low_open=True), "a finite number > 0"),
+    "weight_decay": (_in(0, None), "a finite number >= 0"),
+    "val_fraction": (_in(0, 1, low_open=True, high_open=True), "in (0, 1)"),
+    "threshold_percentile": (_in(0, 100, low_open=True, high_open=True), "in (0, 100)"),
+    "jobs": (_in(0, None), ">= 0 (0 = auto)"),
+    "threads": (_in(0, None), ">= 0 (0 = the cores split between the jobs)"),
+    "output_dir": (lambda v: isinstance(v, str) and v.strip() != "", "a folder (not empty)"),
+}
+
+
+def validate(config):
+    """Check every setting of a sweep that can be checked without the data; a UserError names the
+    first one that is wrong and says what it may be."""
+    from models import PRESETS, ModelConfig, build_model
+    from tool.classical import CLASSICAL
+    from tool.datasets import check_dataset_name
+    from tool.protocol import PROTOCOLS
+
+    check_dataset_name(config["dataset"], config["data_dir"])
+    if config["protocol"] not in PROTOCOLS:
+        raise UserError(f"unknown protocol '{config['protocol']}'. Valid: {', '.join(PROTOCOLS)}")
+    if config["model"] not in PRESETS and config["model"] not in CLASSICAL:
+        raise UserError(f"unknown model preset '{config['model']}'. Valid: {', '.join([*PRESETS, *CLASSICAL])}")
+    if config["classes"] is not None and not config["classes"]:
+        raise UserError("--classes needs at least one class (or 'none' for all)")
+    check_ranges(config)
+    resolve_device(config["device"])
+    if config["model"] in PRESETS:  # the memory's settings together (lengths, top_k against the slots)
+        try:
+            build_model(config["model"], (1, 28, 28), ModelConfig.from_settings(config))
+        except ValueError as error:
+            raise UserError(str(error)) from None
+
+
+def check_ranges(config, keys=None):
+    """Check `keys` of `config` (default: every setting with a rule) against RULES; a UserError
+    names the first setting out of range."""
+    for key in RULES if keys is None else keys:
+        if key in config:
+            check, rule = RULES[key]
+            if not check(config[key]):
+                raise UserError(f"--{key.replace('_', '-')} ({key.upper()}) must be {rule}, got {config[key]}")
+
+
+def resolve_device(name):
+    """'auto' = CUDA, then Apple MPS, then CPU; a named device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device '{name}'. Valid: auto, cpu, cuda, cuda:N, mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device '{name}' asked for, but CUDA is not available here. Use --device cpu or auto.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"device '{name}' asked for, but only {torch.cuda.device_count()} CUDA device(s) exist.")
+    elif device.type == "mps":
+        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
+            raise UserError(f"device '{name}' asked for, but Apple MPS is not available here. Use --device cpu or auto.")
+    elif device.type != "cpu":
+        raise UserError(f"unsupported device '{name}'. Valid: auto, cpu, cuda, cuda:N, mps")
+    return str(device)
+
+
+def describe(config, defaults):
+    """The effective configuration, one line per setting, '*' marking what differs from main.py."""
+    width = max(len(k) for k in config)
+    lines = ["configuration ('*' = differs from main.py's defaults):"]
+    for key, value in config.items():
+        changed = key in defaults and _normal(value) != _normal(defaults[key])
+        lines.append(f" {'*' if changed else ' '} {key:<{width}} = {value}"
+                     + (f"   (default {defaults[key]})" if changed else ""))
+    return "\n".join(lines)
+
+
+def _normal(value):
+    return list(value) if isinstance(value, tuple) else value
