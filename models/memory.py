@@ -29,7 +29,7 @@ def n_forgotten(forget_rate, n_slots):
 
 
 class MemoryUnit(nn.Module):
-    """One memory stage of the cascade (PAPER.md, "One memory stage"), steps 1-6:
+    """One memory stage of the cascade (docs/method.md, "One memory stage"), steps 1-6:
 
     1. cosine similarity of h to every slot;                         s: (B x N)
     2. in training, a random set of floor(forget_rate * N) slots is forgotten, one set per batch:
@@ -44,7 +44,7 @@ class MemoryUnit(nn.Module):
     renormalised; when no kept similarity passes, the row falls back to weight 1 on its most
     similar slot, so the output is always a finite, convex mix of slots.
 
-    behaviour="released" (the authors' code, PAPER.md quirks 1 and 2): forgotten slots get
+    behaviour="released" (the authors' code; docs/method.md, departures 1 and 2): forgotten slots get
     similarity 0 but stay selectable, and ReLU is applied before the softmax, so a clipped score
     still gets weight e^0 / Z.
     """
