@@ -61,16 +61,21 @@ def make_split(ds, protocol, target_class, val_fraction=0.1, seed=0):
 
 
 def _split(ds, normal_train, test_targets, protocol, target_class, val_fraction, seed):
-    if not 0 < val_fraction < 1:
-        raise UserError(f"val_fraction must lie in (0, 1), got {val_fraction}")
-    normal_idx = np.flatnonzero(normal_train.numpy())
-    perm = np.random.default_rng(seed).permutation(normal_idx)
-    n_val = int(round(val_fraction * len(perm)))
-    if n_val < 1 or len(perm) - n_val < 2:
-        raise UserError(f"{ds.name}: too few normal training images ({len(perm)}) for a train/validation split")
-    val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    train_idx, val_idx = validation_holdout(np.flatnonzero(normal_train.numpy()), val_fraction, seed, ds.name)
+    n_val = len(val_idx)
     n_anomalous = int(test_targets.sum())
     counts = {"train": (len(train_idx), 0), "validation": (n_val, 0),
               "test": (len(test_targets) - n_anomalous, n_anomalous)}
     return Split(protocol, target_class, ds.train_images[torch.from_numpy(train_idx)],
                  ds.train_images[torch.from_numpy(val_idx)], ds.test_images, test_targets.long(), counts)
+
+
+def validation_holdout(indices, val_fraction, seed, name="the images"):
+    """(train, validation) indices: a `val_fraction` of `indices` drawn with `seed`, both sorted."""
+    if not 0 < val_fraction < 1:
+        raise UserError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    perm = np.random.default_rng(seed).permutation(indices)
+    n_val = int(round(val_fraction * len(perm)))
+    if n_val < 1 or len(perm) - n_val < 2:
+        raise UserError(f"{name}: too few normal training images ({len(perm)}) for a train/validation split")
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])

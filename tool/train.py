@@ -144,7 +144,7 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
     """Train `model` on `train_images` (float, on the model's device), stop early on `val_images`.
 
     Resumes from `checkpoint_path` when it exists. Returns a TrainResult; the model ends holding
-    its best weights (lowest validation loss). One log line every `log_every` epochs.
+    its best weights (lowest validation loss). One log line every `log_every` epochs (None: none).
     """
     device = train_images.device
     optimizer = make_optimizer(model, config, device)
@@ -208,7 +208,7 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
                            "shuffle": shuffle.get_state(), "rng": rng_state(), "state": state}, checkpoint_path)
         bar.update(1)
         bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", best=state["best_epoch"])
-        if epoch % log_every == 0 or epoch == config.epochs:
+        if log_every and (epoch % log_every == 0 or epoch == config.epochs):
             usage = " ".join(f"s{i + 1} used {m['slots_used']:.2f} H {m['entropy']:.2f}" for i, m in enumerate(memory))
             tqdm.write(f"{desc} epoch {epoch:3d}  train {train_loss:.5f}  val {val_loss:.5f}"
                        f"{' *' if improved else '  '}  {seconds:5.1f}s  {usage}".rstrip())

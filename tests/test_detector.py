@@ -1,0 +1,90 @@
+"""The Python detector: the same pipeline as a trial of main.py, save / load, bad input."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import main
+from tool.datasets import load_dataset
+from tool.detector import CascadeMemoryDetector
+from tool.errors import UserError
+from tool.prepare import prepare
+
+SETTINGS = {"epochs": 3, "patience": 3}
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    prepare("digits", root, verbose=False)
+    return root, load_dataset("digits", root)
+
+
+@pytest.fixture(scope="module")
+def fitted(digits):
+    """Fitted with one torch thread, as main.py's trials run (float sums depend on the count)."""
+    _, ds = digits
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield CascadeMemoryDetector(seed=0, **SETTINGS).fit(ds.train_images[ds.train_labels != 0].numpy())
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_detector_is_a_trial_of_main(digits, fitted, tmp_path):
+    """Fitted on a trial's normal training images (validation drawn alike), it gives that trial's
+    threshold and test scores: the same functions, no second training loop."""
+    root, ds = digits
+    run_dir = main.run(["--data-dir", str(root), "--output-dir", str(tmp_path), "--classes", "0", "--seeds", "0",
+                        "--epochs", "3", "--patience", "3", "--jobs", "1", "--draw-figures", "false"])
+    trial = json.loads((run_dir / "class0_seed0" / "results.json").read_text())
+    scores = fitted.decision_function(ds.test_images)
+    assert [round(float(v), 6) for v in scores] == trial["scores"]
+    assert fitted.threshold == trial["threshold"]["value"]
+    assert fitted.predict(ds.test_images).tolist() == (scores > fitted.threshold).astype(int).tolist()
+
+
+def test_save_and_load_give_the_same_scores(digits, fitted, tmp_path):
+    _, ds = digits
+    fitted.save(tmp_path / "detector.pt")
+    loaded = CascadeMemoryDetector.load(tmp_path / "detector.pt", device="cpu")
+    assert (loaded.decision_function(ds.test_images) == fitted.decision_function(ds.test_images)).all()
+    assert loaded.threshold == fitted.threshold and loaded.settings == fitted.settings
+    floats = ds.test_images.numpy()[:, 0] / 255.0  # (N, H, W) floats in [0, 1] read as the same pixels
+    assert np.allclose(loaded.decision_function(floats), fitted.decision_function(ds.test_images), rtol=1e-5)
+
+
+class _Forged:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: CascadeMemoryDetector(epoch=3), "unknown setting"),
+    (lambda: CascadeMemoryDetector(preset="nope"), "unknown model preset"),
+    (lambda: CascadeMemoryDetector(lr=float("nan")), "--lr"),
+    (lambda: CascadeMemoryDetector().decision_function(np.zeros((2, 8, 8), np.uint8)), "not fitted"),
+    (lambda: CascadeMemoryDetector().fit(np.full((40, 8, 8), 2.0)), "floats in \\[0, 1\\]"),
+    (lambda: CascadeMemoryDetector().fit(np.zeros((40, 8), np.uint8)), "must be an array"),
+])
+def test_bad_use_is_a_clear_error(call, message):
+    with pytest.raises(UserError, match=message):
+        call()
+
+
+def test_images_of_another_shape_are_refused(fitted):
+    with pytest.raises(UserError, match="fitted on"):
+        fitted.decision_function(np.zeros((2, 1, 9, 9), np.uint8))
+
+
+def test_loading_a_forged_file_runs_nothing(tmp_path):
+    marker = tmp_path / "marker"
+    torch.save({"model": _Forged(marker)}, tmp_path / "forged.pt")
+    with pytest.raises(UserError, match="forged.pt is not a checkpoint this code wrote"):
+        CascadeMemoryDetector.load(tmp_path / "forged.pt")
+    assert not marker.exists()
