@@ -40,6 +40,8 @@ PATIENCE = 10  # early stopping: epochs without a lower validation loss (release
 BATCH_SIZE = 256  # (released code: 256)
 LR = 1e-3  # Adam learning rate (released code: 1e-3)
 WEIGHT_DECAY = 0.0  # Adam weight decay (released code: none)
+PRECISION = "fp32"  # fp32 | bf16: bfloat16 autocast for training, faster on a CPU with AVX-512 bf16 and on GPUs (README, Speed)
+COMPILE = False  # torch.compile the encoder and decoder for training (on a CPU it costs more than it saves; see README, Speed)
 VAL_FRACTION = 0.1  # share of the normal training images held out for validation (paper: 10%)
 THRESHOLD_PERCENTILE = 95.0  # decision threshold = this percentile of the validation scores (for F1 @ val.)
 DEVICE = "auto"  # auto = CUDA, then Apple MPS, then CPU; or cpu, cuda, cuda:1, mps

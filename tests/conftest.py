@@ -1,13 +1,31 @@
-"""Shared fixtures: the repository on sys.path, and tiny synthetic datasets in the processed format."""
+"""Shared fixtures and helpers: repo on sys.path, prepared datasets, trained trials, raw files, model helpers."""
+import gzip
+import io
+import json
+import os
+import pickle
+import shutil
+import struct
 import sys
+import tarfile
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `pytest` run without `python -m` still imports main, tool, models
     sys.path.insert(0, str(REPO))
+
+import cv2  # noqa: E402
+
+import main  # noqa: E402
+import preprocess  # noqa: E402
+from tool import figures  # noqa: E402
+from tool.datasets import raw_dir  # noqa: E402
+from tool.prepare import CIFAR_FILES, IDX_FILES, prepare  # noqa: E402
 
 
 def model_config(**overrides):
@@ -30,6 +48,17 @@ def train_config(**overrides):
 def repo():
     """The repository root (cwd for command-line tests)."""
     return REPO
+
+
+# ---------------------------------------------------------------------------------------------
+# Prepared datasets: digits (built once per session, only read), tiny synthetic ones
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A data folder with digits prepared, built once per session; tests only read it."""
+    root = tmp_path_factory.mktemp("data")
+    prepare("digits", root, verbose=False)
+    return root
 
 
 def synthetic_splits(n_train_per_class=20, n_test_per_class=5, n_classes=10, shape=(1, 8, 8), seed=0):
@@ -56,3 +85,202 @@ def make_prepared():
         return name
 
     return make
+
+
+def rows(images):
+    """Images as a sorted list of byte strings, to compare sets of images (random ones are unique)."""
+    return sorted(image.numpy().tobytes() for image in images)
+
+
+def files_in(folder):
+    return sorted(p.name for p in Path(folder).rglob("*")) if Path(folder).exists() else []
+
+
+# ---------------------------------------------------------------------------------------------
+# Running main.py in this process
+# ---------------------------------------------------------------------------------------------
+def run_main(data_dir, out, *args):
+    """main.run with the test's data and output folders; returns the run folder."""
+    return Path(main.run(["--data-dir", str(data_dir), "--output-dir", str(out), "--draw-figures", "false",
+                          "--jobs", "1", *args]))
+
+
+def results_of(run_dir):
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(Path(run_dir).glob("*/results.json"))}
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw files in their real formats, and preprocess.py in this process
+# ---------------------------------------------------------------------------------------------
+IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801  # IDX: unsigned bytes, 3 dims / 1 dim
+
+
+def synthetic_arrays(n, shape, seed, n_classes=10):
+    """n random uint8 images of `shape` and labels seed, seed + 1, ... (mod n_classes)."""
+    images = np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8)
+    return images, (np.arange(n) + seed) % n_classes
+
+
+def idx_bytes(array, magic):
+    """An IDX file: big-endian magic, one big-endian uint32 per dimension, then the bytes."""
+    return struct.pack(f">{1 + array.ndim}I", magic, *array.shape) + array.astype(np.uint8).tobytes()
+
+
+def write_file(path, data, gz=False):
+    path = path.with_name(path.name + ".gz") if gz else path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def write_idx_raw(root, name="mnist", n_train=30, n_test=20, gz=False, shape=(28, 28)):
+    """The four IDX files of an MNIST-style dataset in root/<name>/raw/ -> {split: (images, labels)}."""
+    arrays = {}
+    for seed, (split, (images_file, labels_file)) in enumerate(IDX_FILES.items()):
+        images, labels = synthetic_arrays(n_train if split == "train" else n_test, shape, seed)
+        write_file(raw_dir(name, root) / images_file, idx_bytes(images, IMAGES_MAGIC), gz)
+        write_file(raw_dir(name, root) / labels_file, idx_bytes(labels, LABELS_MAGIC), gz)
+        arrays[split] = images, labels
+    return arrays
+
+
+def cifar_batch_bytes(data, labels, protocol):
+    """One CIFAR-10 python batch. Protocol 2 names numpy's reconstructor the way the real files
+    (pickled by Python 2 and numpy 1) do; protocols 4 and 5 the way numpy 2 does today."""
+    batch = {"batch_label": "synthetic", "labels": [int(label) for label in labels], "data": data,
+             "filenames": [f"image_{i}.png" for i in range(len(labels))]}
+    raw = pickle.dumps(batch, protocol=protocol)
+    return raw.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n") if protocol == 2 else raw
+
+
+def write_cifar_raw(root, layout="flat", per_batch=4):
+    """data_batch_1..5 and test_batch with (N, 3072) uint8 rows, as the home site ships them:
+    in raw/ ('flat'), in raw/cifar-10-batches-py/ ('folder') or as raw/cifar-10-python.tar.gz
+    ('tarball'). -> {split: (rows, labels)}."""
+    raw = raw_dir("cifar10", root)
+    folder = raw if layout == "flat" else raw / "cifar-10-batches-py"
+    arrays, seed = {}, 0
+    for split, names in CIFAR_FILES.items():
+        parts = []
+        for name in names:
+            rows, labels = synthetic_arrays(per_batch, (3 * 32 * 32,), seed)
+            write_file(folder / name, cifar_batch_bytes(rows, labels, protocol=(2, 4, 5)[seed % 3]))
+            parts.append((rows, labels))
+            seed += 1
+        arrays[split] = tuple(np.concatenate(column) for column in zip(*parts))
+    if layout == "tarball":
+        with tarfile.open(raw / "cifar-10-python.tar.gz", "w:gz") as archive:
+            archive.add(folder, arcname="cifar-10-batches-py")
+        shutil.rmtree(folder)
+    return arrays
+
+
+def main_fails(capsys, *argv):
+    """preprocess.main in this process (so monkeypatch reaches it): exit code 2, one message; -> stderr."""
+    with pytest.raises(SystemExit) as exit_info:  # any other exception would escape as a traceback
+        preprocess.main(list(argv))
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Own images: a folder of PNGs -> preprocess.py --dataset folder -> main.py (built once per session)
+# ---------------------------------------------------------------------------------------------
+NAME = "mine"
+CLASSES = ("bright", "dark", "striped")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def pixels(kind, rng, size=12):
+    """A small BGR image (as cv2.imwrite takes it): 'bright' (light, red-tinted), 'dark', or
+    'striped' (light rows on dark)."""
+    base = {"bright": (150, 200, 225), "dark": (10, 10, 10), "striped": (10, 10, 10)}[kind]
+    image = np.array(base) + rng.integers(0, 30, (size, size, 3))
+    if kind == "striped":
+        image[::2] += 200
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_images(folder, kind, n, rng, size=12):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        assert cv2.imwrite(str(folder / f"{kind}_{i:02d}.png"), pixels(kind, rng, size))
+
+
+@pytest.fixture(scope="session")
+def own_images(tmp_path_factory):
+    """DIR/train/<class>/ (16 a class) and DIR/test/<class>/ (6 a class), 12 x 12, plus one 16 x 16
+    image, one corrupt .png and one text file."""
+    root = tmp_path_factory.mktemp("own") / "images"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 16), ("test", 6)):
+        for kind in CLASSES:
+            write_images(root / split / kind, kind, n, rng)
+    assert cv2.imwrite(str(root / "train" / "bright" / "large.png"), pixels("bright", rng, size=16))
+    (root / "train" / "bright" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (root / "train" / "dark" / "notes.txt").write_text("not an image\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def own_prepared(own_images, tmp_path_factory):
+    """(data folder, what preprocess.py printed)."""
+    data_dir = tmp_path_factory.mktemp("data")
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        preprocess.main(["--dataset", "folder", "--path", str(own_images), "--name", NAME, "--data-dir", str(data_dir)])
+    return data_dir, printed.getvalue()
+
+
+@pytest.fixture(scope="session")
+def own_trial(own_prepared, tmp_path_factory):
+    """The trial folder of a 2-epoch run: 'bright' normal, 'dark' and 'striped' anomalies."""
+    run_dir = main.run(["--dataset", NAME, "--data-dir", str(own_prepared[0]), "--output-dir",
+                        str(tmp_path_factory.mktemp("runs")), "--epochs", "2", "--seeds", "0", "--classes", "bright",
+                        "--protocol", "one-normal-class", "--device", "cpu"])
+    return Path(run_dir) / "class0_seed0"
+
+
+def _broken(*args, **kwargs):
+    raise RuntimeError("no ink")
+
+
+@pytest.fixture(scope="session")
+def digits_trial(data_dir, tmp_path_factory):
+    """(trial folder, stderr) of a 1-epoch trial on digits (built-in: 1 x 8 x 8, no recorded
+    preprocessing), trained while drawing its figures fails."""
+    root = tmp_path_factory.mktemp("digits")
+    errors = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, redirect_stderr(errors):
+        patch.setattr(figures, "roc_figure", _broken)
+        run_dir = main.run(["--dataset", "digits", "--data-dir", str(data_dir), "--output-dir", str(root / "runs"),
+                            "--epochs", "1", "--seeds", "0", "--classes", "0", "--protocol", "one-normal-class",
+                            "--device", "cpu"])
+    return Path(run_dir) / "class0_seed0", errors.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# Models and memories
+# ---------------------------------------------------------------------------------------------
+def latents(n, dim, seed=0, dtype=torch.float32):
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def seeded_forward(module, x, seed):
+    torch.manual_seed(seed)
+    return module(x)
+
+
+def chosen(info):
+    """Per row, the set of slot indices the memory addressed."""
+    return [set(row) for row in info["indices"].tolist()]
+
+
+def assert_valid_weights(weights, top_k=None):
+    """Finite, non-negative, each row sums to 1; with top_k, B x k (so at most k non-zero per row)."""
+    assert torch.isfinite(weights).all()
+    assert (weights >= 0).all()
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(len(weights), dtype=weights.dtype))
+    if top_k is not None:
+        assert weights.shape[1] == top_k
+        assert ((weights > 0).sum(dim=1) <= top_k).all()

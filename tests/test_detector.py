@@ -1,4 +1,4 @@
-"""The Python detector: the same pipeline as a trial of main.py, save / load, bad input."""
+"""Tests of tool/detector.py: the detector is a trial of main.py; save / load, bad input."""
 import json
 
 import numpy as np
@@ -9,16 +9,13 @@ import main
 from tool.datasets import load_dataset
 from tool.detector import CascadeMemoryDetector
 from tool.errors import UserError
-from tool.prepare import prepare
 
 SETTINGS = {"epochs": 3, "patience": 3}
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    prepare("digits", root, verbose=False)
-    return root, load_dataset("digits", root)
+def digits(data_dir):
+    return data_dir, load_dataset("digits", data_dir)
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,13 @@
-"""Metrics on hand-made scores, the validation threshold, and tables built by key."""
+"""Tests of tool/evaluation.py: metrics, the validation threshold, anomaly scores and their batching."""
 import numpy as np
 import pytest
 import torch
 
-from tool import evaluation, report
-from tool.evaluation import compute_metrics, validation_threshold
+from conftest import model_config
+from models import build_model
+from tool import evaluation
+from tool.evaluation import anomaly_scores, compute_metrics, validation_threshold
+from tool.train import seed_everything
 
 
 def test_perfect_scores():
@@ -57,19 +60,8 @@ def test_anomaly_score_is_l2_norm_of_reconstruction_error():
     assert evaluation.anomaly_scores(Halve(), x, batch_size=1).tolist() == [2.5, 1.0]
 
 
-def _result(auroc):
-    return {"metrics": {"auroc": auroc, "auprc": auroc / 2, "f1_oracle": 0.5, "f1_val_threshold": 0.4}}
-
-
-def test_table_is_built_by_key_and_missing_runs_show_a_dash():
-    results = {(0, 0): _result(0.9), (1, 0): _result(0.7), (0, 1): _result(0.8)}  # (1, 1) missing
-    header, rows = report.table_rows(results, [0, 1], ["zero", "one"], [0, 1])
-    assert header[:2] == ["class", "AUROC"]
-    by_class = {row[0]: row for row in rows}
-    assert by_class["0 zero"][1] == "85.00 ± 5.00"
-    assert by_class["1 one"][1] == "70.00"  # one seed: no ± shown
-    # the mean row uses only seeds with every class finished: seed 0 -> (0.9 + 0.7) / 2
-    assert by_class["mean"][1] == "80.00"
-    assert report.table_rows({}, [0, 1], ["zero", "one"], [0])[1][0][1] == "-"
-    csv_text = report.table_csv(results, [0, 1], ["zero", "one"], [0, 1])
-    assert csv_text.splitlines()[0].startswith("class,name,auroc_mean,auroc_std")
+def test_evaluation_batch_size_does_not_change_scores():
+    seed_everything(0)
+    model = build_model("cascade", (1, 28, 28), model_config()).eval()
+    images = torch.rand(600, 1, 28, 28) * 2 - 1
+    assert (anomaly_scores(model, images, batch_size=256) == anomaly_scores(model, images, batch_size=4096)).all()

@@ -135,6 +135,7 @@ RULES = {  # setting: (check, the rule in words). Every numeric setting is check
     "jobs": (_in(0, None), ">= 0 (0 = auto)"),
     "threads": (_in(0, None), ">= 0 (0 = the cores split between the jobs)"),
     "output_dir": (lambda v: isinstance(v, str) and v.strip() != "", "a folder (not empty)"),
+    "precision": (lambda v: v in ("fp32", "bf16"), "fp32 or bf16"),
 }
 
 

@@ -1,0 +1,63 @@
+"""Tests of tool/report.py: a run's table by key, every run of a dataset in one table, the export."""
+import numpy as np
+import pytest
+
+import main
+from conftest import results_of, run_main
+from tool import report
+from tool.errors import UserError
+
+
+def _result(auroc):
+    return {"metrics": {"auroc": auroc, "auprc": auroc / 2, "f1_oracle": 0.5, "f1_val_threshold": 0.4}}
+
+
+def test_table_is_built_by_key_and_missing_runs_show_a_dash():
+    results = {(0, 0): _result(0.9), (1, 0): _result(0.7), (0, 1): _result(0.8)}  # (1, 1) missing
+    header, rows = report.table_rows(results, [0, 1], ["zero", "one"], [0, 1])
+    assert header[:2] == ["class", "AUROC"]
+    by_class = {row[0]: row for row in rows}
+    assert by_class["0 zero"][1] == "85.00 ± 5.00"
+    assert by_class["1 one"][1] == "70.00"  # one seed: no ± shown
+    # the mean row uses only seeds with every class finished: seed 0 -> (0.9 + 0.7) / 2
+    assert by_class["mean"][1] == "80.00"
+    assert report.table_rows({}, [0, 1], ["zero", "one"], [0])[1][0][1] == "-"
+    csv_text = report.table_csv(results, [0, 1], ["zero", "one"], [0, 1])
+    assert csv_text.splitlines()[0].startswith("class,name,auroc_mean,auroc_std")
+
+
+def test_compare_puts_every_model_in_one_table(data_dir, tmp_path):
+    for model in ("cascade", "knn"):
+        run_main(data_dir, tmp_path, "--model", model, "--classes", "0", "1", "--seeds", "0", "--epochs", "1")
+    text = main.run(["--compare", str(tmp_path)])
+    assert (tmp_path / "comparison.md").read_text() == text
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    knn = results_of(next((tmp_path / "digits" / "knn").iterdir()))
+    mean = np.mean([r["metrics"]["auroc"] for r in knn.values()]) * 100
+    assert f"{mean:.2f}" in rows["knn"] and "cascade" in rows
+    assert "1 (2/2 trials)" in rows["cascade"]
+    assert "0 0" in rows and "1 1" in rows  # the per-class AUROC table
+
+    # an ablation: runs of one model with other settings get a row each, labelled by what differs
+    run_main(data_dir, tmp_path, "--classes", "0", "1", "--seeds", "0", "--epochs", "2")
+    labels = [line.split("|")[1].strip() for line in main.run(["--compare", str(tmp_path)]).splitlines()
+              if line.startswith("| cascade")]
+    assert labels[:2] == ["cascade epochs=1", "cascade epochs=2"]
+
+    # a run planned with more seeds than have finished says how many the mean is over
+    partial = tmp_path / "partial"
+    run_main(data_dir, partial, "--model", "knn", "--classes", "0", "1", "--seeds", "0", "1")
+    for path in partial.glob("digits/knn/*/class1_seed1/results.json"):
+        path.unlink()
+    assert "1 of 2 (3/4 trials)" in main.run(["--compare", str(partial)])
+
+
+def test_export_copies_results_without_checkpoints(data_dir, tmp_path):
+    run_dir = run_main(data_dir, tmp_path / "runs", "--classes", "2", "--seeds", "0", "--epochs", "1")
+    target = report.export(run_dir, tmp_path / "results")  # main.py --export: below the repository's results/
+    assert target == tmp_path / "results" / "digits" / "cascade" / run_dir.name
+    files = {p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()}
+    assert files == {"config.json", "table.md", "table.csv", "class2_seed0/config.json", "class2_seed0/results.json"}
+    assert results_of(target) == results_of(run_dir)
+    with pytest.raises(UserError, match="never overwrites"):
+        report.export(run_dir, tmp_path / "results")

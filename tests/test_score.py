@@ -1,0 +1,91 @@
+"""Tests of score.py: scores equal a trial's results.json, no overwrites, resizing and channels, bad input."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import score
+from conftest import ENV, NAME
+from tool.errors import UserError
+from tool.io import REPO
+
+
+def score_run(unit, *args):
+    return score.run(["--checkpoint", str(unit), *map(str, args), "--device", "cpu"])
+
+
+def test_scoring_the_test_images_reproduces_results_json(own_trial, own_images, own_prepared, tmp_path):
+    output, rows = score_run(own_trial, own_images / "test", "--output", tmp_path / "scores.csv")
+    results = json.loads((own_trial / "results.json").read_text())
+    meta = json.loads((own_prepared[0] / NAME / "processed" / "meta.json").read_text())
+    assert json.loads((own_trial / "config.json").read_text())["preprocessing"] == meta["preprocessing"]
+    saved = dict(zip(meta["files"]["test"], results["scores"]))  # results.json keeps the test split's order
+    threshold = results["threshold"]["value"]
+    assert len(rows) == len(saved) == 18
+    for path, value, verdict in rows:
+        assert value == pytest.approx(saved[Path(path).relative_to(own_images).as_posix()], abs=2e-6)
+        assert verdict == ("anomalous" if value > threshold else "normal")
+    with open(output, newline="") as f:
+        written = list(csv.reader(f))
+    assert written[0] == ["path", "anomaly_score", "threshold", "verdict"]
+    assert [(p, float(s), v) for p, s, _, v in written[1:]] == [(p, round(s, 6), v) for p, s, v in rows]
+
+
+def test_scores_never_overwrite_a_file(own_trial, own_images):
+    image = own_images / "test" / "dark" / "dark_00.png"
+    first, _ = score_run(own_trial, image)
+    second, _ = score_run(own_trial, image)
+    assert (first.name, second.name) == ("scores.csv", "scores-1.csv") and first.parent == own_trial
+    before = first.read_text()
+    with pytest.raises(UserError, match="exists"):
+        score_run(own_trial, image, "--output", first)
+    assert first.read_text() == before
+
+
+def test_other_sizes_are_resized_with_a_warning_and_grey_images_converted(own_trial, digits_trial, tmp_path, capsys):
+    grey = tmp_path / "grey.png"
+    assert cv2.imwrite(str(grey), np.full((16, 16), 200, np.uint8))
+    _, rows = score_run(own_trial, grey, "--output", tmp_path / "a.csv")  # RGB model: the grey file is read as RGB
+    assert len(rows) == 1 and "resized to the model's 12 x 12" in capsys.readouterr().err
+    _, rows = score_run(digits_trial[0], grey, "--output", tmp_path / "b.csv")  # digits: 8 x 8, one channel
+    assert len(rows) == 1 and "resized to the model's 8 x 8" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("make_input, message", [
+    (lambda tmp, images: images / "train" / "bright" / "corrupt.png", "cannot be read as an image"),
+    (lambda tmp, images: tmp / "missing.png", "no such file or folder"),
+    (lambda tmp, images: (tmp / "empty").mkdir() or tmp / "empty", "no PNG, JPEG or BMP image"),
+])
+def test_bad_images_fail_without_writing(own_trial, own_images, tmp_path, make_input, message):
+    with pytest.raises(UserError, match=message):
+        score_run(own_trial, make_input(tmp_path, own_images), "--output", tmp_path / "scores.csv")
+    assert not (tmp_path / "scores.csv").exists()
+
+
+def test_a_channel_count_the_preprocessing_cannot_convert_fails(digits_trial, own_images, tmp_path):
+    with pytest.raises(UserError, match="has 3 channel.*model takes 1"):
+        score_run(digits_trial[0], own_images / "test" / "dark" / "dark_00.png", "--output", tmp_path / "s.csv")
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_a_folder_that_is_not_a_trial_fails(own_trial, own_images, tmp_path):
+    with pytest.raises(UserError, match="not a finished trial.*give one of its trials"):
+        score_run(own_trial.parent, own_images / "test", "--output", tmp_path / "s.csv")
+    with pytest.raises(UserError, match="not a finished trial"):
+        score_run(tmp_path, own_images / "test", "--output", tmp_path / "s.csv")
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_command_line_errors_exit_2_without_a_traceback(tmp_path, own_images):
+    command = ["score.py", "--checkpoint", str(tmp_path), str(own_images / "test"), "--device", "cpu"]
+    message = "not a finished trial"
+    done = subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True, env=ENV,
+                          timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.startswith("error: ") and message in done.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,143 @@
+"""Tests of tool/train.py: the lean loop against a plain PyTorch loop, resuming mid-run, a diverging loss."""
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import main
+from conftest import model_config, results_of, run_main, train_config
+from models import build_model
+from tool import train
+from tool.evaluation import anomaly_scores
+from tool.train import seed_everything, train_model
+
+
+# ---------------------------------------------------------------------------------------------
+# Speed never changed the method: the lean training loop gives the losses and scores of a plain,
+# textbook PyTorch loop on a fixed seed (within float tolerance)
+# ---------------------------------------------------------------------------------------------
+EPOCHS, BATCH = 3, 32
+
+
+def plain_training(preset, images, seed, fused):
+    """The reference: a DataLoader over a TensorDataset, Adam, .item() after every batch."""
+    seed_everything(seed)
+    model = build_model(preset, images.shape[1:], model_config())
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=False, fused=fused)
+    shuffle = torch.Generator().manual_seed(seed)  # the batch order the lean loop draws
+    losses = []
+    for _ in range(EPOCHS):
+        model.train()
+        order = torch.randperm(len(images), generator=shuffle).tolist()
+        batches = [order[i:i + BATCH] for i in range(0, len(order), BATCH)]
+        total = 0.0
+        # its own generator: a DataLoader otherwise draws a seed from torch's global one per epoch
+        for (xb,) in DataLoader(TensorDataset(images), batch_sampler=batches, generator=torch.Generator()):
+            loss = model(xb)["loss"]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(xb)
+        losses.append(total / len(images))
+    return losses, anomaly_scores(model, images, batch_size=7)
+
+
+def lean_training(preset, images, seed, tmp_path, channels_last=False, **settings):
+    """The project's loop; in the plain loop's memory layout unless channels_last (the layout
+    training picks for conv models on a CPU, compared within float tolerance below)."""
+    seed_everything(seed)
+    model = build_model(preset, images.shape[1:], model_config())
+    config = train_config(epochs=EPOCHS, patience=EPOCHS, batch_size=BATCH, **settings)
+    result = train_model(model, images, images[:16], config, tmp_path / "last.pt", seed, channels_last=channels_last)
+    model.load_state_dict(torch.load(tmp_path / "last.pt", weights_only=True)["model"])  # last epoch, not best
+    return [h["train_loss"] for h in result.history], anomaly_scores(model, images)
+
+
+@pytest.mark.parametrize("preset", ["cascade", "cascade-released", "memae", "vae"])
+def test_lean_loop_matches_a_plain_loop(preset, tmp_path):
+    images = torch.rand(100, 1, 8, 8) * 2 - 1
+    lean_losses, lean_scores = lean_training(preset, images, 3, tmp_path)
+    # the same Adam arithmetic (fused, as the lean loop uses on CPU): equal to float rounding
+    plain_losses, plain_scores = plain_training(preset, images, 3, fused=True)
+    assert lean_losses == pytest.approx(plain_losses, rel=1e-6)
+    assert lean_scores == pytest.approx(plain_scores, rel=1e-6)
+    # the textbook unfused Adam rounds differently; top-k choices amplify that a little
+    plain_losses, plain_scores = plain_training(preset, images, 3, fused=False)
+    assert lean_losses == pytest.approx(plain_losses, rel=1e-4)
+    assert lean_scores == pytest.approx(plain_scores, rel=5e-3)
+
+
+@pytest.mark.parametrize("preset", ["cascade", "memae", "vae"])
+def test_channels_last_changes_only_float_rounding(preset, tmp_path):
+    """Training picks channels-last for conv models on a CPU: the same losses and scores as the
+    usual layout, to float rounding (convolutions sum in another order)."""
+    images = torch.rand(100, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    usual = lean_training(preset, images, 3, tmp_path / "usual")
+    channels_last = lean_training(preset, images, 3, tmp_path / "cl", channels_last=True)
+    # MemAE's hard shrinkage (relu(w - lambda)) is discontinuous: it amplifies rounding, as it does
+    # for the unfused Adam above; the cascade's and VAE's arithmetic stays within 1e-5
+    loss_rel, score_rel = (5e-3, 5e-3) if preset == "memae" else (1e-5, 1e-4)
+    assert channels_last[0] == pytest.approx(usual[0], rel=loss_rel)
+    assert channels_last[1] == pytest.approx(usual[1], rel=score_rel)
+    assert train.uses_channels_last(build_model(preset, (1, 8, 8), model_config()), "cpu")
+    assert not train.uses_channels_last(build_model("cascade-mlp", (1, 8, 8), model_config()), "cpu")
+
+
+def test_bf16_trains_close_to_fp32_and_repeats_exactly(tmp_path):
+    """PRECISION = "bf16": autocast for the training and validation passes; the same seed gives the
+    same losses again, within 10% of fp32's on random images; scores are float64 numbers."""
+    images = torch.rand(100, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    fp32 = lean_training("cascade", images, 3, tmp_path / "fp32")
+    bf16 = lean_training("cascade", images, 3, tmp_path / "a", precision="bf16")
+    again = lean_training("cascade", images, 3, tmp_path / "b", precision="bf16")
+    assert bf16[0] == again[0] and (bf16[1] == again[1]).all()
+    assert bf16[0] == pytest.approx(fp32[0], rel=0.1) and bf16[0] != fp32[0]
+    assert bf16[1].dtype.name == "float64"
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints every epoch, divergence
+# ---------------------------------------------------------------------------------------------
+def test_resume_after_an_interrupted_epoch_ends_like_an_uninterrupted_run(data_dir, tmp_path, monkeypatch):
+    args = ["--classes", "5", "--seeds", "0", "--epochs", "8", "--patience", "8"]
+    whole = results_of(run_main(data_dir, tmp_path / "whole", *args))["class5_seed0"]
+
+    real_evaluate, calls = train.validation_pass, []
+
+    def interrupt_in_epoch_4(*a, **k):
+        calls.append(1)
+        if len(calls) == 4:  # epoch 4 has trained but is not checkpointed yet
+            raise KeyboardInterrupt
+        return real_evaluate(*a, **k)
+
+    monkeypatch.setattr(train, "validation_pass", interrupt_in_epoch_4)
+    with pytest.raises(KeyboardInterrupt):
+        run_main(data_dir, tmp_path / "cut", *args)
+    monkeypatch.setattr(train, "validation_pass", real_evaluate)
+    run_dir, = (tmp_path / "cut").glob("digits/cascade/*")
+    checkpoint = torch.load(run_dir / "class5_seed0" / "last.pt", weights_only=True)
+    assert checkpoint["state"]["epoch"] == 3
+    main.run(["--resume", str(run_dir)])
+    resumed = results_of(run_dir)["class5_seed0"]
+    assert resumed["scores"] == whole["scores"]
+    assert resumed["metrics"] == whole["metrics"]
+    assert [h["val_loss"] for h in resumed["history"]] == [h["val_loss"] for h in whole["history"]]
+
+
+def test_nan_loss_stops_with_the_epoch_named(tmp_path):
+    class Diverging(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += self.training
+            loss = (self.w * x).pow(2).mean() * (float("nan") if self.calls > 6 else 1.0)
+            return {"recon": x, "loss": loss, "memory": []}
+
+    x = torch.randn(40, 1, 2, 2)
+    config = train_config(epochs=5, patience=5, batch_size=16)  # 3 batches per epoch
+    checkpoint = tmp_path / "last.pt"
+    with pytest.raises(train.TrainingDiverged, match="epoch 3"):
+        train.train_model(Diverging(), x, x[:8], config, checkpoint, generator_seed=0)
+    assert torch.load(checkpoint, weights_only=True)["state"]["epoch"] == 2  # the last good one is kept
