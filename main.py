@@ -44,6 +44,7 @@ PRECISION = "fp32"  # fp32 | bf16: bfloat16 autocast for training, faster on a C
 COMPILE = False  # torch.compile the encoder and decoder for training (on a CPU it costs more than it saves; see README, Speed)
 VAL_FRACTION = 0.1  # share of the normal training images held out for validation (paper: 10%)
 THRESHOLD_PERCENTILE = 95.0  # decision threshold = this percentile of the validation scores (for F1 @ val.)
+SCORE = "recon"  # the score tables and figures show: recon (the paper's) | the detector's own for knn, iforest, ocsvm; --compare: all = a row per score
 DEVICE = "auto"  # auto = CUDA, then Apple MPS, then CPU; or cpu, cuda, cuda:1, mps
 JOBS = 0  # trials run at once; 0 = auto: one per CPU core / THREADS on a CPU, one per GPU on GPUs
 THREADS = 1  # torch CPU threads per trial; 1 keeps scores independent of JOBS and of the core count; 0 = torch default
@@ -64,7 +65,7 @@ from tool import figures, report  # noqa: E402
 from tool.classical import CLASSICAL, fit_and_score  # noqa: E402
 from tool.datasets import load_dataset, scale_images  # noqa: E402
 from tool.errors import UserError, cli  # noqa: E402
-from tool.evaluation import anomaly_scores, compute_metrics, validation_threshold  # noqa: E402
+from tool.evaluation import compute_metrics, network_scores, validation_threshold  # noqa: E402
 from tool.parallel import run_trials, trial_threads  # noqa: E402
 from tool.prepare import ensure_prepared  # noqa: E402
 from tool.protocol import make_split  # noqa: E402
@@ -101,22 +102,21 @@ def run_trial(config, ds, target_class, seed, run_dir, device, quiet=False):
     write_trial_config(folder, config, ds, target_class, seed, device, about)
 
     if model is None:  # a classical detector: fitted on the normal training images, then scored
-        val_scores, test_scores, trained = fit_classical(config, split, seed)
+        scores, trained = fit_classical(config, split, seed)
     else:  # a network: trained on the normal training images, stopped early on the validation images
         trained = fit(config, model, split, seed, folder, device, log_every=10 if quiet else 1)
-        val_scores, test_scores = (anomaly_scores(model, scale_images(x, device)) for x in (split.val, split.test))
-    results = {**evaluate(config, val_scores, test_scores, split), **trained, **about,
+        scores = score(model, split, device)
+    results = {**evaluate(config, scores, split), **trained, **about,
                "dataset": config["dataset"], "protocol": config["protocol"], "model": config["model"],
                "class": target_class, "class_name": ds.classes[target_class], "seed": seed,
                "total_seconds": round(time.perf_counter() - started, 3), "counts": split.counts, "device": device}
-    write_results(folder, results)  # written last: it marks the trial finished
+    write_results(folder, results, split.test_targets, {name: test for name, (_, test) in scores.items()})
     (folder / "last.pt").unlink(missing_ok=True)
     if config["draw_figures"]:
-        figures.draw_trial(folder, results, split, model, device)
-    m = results["metrics"]
-    log(f"class {target_class} seed {seed}: AUROC {m['auroc']:.4f}  AUPRC {m['auprc']:.4f}  "
-        f"F1@val {m['f1_val_threshold']:.4f}  best F1 (oracle) {m['f1_oracle']:.4f}  "
-        f"epochs {results['epochs_trained']} (best {results.get('best_epoch', '-')})  {results['total_seconds']:.1f}s")
+        figures.draw_trial(folder, results, config["score"], split, model, device)
+    log(f"class {target_class} seed {seed}: " + "  ".join(
+        f"{name} AUROC {m['auroc']:.4f}" for name, m in results["metrics"].items())
+        + f"  epochs {results['epochs_trained']} (best {results.get('best_epoch', '-')})  {results['total_seconds']:.1f}s")
     return results
 
 
@@ -136,28 +136,33 @@ def fit(config, model, split, seed, folder, device, log_every=1):
 
 
 def fit_classical(config, split, seed):
-    """(validation scores, test scores, timing) of a classical detector fitted on the normal
-    training images (pixels scaled as for the networks, flattened)."""
+    """({detector: (validation scores, test scores)}, timing) of a classical detector fitted on
+    the normal training images (pixels scaled as for the networks, flattened)."""
     flat = [scale_images(x).flatten(1).numpy() for x in (split.train, split.val, split.test)]
     started = time.perf_counter()
     val_scores, test_scores = fit_and_score(config["model"], flat[0], flat[1:], seed)
-    return val_scores, test_scores, {"train_seconds": round(time.perf_counter() - started, 3), "epochs_trained": 0}
+    return ({config["model"]: (val_scores, test_scores)},
+            {"train_seconds": round(time.perf_counter() - started, 3), "epochs_trained": 0})
 
 
-def evaluate(config, val_scores, test_scores, split):
-    """The decision threshold from the normal validation scores (fixed before the test split is
-    looked at), then the metrics of the test scores; the per-image test scores and targets."""
-    threshold = validation_threshold(val_scores, config["threshold_percentile"])
-    metrics = compute_metrics(test_scores, split.test_targets.numpy(), threshold)
-    return {"metrics": metrics,
-            "threshold": {"value": threshold, "percentile_of_validation_scores": config["threshold_percentile"]},
-            "scores": [round(float(v), 6) for v in test_scores],
-            "targets": split.test_targets.tolist()}
+def score(model, split, device):
+    """Every score of a trained network (tool.evaluation.SCORES) on the normal validation images
+    and on the test split: {score: (validation scores, test scores)}."""
+    return network_scores(model, scale_images(split.val, device), scale_images(split.test, device))
 
 
-def reevaluate(run_dir, device_name="auto"):
+def evaluate(config, scores, split):
+    """Per score: the decision threshold from its normal validation scores (fixed before the test
+    split is looked at), then its metrics on the test split."""
+    targets = split.test_targets.numpy()
+    thresholds = {name: validation_threshold(val, config["threshold_percentile"]) for name, (val, _) in scores.items()}
+    return {"metrics": {name: compute_metrics(test, targets, thresholds[name]) for name, (_, test) in scores.items()},
+            "thresholds": thresholds, "threshold_percentile": config["threshold_percentile"]}
+
+
+def reevaluate(run_dir, device_name="auto", score_choice=None):
     """--eval-only: score every trained trial's best.pt again, without training; print the table
-    (4 decimals) and say whether each trial matches its saved results.json."""
+    (4 decimals, of SCORE `score_choice`) and say whether each trial matches its saved results.json."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     device = resolve_device(device_name)
@@ -171,11 +176,13 @@ def reevaluate(run_dir, device_name="auto"):
         trial, model = load_trial_model(folder, device)
         settings = {**DEFAULTS, **trial["config"]}
         split = make_split(ds, settings["protocol"], trial["class"], settings["val_fraction"], trial["seed"])
-        scores = (anomaly_scores(model, scale_images(x, device)) for x in (split.val, split.test))
-        results[(trial["class"], trial["seed"])] = evaluated = evaluate(settings, *scores, split)
-        if is_finished(folder) and read_results(folder)["metrics"] != evaluated["metrics"]:
-            mismatches.append(folder.name)
-    report.run_table(run_dir, results, decimals=4, write=False)
+        evaluated = evaluate(settings, score(model, split, device), split)
+        results[(trial["class"], trial["seed"])] = {**trial, **evaluated}
+        if is_finished(folder):
+            saved = read_results(folder)["metrics"]
+            if any(saved[name] != evaluated["metrics"][name] for name in saved if name in evaluated["metrics"]):
+                mismatches.append(folder.name)
+    report.run_table(run_dir, results, decimals=4, write=False, score=score_choice)
     if mismatches:
         print(f"differs from the saved results.json: {', '.join(mismatches)} (other machine or library version?)")
     else:
@@ -222,15 +229,16 @@ def run(argv=None):
     """Everything main.py does; returns the run folder (or what the action returns)."""
     args, given = parse(argv)
     if args.compare or args.export:
-        refuse(given, (), "--compare" if args.compare else "--export", args.run_dir)
-        return report.compare(args.compare) if args.compare else report.export(args.export)
+        refuse(given, ("score",) if args.compare else (), "--compare" if args.compare else "--export", args.run_dir)
+        return report.compare(args.compare, given.get("score", DEFAULTS["score"])) if args.compare else \
+            report.export(args.export)
     if args.eval_only or args.table or args.figures:
-        refuse(given, ("device",), "--eval-only, --table and --figures each", args.run_dir)
+        refuse(given, ("device", "score"), "--eval-only, --table and --figures each", args.run_dir)
         if args.table:
-            return report.run_table(args.table)
+            return report.run_table(args.table, score=given.get("score"))
         if args.figures:
-            return figures.redraw(args.figures, resolve_device(given.get("device", "auto")))
-        return reevaluate(args.eval_only, given.get("device", "auto"))
+            return figures.redraw(args.figures, resolve_device(given.get("device", "auto")), given.get("score"))
+        return reevaluate(args.eval_only, given.get("device", "auto"), given.get("score"))
     if args.resume:
         refuse(given, ("device", "jobs", "classes", "seeds"), "--resume", args.run_dir)
         config = {**DEFAULTS, **read_run_config(args.resume), **given}

@@ -126,7 +126,7 @@ def run(argv=None):
     output = output_path(args.output, args.checkpoint)
     images = load_images(files, trial["input_shape"], trial.get("preprocessing"))
     scores = anomaly_scores(model, scale_images(images, device))  # exactly evaluation's score
-    threshold = results["threshold"]["value"]
+    threshold = results["thresholds"]["recon"]
     rows = [(str(path), float(score), "anomalous" if score > threshold else "normal")
             for path, score in zip(files, scores)]
 
@@ -142,7 +142,7 @@ def run(argv=None):
     atomic_write_text(output, buffer.getvalue())
     n_anomalous = sum(verdict == "anomalous" for _, _, verdict in rows)
     print(f"{n_anomalous} of {len(rows)} image(s) anomalous at the threshold {threshold:.6f} "
-          f"({results['threshold']['percentile_of_validation_scores']:g}th percentile of the trial's normal "
+          f"({results['threshold_percentile']:g}th percentile of the trial's normal "
           f"validation scores)\nwritten: {output}")
     return output, rows
 

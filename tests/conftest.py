@@ -1,7 +1,6 @@
 """Shared fixtures and helpers: repo on sys.path, prepared datasets, trained trials, raw files, model helpers."""
 import gzip
 import io
-import json
 import os
 import pickle
 import shutil
@@ -106,7 +105,16 @@ def run_main(data_dir, out, *args):
 
 
 def results_of(run_dir):
-    return {p.parent.name: json.loads(p.read_text()) for p in sorted(Path(run_dir).glob("*/results.json"))}
+    """{trial folder name: its results, with "test_scores" {score: list} and "targets" (list) from
+    scores.npz} of every finished trial of `run_dir`."""
+    from tool.runs import read_results, read_scores
+
+    found = {}
+    for path in sorted(Path(run_dir).glob("*/results.json")):
+        targets, scores = read_scores(path.parent)
+        found[path.parent.name] = {**read_results(path.parent), "targets": targets.tolist(),
+                                   "test_scores": {name: values.tolist() for name, values in scores.items()}}
+    return found
 
 
 # ---------------------------------------------------------------------------------------------

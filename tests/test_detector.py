@@ -1,6 +1,4 @@
 """Tests of tool/detector.py: the detector is a trial of main.py; save / load, bad input."""
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -8,7 +6,9 @@ import torch
 import main
 from tool.datasets import load_dataset
 from tool.detector import CascadeMemoryDetector
+from conftest import results_of
 from tool.errors import UserError
+from tool.evaluation import compute_metrics
 
 SETTINGS = {"epochs": 3, "patience": 3}
 
@@ -36,10 +36,11 @@ def test_the_detector_is_a_trial_of_main(digits, fitted, tmp_path):
     root, ds = digits
     run_dir = main.run(["--data-dir", str(root), "--output-dir", str(tmp_path), "--classes", "0", "--seeds", "0",
                         "--epochs", "3", "--patience", "3", "--jobs", "1", "--draw-figures", "false"])
-    trial = json.loads((run_dir / "class0_seed0" / "results.json").read_text())
+    trial = results_of(run_dir)["class0_seed0"]
     scores = fitted.decision_function(ds.test_images)
-    assert [round(float(v), 6) for v in scores] == trial["scores"]
-    assert fitted.threshold == trial["threshold"]["value"]
+    assert scores.astype(np.float16).astype(float).tolist() == trial["test_scores"]["recon"]  # stored as float16
+    assert fitted.threshold == trial["thresholds"]["recon"]
+    assert compute_metrics(scores, ds.test_labels == 0)["auroc"] == trial["metrics"]["recon"]["auroc"]
     assert fitted.predict(ds.test_images).tolist() == (scores > fitted.threshold).astype(int).tolist()
 
 

@@ -9,6 +9,7 @@ import torch
 
 import main
 from conftest import results_of, run_main
+from tool.evaluation import SCORES
 from tool.io import REPO
 
 FAST = ["--epochs", "6", "--patience", "3"]
@@ -17,13 +18,15 @@ FAST = ["--epochs", "6", "--patience", "3"]
 def test_training_beats_chance_and_writes_everything(data_dir, tmp_path):
     run_dir = run_main(data_dir, tmp_path, "--classes", "0", "--seeds", "0", "--epochs", "30")
     unit = run_dir / "class0_seed0"
-    result = json.loads((unit / "results.json").read_text())
+    result = results_of(run_dir)["class0_seed0"]
     # digit 0 as the anomaly: measured AUROC 0.95 with this setting; the floor leaves a wide margin
-    assert result["metrics"]["auroc"] >= 0.8
-    assert len(result["scores"]) == len(result["targets"]) == sum(result["counts"]["test"])
+    assert result["metrics"]["recon"]["auroc"] >= 0.8
+    assert set(result["metrics"]) == set(result["thresholds"]) == set(result["test_scores"]) == set(SCORES)
+    for name in SCORES:
+        assert len(result["test_scores"][name]) == len(result["targets"]) == sum(result["counts"]["test"])
+        assert set(result["metrics"][name]) == {"auroc", "auprc", "f1_oracle", "f1_val_threshold"}
     assert sum(result["targets"]) == result["counts"]["test"][1]
-    assert result["threshold"]["percentile_of_validation_scores"] == 95.0
-    assert set(result["metrics"]) == {"auroc", "auprc", "f1_oracle", "f1_val_threshold"}
+    assert result["threshold_percentile"] == 95.0
     assert 1 <= result["best_epoch"] <= result["epochs_trained"] <= 30
     config = json.loads((unit / "config.json").read_text())
     assert config["seed"] == 0 and config["config"]["model"] == "cascade"
@@ -39,9 +42,9 @@ def test_same_seed_same_scores_other_seed_other_scores(data_dir, tmp_path):
     first = results_of(run_main(data_dir, tmp_path / "a", "--classes", "3", "--seeds", "0", *FAST))
     again = results_of(run_main(data_dir, tmp_path / "b", "--classes", "3", "--seeds", "0", *FAST))
     other = results_of(run_main(data_dir, tmp_path / "c", "--classes", "3", "--seeds", "1", *FAST))
-    assert first["class3_seed0"]["scores"] == again["class3_seed0"]["scores"]
+    assert first["class3_seed0"]["test_scores"] == again["class3_seed0"]["test_scores"]
     assert first["class3_seed0"]["metrics"] == again["class3_seed0"]["metrics"]
-    assert first["class3_seed0"]["scores"] != other["class3_seed1"]["scores"]
+    assert first["class3_seed0"]["test_scores"]["recon"] != other["class3_seed1"]["test_scores"]["recon"]
 
 
 def test_test_split_never_reaches_training(data_dir, tmp_path, monkeypatch):
@@ -70,7 +73,7 @@ def test_eval_only_reproduces_the_table(data_dir, tmp_path, capsys):
     assert "matches its saved results.json exactly (2 trials)" in out
     for (c, s), result in evaluated.items():
         assert result["metrics"] == saved[f"class{c}_seed{s}"]["metrics"]
-    auroc = np.mean([r["metrics"]["auroc"] for r in saved.values()]) * 100
+    auroc = np.mean([r["metrics"]["recon"]["auroc"] for r in saved.values()]) * 100
     assert f"{auroc:.4f}" in out  # the mean row, to 4 decimals
 
 

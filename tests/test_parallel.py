@@ -28,7 +28,7 @@ def test_jobs_2_gives_the_same_results_as_jobs_1(data_dir, tmp_path):
     a, b = results_of(serial), results_of(parallel)
     assert sorted(a) == sorted(b) == ["class0_seed0", "class1_seed0"]
     for unit in a:
-        for key in ("metrics", "scores", "targets", "threshold", "best_val_loss", "best_epoch"):
+        for key in ("metrics", "test_scores", "targets", "thresholds", "best_val_loss", "best_epoch"):
             assert a[unit][key] == b[unit][key], f"{unit}: {key} differs between --jobs 1 and --jobs 2"
         assert [h["val_loss"] for h in a[unit]["history"]] == [h["val_loss"] for h in b[unit]["history"]]
         for run_dir in (serial, parallel):  # the thread count a unit ran with is recorded beside it

@@ -8,8 +8,12 @@ from tool import report
 from tool.errors import UserError
 
 
-def _result(auroc):
-    return {"metrics": {"auroc": auroc, "auprc": auroc / 2, "f1_oracle": 0.5, "f1_val_threshold": 0.4}}
+def _result(auroc, **others):
+    """A trial's results with score "recon" of this AUROC (and other scores: {name: AUROC})."""
+    def metrics(value):
+        return {"auroc": value, "auprc": value / 2, "f1_oracle": 0.5, "f1_val_threshold": 0.4}
+
+    return {"metrics": {"recon": metrics(auroc), **{name: metrics(v) for name, v in others.items()}}}
 
 
 def test_table_is_built_by_key_and_missing_runs_show_a_dash():
@@ -26,6 +30,16 @@ def test_table_is_built_by_key_and_missing_runs_show_a_dash():
     assert csv_text.splitlines()[0].startswith("class,name,auroc_mean,auroc_std")
 
 
+def test_the_table_shows_the_score_asked_for():
+    results = {(0, 0): _result(0.9, other=0.6), (1, 0): _result(0.7, other=0.4)}
+    rows = {row[0]: row for row in report.table_rows(results, [0, 1], ["zero", "one"], [0], score="other")[1]}
+    assert rows["0 zero"][1] == "60.00" and rows["mean"][1] == "50.00"
+    # a trial without the score is missing ("-"), unless it has only one (a classical detector's)
+    assert report.table_rows(results, [0, 1], ["zero", "one"], [0], score="nope")[1][0][1] == "-"
+    detector = {(0, 0): {"metrics": {"knn": _result(0.8)["metrics"]["recon"]}}}
+    assert report.table_rows(detector, [0], ["zero"], [0], score="recon")[1][0][1] == "80.00"
+
+
 def test_compare_puts_every_model_in_one_table(data_dir, tmp_path):
     for model in ("cascade", "knn"):
         run_main(data_dir, tmp_path, "--model", model, "--classes", "0", "1", "--seeds", "0", "--epochs", "1")
@@ -33,7 +47,7 @@ def test_compare_puts_every_model_in_one_table(data_dir, tmp_path):
     assert (tmp_path / "comparison.md").read_text() == text
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
     knn = results_of(next((tmp_path / "digits" / "knn").iterdir()))
-    mean = np.mean([r["metrics"]["auroc"] for r in knn.values()]) * 100
+    mean = np.mean([r["metrics"]["knn"]["auroc"] for r in knn.values()]) * 100
     assert f"{mean:.2f}" in rows["knn"] and "cascade" in rows
     assert "1 (2/2 trials)" in rows["cascade"]
     assert "0 0" in rows and "1 1" in rows  # the per-class AUROC table
@@ -57,7 +71,8 @@ def test_export_copies_results_without_checkpoints(data_dir, tmp_path):
     target = report.export(run_dir, tmp_path / "results")  # main.py --export: below the repository's results/
     assert target == tmp_path / "results" / "digits" / "cascade" / run_dir.name
     files = {p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()}
-    assert files == {"config.json", "table.md", "table.csv", "class2_seed0/config.json", "class2_seed0/results.json"}
+    assert files == {"config.json", "table.md", "table.csv", "class2_seed0/config.json", "class2_seed0/results.json",
+                     "class2_seed0/scores.npz"}
     assert results_of(target) == results_of(run_dir)
     with pytest.raises(UserError, match="never overwrites"):
         report.export(run_dir, tmp_path / "results")

@@ -7,6 +7,9 @@ import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve, roc_auc_score
 
+SCORES = {  # every score a trained network gets (a classical detector has one: its own, named after it)
+    "recon": "L2 norm of the reconstruction error, the paper's score",
+}
 METRICS = {  # key in results.json -> column title
     "auroc": "AUROC",
     "auprc": "AUPRC",
@@ -40,6 +43,11 @@ def anomaly_scores(model, images, batch_size=None):
     scores = [torch.linalg.vector_norm((model(xb)["recon"] - xb).flatten(1), dim=1)
               for xb in batches(images, batch_size)]
     return torch.cat(scores).double().cpu().numpy()
+
+
+def network_scores(model, val_images, test_images):
+    """{score: (validation scores, test scores)} of a trained network, every score of SCORES."""
+    return {"recon": (anomaly_scores(model, val_images), anomaly_scores(model, test_images))}
 
 
 def validation_threshold(val_scores, percentile):

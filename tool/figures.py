@@ -26,23 +26,37 @@ from tqdm import tqdm
 
 from tool.datasets import load_dataset, scale_images
 from tool.errors import UserError
-from tool.evaluation import reconstruct
+from tool.evaluation import SCORES, reconstruct
 from tool.io import atomic_write_bytes
 from tool.protocol import make_split
-from tool.runs import load_results, load_trial_model, read_run_config
+from tool.runs import load_results, load_trial_model, read_run_config, read_scores, score_name
 from tool.train import validation_pass
 
 N_EXTREMES = 6  # images per group in reconstructions.png
 
 
-def draw_trial(folder, results, split=None, model=None, device="cpu"):
-    """roc.png and scores.png in a finished trial's folder; given its model and split, also
-    reconstructions.png and (for a model with memory) memory.png. A failure is a warning."""
+def trial_view(folder, results, score):
+    """What the figures read of a finished trial: one score's metrics, threshold and per-image
+    test scores (SCORE `score`, or the trial's only score), with the test targets."""
+    name = score_name(results, score)
+    if name is None:
+        raise UserError(f"{folder} has no score '{score}' (it has {', '.join(results['metrics'])}).")
+    targets, scores = read_scores(folder)
+    return {**results, "score": name, "metrics": results["metrics"][name], "scores": scores[name], "targets": targets,
+            "threshold": {"value": results["thresholds"][name],
+                          "percentile_of_validation_scores": results["threshold_percentile"]}}
+
+
+def draw_trial(folder, results, score, split=None, model=None, device="cpu"):
+    """roc.png and scores.png (of SCORE `score`) in a finished trial's folder; given its model and
+    split, also reconstructions.png and (for a model with memory) memory.png. A failure is a
+    warning."""
     try:
-        roc_figure(results, folder / "roc.png")
-        scores_figure(results, folder / "scores.png")
+        view = trial_view(folder, results, score)
+        roc_figure(view, folder / "roc.png")
+        scores_figure(view, folder / "scores.png")
         if model is not None and split is not None:
-            reconstructions_figure(model, split.test, results, device, folder / "reconstructions.png")
+            reconstructions_figure(model, split.test, view, device, folder / "reconstructions.png")
             counts = [u["hits"].cpu().numpy().astype(np.int64)
                       for u in validation_pass(model, scale_images(split.val, device))[1]]
             if counts:
@@ -51,12 +65,17 @@ def draw_trial(folder, results, split=None, model=None, device="cpu"):
         _warn(f"figures of {folder} not drawn", error)
 
 
-def draw_run(run_dir, results, class_names, title):
-    """roc_all.png in the run folder from {(class, seed): results}. A failure is a warning."""
+def draw_run(run_dir, results, class_names, title, score):
+    """roc_all.png (of SCORE `score`) in the run folder from {(class, seed): results}. A failure is
+    a warning."""
     if not results:
         return
     try:
-        roc_all_figure(results, class_names, title, run_dir / "roc_all.png")
+        first = {}
+        for c, s in sorted(results):  # each class's first (lowest) finished seed
+            first.setdefault(c, (s, results[(c, s)]))
+        views = {c: trial_view(Path(run_dir) / f"class{c}_seed{s}", trial, score) for c, (s, trial) in first.items()}
+        roc_all_figure(views, class_names, title, run_dir / "roc_all.png")
     except Exception as error:  # a figure is an extra: never lose a table to it
         _warn(f"{run_dir / 'roc_all.png'} not drawn", error)
 
@@ -111,14 +130,11 @@ def roc_figure(results, path):
     _save(figure, path)
 
 
-def roc_all_figure(results, class_names, title, path):
-    """One curve per class, from its first (lowest) finished seed."""
-    first = {}
-    for c, s in sorted(results):
-        first.setdefault(c, results[(c, s)])
+def roc_all_figure(views, class_names, title, path):
+    """One curve per class (views: {class: trial_view of its first seed})."""
     figure = _figure(6.5, 6.5)
     ax = figure.add_subplot()
-    for c, trial in first.items():
+    for c, trial in views.items():
         _roc_curve(ax, trial, f"{c} {class_names[c]} (seed {trial['seed']}): ")
     _roc_axes(ax, f"{title}\none curve per class, from its first seed")
     _save(figure, path)
@@ -136,7 +152,8 @@ def scores_figure(results, path):
     ax.axvline(threshold["value"], ls="--", color="black",
                label=f"validation threshold {threshold['value']:.4g} "
                      f"({threshold['percentile_of_validation_scores']:g}th percentile of normal validation scores)")
-    ax.set(xlabel="anomaly score (L2 norm of the reconstruction error)", ylabel="density")
+    ax.set(xlabel=f"anomaly score: {results['score']} ({SCORES.get(results['score'], results['score'])})",
+           ylabel="density")
     ax.set_title(_trial_title(results), fontsize="small")
     ax.legend(fontsize="small")
     _save(figure, path)
@@ -200,13 +217,14 @@ def memory_figure(counts, n_images, path):
     _save(figure, path)
 
 
-def redraw(run_dir, device):
-    """Draw a run's figures again (python main.py --figures RUN_DIR) from its results.json files
-    and checkpoints, then its table and roc_all.png."""
+def redraw(run_dir, device, score=None):
+    """Draw a run's figures again (python main.py --figures RUN_DIR) from its results and
+    checkpoints, then its table and roc_all.png; of SCORE `score` (None: the run's own)."""
     from tool.report import run_table
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
+    score = score or config.get("score", "recon")
     results = load_results(run_dir)
     if not results:
         raise UserError(f"{run_dir} holds no finished trial (no class*_seed*/results.json).")
@@ -215,6 +233,6 @@ def redraw(run_dir, device):
         folder = run_dir / f"class{c}_seed{seed}"
         split = make_split(ds, config["protocol"], c, config["val_fraction"], seed)
         model = load_trial_model(folder, device)[1] if (folder / "best.pt").is_file() else None
-        draw_trial(folder, trial_results, split, model, device)
-    run_table(run_dir)  # the table again, and roc_all.png
+        draw_trial(folder, trial_results, score, split, model, device)
+    run_table(run_dir, score=score)  # the table again, and roc_all.png
     print(f"figures drawn in {run_dir} ({len(results)} trials)")

@@ -59,8 +59,9 @@ def run_trials(run_trial, config, ds, trials, run_dir, device):
             with tqdm(total=len(futures), desc="trials", unit="trial") as bar:
                 for future in as_completed(futures):
                     c, s = futures[future]
-                    m = future.result()["metrics"]
-                    tqdm.write(f"class {c} seed {s}: AUROC {m['auroc']:.4f}  AUPRC {m['auprc']:.4f}")
+                    metrics = future.result()["metrics"]
+                    tqdm.write(f"class {c} seed {s}: " + "  ".join(f"{name} AUROC {m['auroc']:.4f}"
+                                                                  for name, m in metrics.items()))
                     bar.update(1)
         except BaseException:  # a trial failed or Ctrl-C: start no further trial, let running ones end
             pool.shutdown(wait=True, cancel_futures=True)

@@ -17,9 +17,9 @@ import numpy as np
 from prettytable import PrettyTable
 
 from tool.errors import UserError
-from tool.evaluation import METRICS
-from tool.io import REPO, atomic_write_text, read_json
-from tool.runs import PLACEMENT_KEYS, class_names_of, load_results, planned_trials, read_run_config, results_text
+from tool.evaluation import METRICS, SCORES
+from tool.io import REPO, atomic_write_text
+from tool.runs import PLACEMENT_KEYS, class_names_of, load_results, planned_trials, read_run_config, score_name
 
 # Published mean AUROC / AUPRC / best F1 in %, one anomalous class, from the authors' public
 # rebuttal of an earlier version of the method (WWW 2024); see docs/method.md.
@@ -32,7 +32,7 @@ PUBLISHED = {
     "kmnist": {"VAE (published)": {"auroc": 72.57, "auprc": 25.34, "f1_oracle": 32.37},
                "Cascade memory, untuned (published)": {"auroc": 76.44, "auprc": 29.48, "f1_oracle": 35.93}},
 }
-EXPORTED = ("config.json", "results.json", "table.md", "table.csv", "roc_all.png")
+EXPORTED = ("config.json", "results.json", "scores.npz", "table.md", "table.csv", "roc_all.png")
 ROW_ORDER = ["cascade", "cascade-released", "cascade-mlp", "memae", "ae", "ae-mlp", "vae", "knn", "iforest", "ocsvm"]
 
 
@@ -45,21 +45,24 @@ def _mean_std(values):
     return float(np.mean(values)), float(np.std(values)) if len(values) > 1 else 0.0
 
 
-def summarise(results, classes, seeds):
-    """Per class and overall: {metric: (mean, std, n)} from {(class, seed): results}.
+def summarise(results, classes, seeds, score):
+    """Per class and overall: {metric: (mean, std, n)} of SCORE `score` from {(class, seed):
+    results} (a trial without that score counts as missing, unless it has only one: a classical
+    detector's).
 
     A class's cell is the mean +- std over its finished seeds. The "mean" row is, per seed, the
     mean over classes (only seeds with every class finished), then mean +- std over those seeds.
     """
+    found = {key: r["metrics"][name] for key, r in results.items() if (name := score_name(r, score))}
     rows = {}
     for c in classes:
         cell = {}
         for metric in METRICS:
-            values = [results[(c, s)]["metrics"][metric] for s in seeds if (c, s) in results]
+            values = [found[(c, s)][metric] for s in seeds if (c, s) in found]
             cell[metric] = _mean_std(values) + (len(values),) if values else None
         rows[c] = cell
-    complete = [s for s in seeds if all((c, s) in results for c in classes)]
-    rows["mean"] = {metric: (_mean_std([np.mean([results[(c, s)]["metrics"][metric] for c in classes])
+    complete = [s for s in seeds if all((c, s) in found for c in classes)]
+    rows["mean"] = {metric: (_mean_std([np.mean([found[(c, s)][metric] for c in classes])
                                         for s in complete]) + (len(complete),)) if complete else None
                     for metric in METRICS}
     return rows
@@ -108,9 +111,9 @@ def _csv_text(rows):
 # ---------------------------------------------------------------------------------------------
 # One run: a row per class, then the mean
 # ---------------------------------------------------------------------------------------------
-def table_rows(results, classes, class_names, seeds, decimals=2):
+def table_rows(results, classes, class_names, seeds, decimals=2, score="recon"):
     """Header and rows (strings) of the per-class table: each metric as mean ± std over seeds."""
-    summary = summarise(results, classes, seeds)
+    summary = summarise(results, classes, seeds, score)
     rows = []
     for c in [*classes, "mean"]:
         n = max((cell[2] for cell in summary[c].values() if cell), default=0)
@@ -119,9 +122,9 @@ def table_rows(results, classes, class_names, seeds, decimals=2):
     return ["class", *METRICS.values(), "seeds"], rows
 
 
-def table_csv(results, classes, class_names, seeds):
+def table_csv(results, classes, class_names, seeds, score="recon"):
     """The per-class table for machines: mean and std of each metric (0..1), one line per class."""
-    summary = summarise(results, classes, seeds)
+    summary = summarise(results, classes, seeds, score)
     lines = [["class", "name", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")), "n_seeds"]]
     for c in [*classes, "mean"]:
         values = [text for m in METRICS
@@ -131,28 +134,31 @@ def table_csv(results, classes, class_names, seeds):
     return _csv_text(lines)
 
 
-def run_table(run_dir, results=None, decimals=2, write=True):
-    """Print the run's table, built by key from its results; write table.md / table.csv beside it
-    (and roc_all.png when the run draws figures). Returns (header, rows)."""
+def run_table(run_dir, results=None, decimals=2, write=True, score=None):
+    """Print the run's table of SCORE `score` (None: the run's own), built by key from its results;
+    write table.md / table.csv beside it (and roc_all.png when the run draws figures). Returns
+    (header, rows)."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
+    score = score or config.get("score", "recon")
     results = load_results(run_dir) if results is None else results
     class_names = class_names_of(config)
     classes, seeds = planned_trials(run_dir, config, len(class_names) if class_names else None)
     class_names = class_names or [str(c) for c in range(max(classes, default=-1) + 1)]
-    header, rows = table_rows(results, classes, class_names, seeds, decimals)
+    header, rows = table_rows(results, classes, class_names, seeds, decimals, score)
     published = published_rows(config["dataset"]) if config["protocol"] == "one-anomalous-class" else []
-    title = (f"{config['dataset']} / {config['model']} / {config['protocol']}: metrics in %, "
-             f"mean ± std over seeds {seeds}")
+    shown = {score_name(r, score) for r in results.values()} - {None}
+    title = (f"{config['dataset']} / {config['model']} / {config['protocol']}, score {', '.join(sorted(shown)) or score}: "
+             f"metrics in %, mean ± std over seeds {seeds}")
     print(title)
     print(render_table(header, rows, published))
     if write:
         atomic_write_text(run_dir / "table.md", f"{title}\n\n" + to_markdown(header, rows + published))
-        atomic_write_text(run_dir / "table.csv", table_csv(results, classes, class_names, seeds))
+        atomic_write_text(run_dir / "table.csv", table_csv(results, classes, class_names, seeds, score))
         if config.get("draw_figures", True):
             from tool import figures
 
-            figures.draw_run(run_dir, results, class_names, title)
+            figures.draw_run(run_dir, results, class_names, title, score)
     return header, rows
 
 
@@ -194,39 +200,51 @@ def _text(value):
     return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
+def _score_order(name):
+    order = list(SCORES)
+    return (order.index(name) if name in order else len(order), name)
+
+
 def _order(label):
     model = label.split(" ")[0]
     return (ROW_ORDER.index(model) if model in ROW_ORDER else len(ROW_ORDER), label)
 
 
-def compare(root):
-    """Print and write comparison.md / comparison.csv of every run below `root`; return the Markdown."""
+def compare(root, score="recon"):
+    """Print and write comparison.md / comparison.csv of every run below `root`, of SCORE `score`
+    ("all": a row per score of every run); return the Markdown."""
     root = Path(root)
     runs = find_runs(root)
-    markdown, rows_csv = [], [["dataset", "protocol", "model", "metric", "mean", "std"]]
+    markdown, rows_csv = [], [["dataset", "protocol", "model", "score", "metric", "mean", "std"]]
     for (dataset, protocol), labelled in sorted(runs.items()):
-        models = sorted(labelled, key=_order)
+        loaded = {label: load_results(run_dir) for label, run_dir in labelled.items()}
+        rows = []  # (row label, run label, score)
+        for label in sorted(labelled, key=_order):
+            names = sorted({n for r in loaded[label].values() for n in r["metrics"]}, key=_score_order)
+            shown = names if score == "all" else [n for n in names if n == score] or names[:1] * (len(names) == 1)
+            rows += [(label if score != "all" else f"{label} [{name}]", label, name) for name in shown]
+        models = [row for row, _, _ in rows]
         summary_rows, per_class, class_names = [], {}, {}
-        for model in models:
-            run_dir = labelled[model]
+        for model, label, name in rows:
+            run_dir, results = labelled[label], loaded[label]
             config = read_run_config(run_dir)
-            results = load_results(run_dir)
             class_names.update({c: r.get("class_name", "") for (c, _), r in results.items()})
             names = class_names_of(config)
             classes, seeds = planned_trials(run_dir, config, len(names) if names else None)
-            summary = summarise(results, classes, seeds)
+            summary = summarise(results, classes, seeds, name)
             cells = [format_cell(summary["mean"][m]) for m in METRICS]
             complete = summary["mean"]["auroc"][2] if summary["mean"]["auroc"] else 0  # seeds in the mean
             seeds_text = f"{complete}" if complete == len(seeds) else f"{complete} of {len(seeds)}"
             summary_rows.append([model, *cells, f"{seeds_text} ({len(results)}/{len(classes) * len(seeds)} trials)",
                                  str(run_dir.relative_to(root))])
             per_class[model] = {c: summary[c]["auroc"] for c in classes}
-            rows_csv += [[dataset, protocol, model, m, *(f"{v:.6f}" for v in summary["mean"][m][:2])]
+            rows_csv += [[dataset, protocol, label, name, m, *(f"{v:.6f}" for v in summary["mean"][m][:2])]
                          for m in METRICS if summary["mean"][m]]
         header = ["model (settings that differ)", *METRICS.values(), "seeds", "run"]
         published = [row[:-1] + ["-", "docs/method.md"] for row in published_rows(dataset)] \
             if protocol == "one-anomalous-class" else []
-        title = f"{dataset}, {protocol}: mean over classes, in %, mean ± std over seeds"
+        title = (f"{dataset}, {protocol}: mean over classes, in %, mean ± std over seeds; score "
+                 f"{'[in brackets]' if score == 'all' else score + ' (classical detectors: their own)'}")
         print(title)
         print(render_table(header, summary_rows, published))
         markdown += [f"## {title}", "", to_markdown(header, summary_rows + published)]
@@ -263,10 +281,7 @@ def export(run_dir, dest=None):
             if not path.is_file() or relative.name not in EXPORTED or len(relative.parts) > 2:
                 continue
             (staging / relative).parent.mkdir(parents=True, exist_ok=True)
-            if relative.name == "results.json":  # rewritten in the compact layout of tool.runs.results_text
-                (staging / relative).write_text(results_text(read_json(path, "")))
-            else:
-                shutil.copyfile(path, staging / relative)
+            shutil.copyfile(path, staging / relative)
         staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
