@@ -17,6 +17,13 @@ DENSE_READOUT_SLOTS = 256  # up to this many slots, the read-out is one dense ma
 ACTIVATIONS = {"leaky_relu": nn.LeakyReLU, "relu": nn.ReLU}
 
 
+def float32(h):
+    """A context in which the memory computes in float32 whatever autocast is on outside it: the
+    addressing needs the resolution (bfloat16 keeps 3 significant digits, so nearby cosine
+    similarities tie, top-k takes the first index of a tie, and few slots end up used)."""
+    return torch.autocast(h.device.type, enabled=False)
+
+
 def addressing_entropy(weights):
     """Per row of addressing weights (B x N or B x k): -sum_i w_i log w_i. The log is taken of
     max(w, 1e-12), so a zero weight contributes exactly 0 and never log(0)."""
@@ -66,6 +73,10 @@ class MemoryUnit(nn.Module):
         self.slots = nn.Parameter(torch.empty(n_slots, slot_dim).uniform_(-bound, bound))  # M: N x D
 
     def forward(self, h):
+        with float32(h):  # under bf16 autocast, similarities would tie and top-k would collapse onto few slots
+            return self._address(h.to(self.slots.dtype))
+
+    def _address(self, h):
         h, slots = F.normalize(h, dim=1), F.normalize(self.slots, dim=1)
         # 2. forgetting gates: one random set of slots per forward pass, torch's generator
         forgotten = open_slots = None
@@ -155,6 +166,10 @@ class MemAEMemory(nn.Module):
         self.slots = nn.Parameter(torch.empty(n_slots, slot_dim).uniform_(-bound, bound))
 
     def forward(self, h):
+        with float32(h):
+            return self._address(h.to(self.slots.dtype))
+
+    def _address(self, h):
         w = (h @ self.slots.t()).softmax(dim=1)  # (B x D) x (D x N) = B x N
         if self.shrink_threshold > 0:
             shifted = w - self.shrink_threshold

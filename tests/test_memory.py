@@ -339,3 +339,19 @@ def test_extra_repr_shows_the_real_sizes():
     assert "n_slots=100, slot_dim=128, shrink_threshold=0.01" in str(build_model("memae", (1, 28, 28), model_config()).memory)
     assert "n_slots=100, slot_dim=64, top_k=3, forget_rate=0.29 (29 slots per pass)" in repr(
         MemoryUnit(100, 64, 3, 0.29))
+
+
+@pytest.mark.parametrize("preset", ["cascade", "cascade-released", "memae"])
+def test_memory_addresses_in_float32_under_bf16_autocast(preset):
+    """PRECISION = "bf16" must not change the addressing: in bfloat16, nearby cosine similarities
+    tie, top-k takes the first index of a tie and training collapses onto few slots (measured: 4%
+    of the posterior memory's slots used after 10 Fashion-MNIST epochs, against 30% in float32)."""
+    torch.manual_seed(0)
+    memory = build_model(preset, (1, 8, 8), model_config()).memory.eval()
+    h = torch.randn(64, 128)
+    plain, plain_info = memory(h)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast, autocast_info = memory(h)
+    assert autocast.dtype == torch.float32 and torch.equal(plain, autocast)
+    for a, b in zip(plain_info, autocast_info):
+        assert torch.equal(a["indices"], b["indices"]) and torch.equal(a["weights"], b["weights"])
