@@ -55,6 +55,7 @@ DATA_DIR = None  # datasets folder; None = datasets/ beside this file
 import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from datetime import datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
@@ -65,13 +66,14 @@ from tool import figures, report  # noqa: E402
 from tool.classical import CLASSICAL, fit_and_score  # noqa: E402
 from tool.datasets import load_dataset, scale_images  # noqa: E402
 from tool.errors import UserError, cli  # noqa: E402
-from tool.evaluation import compute_metrics, network_scores, validation_threshold  # noqa: E402
+from tool.io import git_commit  # noqa: E402
+from tool.evaluation import compute_metrics, latent_bank, network_scores, validation_threshold  # noqa: E402
 from tool.parallel import run_trials, trial_threads  # noqa: E402
 from tool.prepare import ensure_prepared  # noqa: E402
 from tool.protocol import make_split  # noqa: E402
 from tool.runs import (is_finished, load_trial_model, new_run_dir, open_run_dir, read_results,  # noqa: E402
                        read_run_config, trial_dir, write_checkpoint, write_results, write_run_config,
-                       write_trial_config)
+                       write_scoring, write_trial_config)
 from tool.settings import describe, make_parser, overrides_from, resolve_device, validate  # noqa: E402
 from tool.train import TrainConfig, seed_everything, train_model  # noqa: E402
 
@@ -105,7 +107,9 @@ def run_trial(config, ds, target_class, seed, run_dir, device, quiet=False):
         scores, trained = fit_classical(config, split, seed)
     else:  # a network: trained on the normal training images, stopped early on the validation images
         trained = fit(config, model, split, seed, folder, device, log_every=10 if quiet else 1)
-        scores = score(model, split, device)
+        scores, kept = score(model, split, seed, device)
+        write_scoring(folder, kept["bank"])  # bank.pt: what latent-knn needs to score new images
+        trained["fusion"] = kept["fusion"]
     results = {**evaluate(config, scores, split), **trained, **about,
                "dataset": config["dataset"], "protocol": config["protocol"], "model": config["model"],
                "class": target_class, "class_name": ds.classes[target_class], "seed": seed,
@@ -145,10 +149,13 @@ def fit_classical(config, split, seed):
             {"train_seconds": round(time.perf_counter() - started, 3), "epochs_trained": 0})
 
 
-def score(model, split, device):
+def score(model, split, seed, device, bank=None):
     """Every score of a trained network (tool.evaluation.SCORES) on the normal validation images
-    and on the test split: {score: (validation scores, test scores)}."""
-    return network_scores(model, scale_images(split.val, device), scale_images(split.test, device))
+    and on the test split: ({score: (validation scores, test scores)}, what scoring keeps: the
+    latent-knn bank of normal training codes, drawn with the seed, and the fusion stats)."""
+    bank = latent_bank(model, split.train, seed, device) if bank is None else bank
+    scores, stats = network_scores(model, scale_images(split.val, device), scale_images(split.test, device), bank)
+    return scores, {"bank": bank, "fusion": stats}
 
 
 def evaluate(config, scores, split):
@@ -161,8 +168,10 @@ def evaluate(config, scores, split):
 
 
 def reevaluate(run_dir, device_name="auto", score_choice=None):
-    """--eval-only: score every trained trial's best.pt again, without training; print the table
-    (4 decimals, of SCORE `score_choice`) and say whether each trial matches its saved results.json."""
+    """--eval-only: score every trained trial's best.pt again with this code's scores, without
+    training; print the table (4 decimals, of SCORE `score_choice`). A finished trial whose scores
+    this code computes differently, or which lacks some, gets them written into its results.json
+    and scores.npz; the values they replace are kept under "evaluations", with this code's commit."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     device = resolve_device(device_name)
@@ -171,20 +180,30 @@ def reevaluate(run_dir, device_name="auto", score_choice=None):
     folders = sorted(p for p in run_dir.glob("class*_seed*") if (p / "best.pt").is_file())
     if not folders:
         raise UserError(f"{run_dir} holds no trained trial (no class*_seed*/best.pt).")
-    results, mismatches = {}, []
+    results, changed = {}, {}
     for folder in tqdm(folders, desc="re-evaluating", unit="trial", leave=False):
         trial, model = load_trial_model(folder, device)
         settings = {**DEFAULTS, **trial["config"]}
         split = make_split(ds, settings["protocol"], trial["class"], settings["val_fraction"], trial["seed"])
-        evaluated = evaluate(settings, score(model, split, device), split)
+        scores, kept = score(model, split, trial["seed"], device)
+        evaluated = evaluate(settings, scores, split)
         results[(trial["class"], trial["seed"])] = {**trial, **evaluated}
-        if is_finished(folder):
-            saved = read_results(folder)["metrics"]
-            if any(saved[name] != evaluated["metrics"][name] for name in saved if name in evaluated["metrics"]):
-                mismatches.append(folder.name)
+        if not is_finished(folder):
+            continue  # an interrupted trial: scored here, but its record is written when it finishes
+        saved = read_results(folder)
+        differ = [name for name, m in evaluated["metrics"].items() if saved["metrics"].get(name) != m]
+        if differ:
+            changed[folder.name] = differ
+            entry = {"commit": git_commit(), "written": datetime.now().isoformat(), "scores": differ,
+                     "previous": {name: saved["metrics"][name] for name in differ if name in saved["metrics"]}}
+            write_scoring(folder, kept["bank"])
+            write_results(folder, {**saved, **evaluated, "fusion": kept["fusion"],
+                                   "evaluations": [*saved.get("evaluations", []), entry]},
+                          split.test_targets, {name: test for name, (_, test) in scores.items()})
     report.run_table(run_dir, results, decimals=4, write=False, score=score_choice)
-    if mismatches:
-        print(f"differs from the saved results.json: {', '.join(mismatches)} (other machine or library version?)")
+    if changed:
+        print(f"scored anew and written ({len(changed)} of {len(results)} trials; the values replaced are kept "
+              f"under 'evaluations' in results.json): " + "; ".join(f"{k}: {', '.join(v)}" for k, v in changed.items()))
     else:
         print(f"every re-evaluated trial matches its saved results.json exactly ({len(results)} trials)")
     return results

@@ -5,9 +5,11 @@
 
 Every image gets the preprocessing the trial's dataset recorded (folder datasets: size, channels,
 interpolation; see tool/folder.py; built-in datasets: none, the image must already have the
-model's channels), then training's pixel scaling, and the score evaluation computes: the L2 norm
-of the reconstruction error. An image is "anomalous" when its score is above the trial's
-validation threshold (results.json: threshold.value, a percentile of the scores of normal
+model's channels), then training's pixel scaling, and the score evaluation computes (--score,
+default the run's SCORE: recon, the L2 norm of the reconstruction error; latent-knn, with the
+normal training codes the trial kept in bank.pt; memory; fused, standardised with the trial's
+validation statistics). An image is "anomalous" when its score is above the trial's validation
+threshold for that score (results.json: thresholds, a percentile of the scores of normal
 validation images). Folders are searched recursively for PNG, JPEG and BMP files.
 
 The table is printed and written as CSV (path, anomaly_score, threshold, verdict): to --output,
@@ -28,10 +30,10 @@ from prettytable import PrettyTable
 from tool.settings import resolve_device
 from tool.datasets import scale_images
 from tool.errors import UserError, cli
-from tool.evaluation import anomaly_scores
+from tool.evaluation import fused, image_scores
 from tool.folder import INTERPOLATION, INTERPOLATIONS, list_images, read_image, to_chw
 from tool.io import atomic_write_text
-from tool.runs import load_trial_model, read_results
+from tool.runs import load_trial_model, read_results, trial_bank
 
 
 def parse_args(argv=None):
@@ -42,6 +44,7 @@ def parse_args(argv=None):
     parser.add_argument("--output", metavar="CSV", help="write the scores here (must not exist; default: "
                                                        "scores.csv in the trial folder, or the next free scores-N.csv)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--score", help="the score to give (default: the run's SCORE): recon, latent-knn, memory, fused")
     return parser.parse_args(argv)
 
 
@@ -122,23 +125,28 @@ def run(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
     trial, model, results = open_trial(args.checkpoint, device)
+    name = args.score or trial["config"].get("score", "recon")
+    if name not in results["metrics"]:
+        raise UserError(f"--score {name}: this trial has the scores {', '.join(results['metrics'])}.")
     files = find_images(args.images)
     output = output_path(args.output, args.checkpoint)
     images = load_images(files, trial["input_shape"], trial.get("preprocessing"))
-    scores = anomaly_scores(model, scale_images(images, device))  # exactly evaluation's score
-    threshold = results["thresholds"]["recon"]
-    rows = [(str(path), float(score), "anomalous" if score > threshold else "normal")
-            for path, score in zip(files, scores)]
+    scores = image_scores(model, scale_images(images, device), trial_bank(args.checkpoint, device))  # as evaluation
+    if name == "fused":
+        scores["fused"] = fused(results["fusion"], {k: v for k, v in scores.items() if k in results["fusion"]})
+    threshold = results["thresholds"][name]
+    rows = [(str(path), float(value), "anomalous" if value > threshold else "normal")
+            for path, value in zip(files, scores[name])]
 
     table = PrettyTable(["image", "anomaly score", "verdict"], align="l")
     table.align["anomaly score"] = "r"
-    for path, score, verdict in rows:
-        table.add_row([path, f"{score:.6f}", verdict])
+    for path, value, verdict in rows:
+        table.add_row([path, f"{value:.6f}", verdict])
     print(table)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "anomaly_score", "threshold", "verdict"])
-    writer.writerows([path, f"{score:.6f}", f"{threshold:.6f}", verdict] for path, score, verdict in rows)
+    writer.writerows([path, f"{value:.6f}", f"{threshold:.6f}", verdict] for path, value, verdict in rows)
     atomic_write_text(output, buffer.getvalue())
     n_anomalous = sum(verdict == "anomalous" for _, _, verdict in rows)
     print(f"{n_anomalous} of {len(rows)} image(s) anomalous at the threshold {threshold:.6f} "

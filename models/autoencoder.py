@@ -3,6 +3,7 @@
     "recon":  the reconstruction, shape of the input
     "loss":   the scalar training minimises
     "rec_loss": the reconstruction MSE (mean over pixels and batch)
+    "latent": the encoder's output (B x D), before any memory
     "memory": one dict per memory stage (see models/memory.py), empty for models without memory
 
 so one training loop serves every model.
@@ -24,14 +25,14 @@ class MemoryAutoencoder(nn.Module):
         self.encoder, self.memory, self.decoder = encoder, memory, decoder
 
     def forward(self, x):
-        h = self.encoder(x)
+        latent = h = self.encoder(x)
         addressed = []
         if self.memory is not None:
             h, addressed = self.memory(h)
         recon = self.decoder(h)
         rec_loss = F.mse_loss(recon, x)
         loss = rec_loss + sum(info["loss"] for info in addressed if "loss" in info)
-        return {"recon": recon, "loss": loss, "rec_loss": rec_loss, "memory": addressed}
+        return {"recon": recon, "loss": loss, "rec_loss": rec_loss, "latent": latent, "memory": addressed}
 
 
 class VAE(nn.Module):
@@ -58,7 +59,7 @@ class VAE(nn.Module):
         rec_loss = F.mse_loss(recon, x)
         kl = -0.5 * (1 + logvar - mean.pow(2) - logvar.exp()).sum(dim=1).mean()
         loss = rec_loss + self.kl_weight * kl / x[0].numel()
-        return {"recon": recon, "loss": loss, "rec_loss": rec_loss, "kl": kl, "memory": []}
+        return {"recon": recon, "loss": loss, "rec_loss": rec_loss, "kl": kl, "latent": features, "memory": []}
 
     def extra_repr(self):
         return f"kl_weight={self.kl_weight}"

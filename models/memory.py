@@ -2,9 +2,11 @@
 
 Every memory maps a batch of latent vectors h (B x D) to re-written vectors of the same shape and
 returns what it addressed, one dict per stage:
-    {"indices": LongTensor (B x k), "weights": Tensor (B x k), "n_slots": N}
-so that training can log slot usage and addressing entropy. A memory whose training objective
-has an extra term adds it under "loss".
+    {"indices": LongTensor (B x k), "weights": Tensor (B x k), "similarity": Tensor (B x k), "n_slots": N}
+so that training can log slot usage and addressing entropy, and evaluation can score how well a
+code matches the slots ("similarity": the cosine similarities of the chosen slots; MemAE: the
+largest cosine similarity to any slot). The cascade adds "code", the stage's output after its
+connector. A memory whose training objective has an extra term adds it under "loss".
 """
 import math
 
@@ -107,7 +109,7 @@ class MemoryUnit(nn.Module):
             out = h.new_zeros(len(h), self.n_slots).scatter(1, indices, weights) @ self.slots
         else:  # large memory: (B x 1 x k) x (B x k x D) = B x D touches only the k chosen slots
             out = torch.bmm(weights.unsqueeze(1), F.embedding(indices, self.slots)).squeeze(1)
-        return out, {"indices": indices, "weights": weights, "n_slots": self.n_slots}
+        return out, {"indices": indices, "weights": weights, "similarity": top_sim, "n_slots": self.n_slots}
 
     def extra_repr(self):
         return (f"n_slots={self.n_slots}, slot_dim={self.slot_dim}, top_k={self.top_k}, "
@@ -138,7 +140,7 @@ class CascadeMemory(nn.Module):
         for unit, connector in zip(self.units, self.connectors):
             h, info = unit(h)
             h = connector(h)
-            addressed.append(info)
+            addressed.append({**info, "code": h})
         return h, addressed
 
 
@@ -178,8 +180,9 @@ class MemAEMemory(nn.Module):
         out = w @ self.slots  # (B x N) x (N x D) = B x D
         entropy = addressing_entropy(w).mean()
         indices = torch.arange(self.n_slots, device=h.device).expand_as(w)
-        return out, [{"indices": indices, "weights": w, "n_slots": self.n_slots,
-                      "loss": self.entropy_weight * entropy}]
+        cosine = F.normalize(h, dim=1) @ F.normalize(self.slots, dim=1).t()  # B x N, for the memory score
+        return out, [{"indices": indices, "weights": w, "similarity": cosine.max(dim=1, keepdim=True).values,
+                      "n_slots": self.n_slots, "loss": self.entropy_weight * entropy}]
 
     def extra_repr(self):
         return (f"n_slots={self.n_slots}, slot_dim={self.slot_dim}, shrink_threshold={self.shrink_threshold:g}, "

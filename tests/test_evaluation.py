@@ -1,4 +1,4 @@
-"""Tests of tool/evaluation.py: metrics, the validation threshold, anomaly scores and their batching."""
+"""Tests of tool/evaluation.py: metrics, the validation threshold, every anomaly score and their batching."""
 import numpy as np
 import pytest
 import torch
@@ -6,6 +6,7 @@ import torch
 from conftest import model_config
 from models import build_model
 from tool import evaluation
+from tool.datasets import scale_images
 from tool.evaluation import anomaly_scores, compute_metrics, validation_threshold
 from tool.train import seed_everything
 
@@ -65,3 +66,43 @@ def test_evaluation_batch_size_does_not_change_scores():
     model = build_model("cascade", (1, 28, 28), model_config()).eval()
     images = torch.rand(600, 1, 28, 28) * 2 - 1
     assert (anomaly_scores(model, images, batch_size=256) == anomaly_scores(model, images, batch_size=4096)).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# The scores beyond the reconstruction error
+# ---------------------------------------------------------------------------------------------
+def test_knn_distance_is_the_mean_cosine_distance_to_the_nearest_codes():
+    bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    codes = torch.tensor([[2.0, 0.0], [1.0, 1.0]])
+    # [2, 0]: distances 0, 1, 2 -> k=1: 0, k=2: 0.5; [1, 1]: 1 - 0.7071 twice, then 1.7071
+    assert evaluation.knn_distance(codes, bank, k=1) == pytest.approx([0.0, 1 - 2 ** -0.5])
+    assert evaluation.knn_distance(codes, bank, k=2) == pytest.approx([0.5, 1 - 2 ** -0.5])
+    assert evaluation.knn_distance(codes, bank[:1], k=5) == pytest.approx([0.0, 1 - 2 ** -0.5])  # k <= bank size
+
+
+def test_fused_standardises_with_the_validation_statistics():
+    val = {"a": np.array([1.0, 3.0]), "b": np.array([10.0, 10.0])}  # b has no spread: divided by 1
+    stats = evaluation.fusion_stats(val)
+    assert stats == {"a": [2.0, 1.0], "b": [10.0, 1.0]}
+    assert evaluation.fused(stats, {"a": np.array([4.0]), "b": np.array([12.0])}) == pytest.approx([2.0 + 2.0])
+    assert evaluation.fused(stats, val) == pytest.approx([-1.0, 1.0])
+
+
+@pytest.mark.parametrize("preset, names", [("cascade", {"recon", "latent-knn", "memory", "fused"}),
+                                           ("memae", {"recon", "latent-knn", "memory", "fused"}),
+                                           ("ae", {"recon", "latent-knn", "fused"}),
+                                           ("vae", {"recon", "latent-knn", "fused"})])
+def test_every_network_gets_every_score_that_applies(preset, names):
+    torch.manual_seed(0)
+    model = build_model(preset, (1, 8, 8), model_config()).eval()
+    train, val, test = (torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8) for n in (50, 20, 30))
+    bank = evaluation.latent_bank(model, train, seed=0, size=40)
+    assert bank.shape == (40, 128) and torch.equal(bank, evaluation.latent_bank(model, train, seed=0, size=40))
+    scores, stats = evaluation.network_scores(model, scale_images(val), scale_images(test), bank)
+    assert set(scores) == names and set(stats) == names - {"fused"}
+    for name, (val_scores, test_scores) in scores.items():
+        assert val_scores.shape == (20,) and test_scores.shape == (30,) and np.isfinite(test_scores).all()
+    # recon is exactly anomaly_scores; the fused validation scores are centred
+    assert (scores["recon"][1] == evaluation.anomaly_scores(model, scale_images(test))).all()
+    assert scores["fused"][0].mean() == pytest.approx(0.0, abs=1e-9)
+    assert (evaluation.image_scores(model, scale_images(test), bank)["latent-knn"] == scores["latent-knn"][1]).all()

@@ -83,3 +83,30 @@ def test_command_line_errors_exit_2_without_traceback(tmp_path):
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 2, done.stderr
         assert "Traceback" not in done.stderr and done.stderr.startswith("error: ")
+
+
+def test_eval_only_adds_the_scores_an_older_trial_lacks(data_dir, tmp_path, capsys):
+    run_dir = run_main(data_dir, tmp_path, "--classes", "4", "--seeds", "0", *FAST)
+    trial = run_dir / "class4_seed0"
+    now = results_of(run_dir)["class4_seed0"]
+    # the trial as this code wrote it before it had several scores: recon only, lists in results.json
+    old = {k: v for k, v in now.items() if k not in ("metrics", "thresholds", "threshold_percentile", "fusion",
+                                                        "test_scores", "targets")}
+    old.update(metrics=now["metrics"]["recon"], scores=now["test_scores"]["recon"], targets=now["targets"],
+               threshold={"value": now["thresholds"]["recon"], "percentile_of_validation_scores": 95.0})
+    (trial / "results.json").write_text(json.dumps(old))
+    (trial / "scores.npz").unlink()
+    (trial / "bank.pt").unlink()
+    assert set(results_of(run_dir)["class4_seed0"]["metrics"]) == {"recon"}  # read as its one score
+    capsys.readouterr()
+    main.run(["--eval-only", str(run_dir)])
+    assert "scored anew and written (1 of 1 trials" in capsys.readouterr().out
+    again = results_of(run_dir)["class4_seed0"]
+    assert again["metrics"] == now["metrics"] and again["test_scores"] == now["test_scores"]
+    assert again["history"] == now["history"] and (trial / "bank.pt").is_file()
+    (entry,) = again["evaluations"]
+    assert entry["scores"] == ["latent-knn", "memory", "fused"] and entry["previous"] == {}
+    # nothing differs any more: a second --eval-only writes nothing
+    main.run(["--eval-only", str(run_dir)])
+    assert "matches its saved results.json exactly (1 trials)" in capsys.readouterr().out
+    assert "evaluations" in results_of(run_dir)["class4_seed0"] and len(results_of(run_dir)["class4_seed0"]["evaluations"]) == 1

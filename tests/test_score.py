@@ -90,3 +90,19 @@ def test_command_line_errors_exit_2_without_a_traceback(tmp_path, own_images):
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and done.stderr.startswith("error: ") and message in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["latent-knn", "memory", "fused"])
+def test_every_score_of_new_images_is_the_one_evaluation_gave(own_trial, own_images, own_prepared, tmp_path, name):
+    output, rows = score_run(own_trial, own_images / "test", "--score", name, "--output", tmp_path / f"{name}.csv")
+    meta = json.loads((own_prepared[0] / NAME / "processed" / "meta.json").read_text())
+    saved = dict(zip(meta["files"]["test"], read_scores(own_trial)[1][name]))
+    threshold = read_results(own_trial)["thresholds"][name]
+    for path, value, verdict in rows:  # scores.npz keeps float16: 3 significant digits
+        assert value == pytest.approx(saved[Path(path).relative_to(own_images).as_posix()], rel=2e-3, abs=2e-3)
+        assert verdict == ("anomalous" if value > threshold else "normal")
+
+
+def test_a_score_the_trial_lacks_is_refused(own_trial, own_images):
+    with pytest.raises(UserError, match="--score nope: this trial has the scores recon, latent-knn"):
+        score_run(own_trial, own_images / "test", "--score", "nope")

@@ -7,9 +7,15 @@ import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve, roc_auc_score
 
+from tool.datasets import scale_images
+
 SCORES = {  # every score a trained network gets (a classical detector has one: its own, named after it)
     "recon": "L2 norm of the reconstruction error, the paper's score",
+    "latent-knn": "mean cosine distance of the encoder's code to its nearest codes of normal training images",
+    "memory": "1 - mean cosine similarity of each memory stage's input to the slots it chose, summed over stages",
+    "fused": "the other scores, each standardised by its mean and spread on the normal validation images, summed",
 }
+LATENT_KNN = {"k": 5, "bank": 4096}  # neighbours, and the normal training codes kept to compare with
 METRICS = {  # key in results.json -> column title
     "auroc": "AUROC",
     "auprc": "AUPRC",
@@ -45,9 +51,68 @@ def anomaly_scores(model, images, batch_size=None):
     return torch.cat(scores).double().cpu().numpy()
 
 
-def network_scores(model, val_images, test_images):
-    """{score: (validation scores, test scores)} of a trained network, every score of SCORES."""
-    return {"recon": (anomaly_scores(model, val_images), anomaly_scores(model, test_images))}
+@torch.inference_mode()
+def network_outputs(model, images, batch_size=None):
+    """One evaluation pass: per image the reconstruction error (as anomaly_scores computes it),
+    the encoder's code, and for a model with memory how poorly the code matches the slots."""
+    model.eval()
+    recon, codes, memory = [], [], []
+    for xb in batches(images, batch_size):
+        out = model(xb)
+        recon.append(torch.linalg.vector_norm((out["recon"] - xb).flatten(1), dim=1))
+        codes.append(out["latent"].float())
+        if out["memory"]:
+            memory.append(sum(1 - info["similarity"].mean(dim=1) for info in out["memory"]))
+    return {"recon": torch.cat(recon).double().cpu().numpy(), "code": torch.cat(codes).cpu(),
+            "memory": torch.cat(memory).double().cpu().numpy() if memory else None}
+
+
+def latent_bank(model, train_images, seed, device="cpu", size=None):
+    """The normal training codes latent-knn compares with: the codes of `size` (LATENT_KNN) of the
+    uint8 `train_images` drawn with `seed` (all of them when there are fewer), float32, CPU."""
+    size = LATENT_KNN["bank"] if size is None else size
+    chosen = torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(len(train_images))[:size]))
+    return network_outputs(model, scale_images(train_images[chosen], device))["code"]
+
+
+def knn_distance(codes, bank, k=None):
+    """Mean cosine distance (1 - cosine similarity) of each code to its k nearest codes of `bank`."""
+    k = min(LATENT_KNN["k"] if k is None else k, len(bank))
+    bank = torch.nn.functional.normalize(bank, dim=1)
+    distances = [(1 - torch.nn.functional.normalize(q, dim=1) @ bank.t()).topk(k, dim=1, largest=False).values
+                 for q in codes.split(4096)]
+    return torch.cat(distances).mean(dim=1).double().numpy()
+
+
+def fusion_stats(val_scores):
+    """{score: [mean, std]} of each score's normal validation scores: what `fused` standardises with."""
+    return {name: [float(np.mean(values)), float(np.std(values)) or 1.0] for name, values in val_scores.items()}
+
+
+def fused(stats, scores):
+    """The fused score: each of `scores` ({score: values}) standardised with `stats`, summed."""
+    return sum((np.asarray(values) - stats[name][0]) / stats[name][1] for name, values in scores.items())
+
+
+def image_scores(model, images, bank):
+    """{score: per-image scores} of every score but the fused one (latent-knn: given a bank;
+    memory: models with a memory)."""
+    out = network_outputs(model, images)
+    scores = {"recon": out["recon"]}
+    if bank is not None:
+        scores["latent-knn"] = knn_distance(out["code"], bank)
+    if out["memory"] is not None:
+        scores["memory"] = out["memory"]
+    return scores
+
+
+def network_scores(model, val_images, test_images, bank):
+    """({score: (validation scores, test scores)}, fusion stats) of a trained network: every
+    score of SCORES that applies, the fused one standardised on the validation scores."""
+    val, test = image_scores(model, val_images, bank), image_scores(model, test_images, bank)
+    stats = fusion_stats(val)
+    val["fused"], test["fused"] = fused(stats, val), fused(stats, test)
+    return {name: (val[name], test[name]) for name in val}, stats
 
 
 def validation_threshold(val_scores, percentile):

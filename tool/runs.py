@@ -9,6 +9,7 @@
             results.json            every score's metrics and threshold, epochs, times (written
                                     last: its presence marks the trial finished)
             best.pt                 the weights with the lowest validation loss
+            bank.pt                 the normal training codes latent-knn compares with
             last.pt                 the end-of-epoch checkpoint (deleted once the trial finishes)
             tb/                     tensorboardX logs
 
@@ -23,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from models import ModelConfig, build_model
 from tool.classical import CLASSICAL
@@ -154,6 +156,22 @@ def write_checkpoint(folder, model, preset, input_shape, best_epoch):
                        "best_epoch": best_epoch}, Path(folder) / "best.pt")
 
 
+def write_scoring(folder, bank):
+    """bank.pt: the normal training codes latent-knn compares new images with (score.py)."""
+    atomic_torch_save({"bank": bank.contiguous()}, Path(folder) / "bank.pt")
+
+
+def trial_bank(folder, device="cpu"):
+    """A trial's latent-knn bank (bank.pt), or None for a trial written before latent-knn existed."""
+    path = Path(folder) / "bank.pt"
+    if not path.is_file():
+        return None
+    saved = load_checkpoint(path, device, "Score the trial again: python main.py --eval-only RUN_DIR.")
+    if not isinstance(saved, dict) or not isinstance(saved.get("bank"), torch.Tensor) or saved["bank"].ndim != 2:
+        raise UserError(f"{path} holds no bank of codes. Score the trial again: python main.py --eval-only RUN_DIR.")
+    return saved["bank"].float()
+
+
 def results_text(results):
     """results.json: the small fields indented, the training history one epoch a line."""
     head = json.dumps({k: v for k, v in results.items() if k != "history"}, indent=2)
@@ -192,6 +210,7 @@ def read_results(folder):
         threshold = results.pop("threshold", None) or {}
         results["thresholds"] = {name: threshold.get("value")}
         results["threshold_percentile"] = threshold.get("percentile_of_validation_scores")
+        results.pop("scores", None), results.pop("targets", None)  # per-image lists: read_scores reads them
     if not (isinstance(results, dict) and isinstance(results.get("metrics"), dict) and results["metrics"]
             and all(isinstance(m, dict) and all(isinstance(m.get(k), (int, float)) for k in METRICS)
                     for m in results["metrics"].values())
