@@ -141,3 +141,25 @@ def test_nan_loss_stops_with_the_epoch_named(tmp_path):
     with pytest.raises(train.TrainingDiverged, match="epoch 3"):
         train.train_model(Diverging(), x, x[:8], config, checkpoint, generator_seed=0)
     assert torch.load(checkpoint, weights_only=True)["state"]["epoch"] == 2  # the last good one is kept
+
+
+class _Flat(torch.nn.Module):
+    """A model whose validation loss never improves after its first epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return {"recon": x, "loss": (self.w * 0 + 1.0).sum(), "memory": []}
+
+
+@pytest.mark.parametrize("patience_steps, epochs_trained", [(0, 3), (8, 4), (100, 10)])
+def test_early_stopping_counts_epochs_and_optimiser_steps(tmp_path, patience_steps, epochs_trained):
+    """PATIENCE = 2 epochs and PATIENCE_STEPS steps without a lower validation loss; 3 batches an
+    epoch: 0 steps stops after epoch 3, 8 steps after epoch 4 (9 steps), 100 never (10 epochs)."""
+    x = torch.randn(40, 1, 2, 2)
+    config = train_config(epochs=10, patience=2, patience_steps=patience_steps, batch_size=16)
+    result = train_model(_Flat(), x, x[:8], config, tmp_path / "last.pt", generator_seed=0, log_every=None)
+    assert (result.epochs_trained, result.best_epoch, result.stopped_early) == (
+        epochs_trained, 1, epochs_trained < 10)
