@@ -64,8 +64,8 @@ from models.memory import MemAEMemory, MemoryUnit  # noqa: E402
 from tool.errors import UserError, cli  # noqa: E402
 from tool.evaluation import anomaly_scores  # noqa: E402
 from tool.settings import resolve_device  # noqa: E402
-from tool.train import (PRECISIONS, TrainConfig, _compile, autocast, make_optimizer, seed_everything,  # noqa: E402
-                        train_epoch, uses_channels_last)
+from tool.train import (PRECISIONS, TrainConfig, _compile, make_optimizer, seed_everything, train_epoch,  # noqa: E402
+                        uses_channels_last)
 
 INPUT_SHAPE = (1, 28, 28)
 GEMM_SHAPE = (256, 784, 512)  # (m, k, n): a batch of 256 flattened 28x28 images times a 784 -> 512 layer
@@ -181,8 +181,7 @@ class Bench:
         self.model.train()
         synchronize(self.device)
         started = time.perf_counter()
-        with autocast(self.precision, self.device):
-            loss = float(train_epoch(self.model, self.optimizer, images, order, batch_size))  # one sync a pass
+        loss = float(train_epoch(self.model, self.optimizer, images, order, batch_size, self.precision))  # one sync
         elapsed = time.perf_counter() - started
         if not math.isfinite(loss):
             raise RuntimeError(f"{self.label}: the training loss became {loss}")
