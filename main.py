@@ -8,6 +8,7 @@
     python main.py --compare results/fmnist                          # every model of a dataset in one table
     python main.py --export runs/fmnist/cascade/20261128-120000     # its results, no checkpoints, to results/
     python main.py --figures runs/fmnist/cascade/20261128-120000    # draw its figures again
+    python main.py --leakage runs/fmnist/cascade/20261128-120000    # how much each class mixes with the others
 
 Edit the constants below to reproduce a table, or override any of them on the command line
 (EPOCHS -> --epochs, TOP_K -> --top-k 15 5). Every run lands in its own new folder under
@@ -68,6 +69,7 @@ from tool.classical import CLASSICAL, fit_and_score  # noqa: E402
 from tool.datasets import load_dataset, scale_images  # noqa: E402
 from tool.errors import UserError, cli  # noqa: E402
 from tool.io import git_commit  # noqa: E402
+from tool.leakage import run_leakage  # noqa: E402
 from tool.evaluation import compute_metrics, latent_bank, network_scores, validation_threshold  # noqa: E402
 from tool.parallel import run_trials, trial_threads  # noqa: E402
 from tool.prepare import ensure_prepared  # noqa: E402
@@ -232,6 +234,8 @@ def parse(argv=None):
                       help="copy a run's results (no checkpoints or logs) to results/<dataset>/<model>/")
     what.add_argument("--figures", metavar="RUN_DIR",
                       help="draw a run's figures again from its results and checkpoints")
+    what.add_argument("--leakage", metavar="RUN_DIR",
+                      help="per class, how much it mixes with the other classes: in pixels and in the run's latent space")
     actions.add_argument("--run-dir", metavar="DIR",
                          help="use DIR as the sweep folder (shared by cluster jobs; finished trials are skipped)")
     args = parser.parse_args(argv)
@@ -252,6 +256,9 @@ def run(argv=None):
         refuse(given, ("score",) if args.compare else (), "--compare" if args.compare else "--export", args.run_dir)
         return report.compare(args.compare, given.get("score", DEFAULTS["score"])) if args.compare else \
             report.export(args.export)
+    if args.leakage:
+        refuse(given, ("device",), "--leakage", args.run_dir)
+        return run_leakage(args.leakage, resolve_device(given.get("device", "auto")))
     if args.eval_only or args.table or args.figures:
         refuse(given, ("device", "score"), "--eval-only, --table and --figures each", args.run_dir)
         if args.table:

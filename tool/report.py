@@ -19,6 +19,7 @@ from prettytable import PrettyTable
 from tool.errors import UserError
 from tool.evaluation import METRICS, SCORES
 from tool.io import REPO, atomic_write_text
+from tool.leakage import read_leakage
 from tool.runs import PLACEMENT_KEYS, class_names_of, load_results, planned_trials, read_run_config, score_name
 
 # Published mean AUROC / AUPRC / best F1 in %, one anomalous class, from the authors' public
@@ -32,7 +33,7 @@ PUBLISHED = {
     "kmnist": {"VAE (published)": {"auroc": 72.57, "auprc": 25.34, "f1_oracle": 32.37},
                "Cascade memory, untuned (published)": {"auroc": 76.44, "auprc": 29.48, "f1_oracle": 35.93}},
 }
-EXPORTED = ("config.json", "results.json", "scores.npz", "table.md", "table.csv", "roc_all.png")
+EXPORTED = ("config.json", "results.json", "scores.npz", "table.md", "table.csv", "roc_all.png", "leakage.json")
 ROW_ORDER = ["cascade", "cascade-released", "cascade-mlp", "memae", "ae", "ae-mlp", "vae", "knn", "iforest", "ocsvm"]
 
 
@@ -251,8 +252,16 @@ def compare(root, score="recon"):
         classes = sorted({c for cells in per_class.values() for c in cells})
         class_rows = [[f"{c} {class_names.get(c, '')}".strip(), *(format_cell(per_class[m].get(c)) for m in models)]
                       for c in classes]
-        markdown += [f"AUROC per class ({dataset}, {protocol}), in %:", "",
-                     to_markdown(["class", *models], class_rows)]
+        leakage_label, leakage = next(((label, read_leakage(labelled[label])) for label in sorted(labelled, key=_order)
+                                       if (labelled[label] / "leakage.json").is_file()), (None, {}))
+        leak_header = ["leakage, pixels", f"leakage, latent of {leakage_label}"] if leakage else []
+        if leakage:
+            class_rows = [row + [f"{leakage.get(c, {}).get(key, float('nan')):.2f}" if key in leakage.get(c, {}) else "-"
+                                 for key in ("pixels", "latent")] for c, row in zip(classes, class_rows)]
+        markdown += [f"AUROC per class ({dataset}, {protocol}), in %"
+                     + ("; neighbourhood class leakage beside it (1: the class mixes with the others as if at random, "
+                        "0: not at all; python main.py --leakage RUN_DIR, tool/leakage.py)" if leakage else "") + ":", "",
+                     to_markdown(["class", *models, *leak_header], class_rows)]
     text = "\n".join(markdown)
     atomic_write_text(root / "comparison.md", text)
     atomic_write_text(root / "comparison.csv", _csv_text(rows_csv))
