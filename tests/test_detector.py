@@ -37,19 +37,24 @@ def test_the_detector_is_a_trial_of_main(digits, fitted, tmp_path):
     run_dir = main.run(["--data-dir", str(root), "--output-dir", str(tmp_path), "--classes", "0", "--seeds", "0",
                         "--epochs", "3", "--patience", "3", "--jobs", "1", "--draw-figures", "false"])
     trial = results_of(run_dir)["class0_seed0"]
-    scores = fitted.decision_function(ds.test_images)
-    assert scores.astype(np.float16).astype(float).tolist() == trial["test_scores"]["recon"]  # stored as float16
-    assert fitted.threshold == trial["thresholds"]["recon"]
-    assert compute_metrics(scores, ds.test_labels == 0)["auroc"] == trial["metrics"]["recon"]["auroc"]
-    assert fitted.predict(ds.test_images).tolist() == (scores > fitted.threshold).astype(int).tolist()
+    assert set(fitted.thresholds) == set(trial["metrics"]) == {"recon", "latent-knn", "memory", "fused"}
+    for name in fitted.thresholds:
+        scores = fitted.decision_function(ds.test_images, score=name)
+        assert scores.astype(np.float16).astype(float).tolist() == trial["test_scores"][name]  # stored as float16
+        assert fitted.thresholds[name] == trial["thresholds"][name]
+        assert compute_metrics(scores, ds.test_labels == 0)["auroc"] == trial["metrics"][name]["auroc"]
+    assert fitted.threshold == trial["thresholds"]["recon"]  # main.py's SCORE
+    recon = fitted.decision_function(ds.test_images)
+    assert fitted.predict(ds.test_images).tolist() == (recon > fitted.threshold).astype(int).tolist()
 
 
 def test_save_and_load_give_the_same_scores(digits, fitted, tmp_path):
     _, ds = digits
     fitted.save(tmp_path / "detector.pt")
     loaded = CascadeMemoryDetector.load(tmp_path / "detector.pt", device="cpu")
-    assert (loaded.decision_function(ds.test_images) == fitted.decision_function(ds.test_images)).all()
-    assert loaded.threshold == fitted.threshold and loaded.settings == fitted.settings
+    for name in ("recon", "fused"):
+        assert (loaded.decision_function(ds.test_images, name) == fitted.decision_function(ds.test_images, name)).all()
+    assert loaded.thresholds == fitted.thresholds and loaded.settings == fitted.settings
     floats = ds.test_images.numpy()[:, 0] / 255.0  # (N, H, W) floats in [0, 1] read as the same pixels
     assert np.allclose(loaded.decision_function(floats), fitted.decision_function(ds.test_images), rtol=1e-5)
 
@@ -66,6 +71,7 @@ class _Forged:
     (lambda: CascadeMemoryDetector(epoch=3), "unknown setting"),
     (lambda: CascadeMemoryDetector(preset="nope"), "unknown model preset"),
     (lambda: CascadeMemoryDetector(lr=float("nan")), "--lr"),
+    (lambda: CascadeMemoryDetector(score="nope"), "unknown score 'nope'"),
     (lambda: CascadeMemoryDetector().decision_function(np.zeros((2, 8, 8), np.uint8)), "not fitted"),
     (lambda: CascadeMemoryDetector().fit(np.full((40, 8, 8), 2.0)), "floats in \\[0, 1\\]"),
     (lambda: CascadeMemoryDetector().fit(np.zeros((40, 8), np.uint8)), "must be an array"),

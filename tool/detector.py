@@ -2,14 +2,16 @@
 
     from tool.detector import CascadeMemoryDetector
     detector = CascadeMemoryDetector(preset="cascade", epochs=20, seed=0).fit(normal_images)
-    scores = detector.decision_function(new_images)   # higher = more anomalous
+    scores = detector.decision_function(new_images)   # higher = more anomalous (SCORE; or score="fused", ...)
     flags = detector.predict(new_images)              # 1 = anomaly: score above the threshold
     detector.save("detector.pt"); detector = CascadeMemoryDetector.load("detector.pt")
 
 Images are uint8 pixels (N, C, H, W) or (N, H, W), or floats in [0, 1], as numpy arrays or
 tensors. `fit` holds out VAL_FRACTION of them (drawn with the seed) for early stopping and for the
 threshold (THRESHOLD_PERCENTILE of their scores), exactly as a trial of main.py does with its
-normal training images; it trains with the same build_model / train_model / anomaly_scores.
+normal training images; it trains and scores with the same build_model / train_model /
+latent_bank / image_scores, and keeps what its scores need (the latent-knn bank, the fusion
+statistics, a threshold per score).
 The other settings are main.py's model and training constants of the same name, in lower case
 (epochs=20, top_k=[15, 5], lr=1e-3, val_fraction=0.1, ...), with main.py's defaults; verbose=True
 prints a line per epoch.
@@ -24,7 +26,7 @@ import torch
 from models import PRESETS, ModelConfig, build_model
 from tool.datasets import scale_images
 from tool.errors import UserError
-from tool.evaluation import anomaly_scores, validation_threshold
+from tool.evaluation import SCORES, fused, fusion_stats, image_scores, latent_bank, validation_threshold
 from tool.io import atomic_torch_save, load_checkpoint
 from tool.protocol import validation_holdout
 from tool.settings import check_ranges, resolve_device
@@ -36,7 +38,8 @@ def _defaults():
     and THRESHOLD_PERCENTILE (main.py's constants are the one home of every default)."""
     from main import DEFAULTS
 
-    keys = [f.name for cls in (ModelConfig, TrainConfig) for f in fields(cls)] + ["val_fraction", "threshold_percentile"]
+    keys = [f.name for cls in (ModelConfig, TrainConfig) for f in fields(cls)] + ["val_fraction", "threshold_percentile",
+                                                                                  "score"]
     return {key: DEFAULTS[key] for key in keys}
 
 
@@ -54,7 +57,15 @@ class CascadeMemoryDetector:
         self.preset, self.seed, self.device, self.verbose = preset, seed, resolve_device(device), verbose
         self.settings = {**defaults, **settings}
         check_ranges({**self.settings, "seeds": [seed]})
-        self.model, self.threshold, self.input_shape = None, None, None
+        if self.settings["score"] not in SCORES:
+            raise UserError(f"unknown score '{self.settings['score']}'. Valid: {', '.join(SCORES)}")
+        self.model, self.input_shape, self.bank, self.fusion, self.thresholds = None, None, None, None, None
+
+    @property
+    def threshold(self):
+        """The decision threshold of the detector's score (SCORE): THRESHOLD_PERCENTILE of the
+        scores of the held-out normal images."""
+        return None if self.thresholds is None else self.thresholds[self.settings["score"]]
 
     def fit(self, images):
         """Train on `images`, all normal; returns self."""
@@ -67,17 +78,27 @@ class CascadeMemoryDetector:
         with tempfile.TemporaryDirectory() as tmp:  # train_model's resumable checkpoint, not kept
             train_model(self.model, train_x, val_x, TrainConfig.from_settings(self.settings), Path(tmp) / "last.pt",
                         self.seed, desc="fit", log_every=1 if self.verbose else None)
-        self.threshold = validation_threshold(anomaly_scores(self.model, val_x), self.settings["threshold_percentile"])
+        self.bank = latent_bank(self.model, images[torch.from_numpy(train_idx)], self.seed, self.device)
+        val_scores = image_scores(self.model, val_x, self.bank)
+        self.fusion = fusion_stats(val_scores)
+        val_scores["fused"] = fused(self.fusion, val_scores)
+        self.thresholds = {name: validation_threshold(values, self.settings["threshold_percentile"])
+                           for name, values in val_scores.items()}
         return self
 
-    def decision_function(self, images):
-        """Anomaly scores (float64 numpy array): the L2 norm of each image's reconstruction error."""
+    def decision_function(self, images, score=None):
+        """Anomaly scores (float64 numpy array, higher = more anomalous) of `score` (default: the
+        detector's SCORE): recon, latent-knn, memory (models with a memory) or fused."""
         self._check_fitted()
+        score = score or self.settings["score"]
+        if score not in self.thresholds:
+            raise UserError(f"unknown score '{score}' for this detector; it has {', '.join(self.thresholds)}")
         images = _as_images(images)
         if tuple(images.shape[1:]) != self.input_shape:
             raise UserError(f"images of shape {tuple(images.shape[1:])}, but the detector was fitted on "
                             f"{self.input_shape}")
-        return anomaly_scores(self.model, scale_images(images, self.device))
+        scores = image_scores(self.model, scale_images(images, self.device), self.bank)
+        return fused(self.fusion, scores) if score == "fused" else scores[score]
 
     def predict(self, images):
         """1 where the score is above the threshold fixed on the held-out normal images, else 0."""
@@ -86,15 +107,17 @@ class CascadeMemoryDetector:
     def save(self, path):
         self._check_fitted()
         atomic_torch_save({"model": self.model.state_dict(), "preset": self.preset, "seed": self.seed,
-                           "settings": self.settings, "input_shape": list(self.input_shape),
-                           "threshold": self.threshold}, path)
+                           "settings": self.settings, "input_shape": list(self.input_shape), "bank": self.bank,
+                           "fusion": self.fusion, "thresholds": self.thresholds}, path)
 
     @classmethod
     def load(cls, path, device="auto"):
         saved = load_checkpoint(path, "cpu", "Give a file that CascadeMemoryDetector.save wrote.")
         try:
             detector = cls(saved["preset"], saved["seed"], device, **saved["settings"])
-            detector.input_shape, detector.threshold = tuple(saved["input_shape"]), float(saved["threshold"])
+            detector.input_shape, detector.bank = tuple(saved["input_shape"]), saved["bank"].float()
+            detector.fusion = {name: [float(v) for v in pair] for name, pair in saved["fusion"].items()}
+            detector.thresholds = {name: float(v) for name, v in saved["thresholds"].items()}
             detector.model = detector._build()
             detector.model.load_state_dict(saved["model"])
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
