@@ -71,13 +71,13 @@ def test_evaluation_batch_size_does_not_change_scores():
 # ---------------------------------------------------------------------------------------------
 # The scores beyond the reconstruction error
 # ---------------------------------------------------------------------------------------------
-def test_knn_distance_is_the_mean_cosine_distance_to_the_nearest_codes():
+def test_knn_distance_is_the_mean_euclidean_distance_to_the_nearest_codes():
     bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
     codes = torch.tensor([[2.0, 0.0], [1.0, 1.0]])
-    # [2, 0]: distances 0, 1, 2 -> k=1: 0, k=2: 0.5; [1, 1]: 1 - 0.7071 twice, then 1.7071
-    assert evaluation.knn_distance(codes, bank, k=1) == pytest.approx([0.0, 1 - 2 ** -0.5])
-    assert evaluation.knn_distance(codes, bank, k=2) == pytest.approx([0.5, 1 - 2 ** -0.5])
-    assert evaluation.knn_distance(codes, bank[:1], k=5) == pytest.approx([0.0, 1 - 2 ** -0.5])  # k <= bank size
+    # [2, 0]: distances 1, sqrt(5), 3 -> k=1: 1, k=2: (1 + sqrt(5)) / 2; [1, 1]: 1, 1, sqrt(5)
+    assert evaluation.knn_distance(codes, bank, k=1) == pytest.approx([1.0, 1.0])
+    assert evaluation.knn_distance(codes, bank, k=2) == pytest.approx([(1 + 5 ** 0.5) / 2, 1.0])
+    assert evaluation.knn_distance(codes, bank[:1], k=5) == pytest.approx([1.0, 1.0])  # k <= bank size
 
 
 def test_fused_standardises_with_the_validation_statistics():

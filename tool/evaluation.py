@@ -11,7 +11,7 @@ from tool.datasets import scale_images
 
 SCORES = {  # every score a trained network gets (a classical detector has one: its own, named after it)
     "recon": "L2 norm of the reconstruction error, the paper's score",
-    "latent-knn": "mean cosine distance of the encoder's code to its nearest codes of normal training images",
+    "latent-knn": "mean Euclidean distance of the encoder's code to its nearest codes of normal training images",
     "memory": "1 - mean cosine similarity of each memory stage's input to the slots it chose, summed over stages",
     "fused": "the other scores, each standardised by its mean and spread on the normal validation images, summed",
 }
@@ -76,11 +76,9 @@ def latent_bank(model, train_images, seed, device="cpu", size=None):
 
 
 def knn_distance(codes, bank, k=None):
-    """Mean cosine distance (1 - cosine similarity) of each code to its k nearest codes of `bank`."""
+    """Mean Euclidean distance of each code to its k nearest codes of `bank`."""
     k = min(LATENT_KNN["k"] if k is None else k, len(bank))
-    bank = torch.nn.functional.normalize(bank, dim=1)
-    distances = [(1 - torch.nn.functional.normalize(q, dim=1) @ bank.t()).topk(k, dim=1, largest=False).values
-                 for q in codes.split(4096)]
+    distances = [torch.cdist(q, bank).topk(k, dim=1, largest=False).values for q in codes.split(4096)]
     return torch.cat(distances).mean(dim=1).double().numpy()
 
 
