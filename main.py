@@ -68,9 +68,9 @@ from tool import figures, report  # noqa: E402
 from tool.classical import CLASSICAL, fit_and_score  # noqa: E402
 from tool.datasets import load_dataset, scale_images  # noqa: E402
 from tool.errors import UserError, cli  # noqa: E402
+from tool.evaluation import compute_metrics, latent_bank, network_scores, validation_threshold  # noqa: E402
 from tool.io import git_commit  # noqa: E402
 from tool.leakage import run_leakage  # noqa: E402
-from tool.evaluation import compute_metrics, latent_bank, network_scores, validation_threshold  # noqa: E402
 from tool.parallel import run_trials, trial_threads  # noqa: E402
 from tool.prepare import ensure_prepared  # noqa: E402
 from tool.protocol import make_split  # noqa: E402
@@ -152,11 +152,11 @@ def fit_classical(config, split, seed):
             {"train_seconds": round(time.perf_counter() - started, 3), "epochs_trained": 0})
 
 
-def score(model, split, seed, device, bank=None):
+def score(model, split, seed, device):
     """Every score of a trained network (tool.evaluation.SCORES) on the normal validation images
     and on the test split: ({score: (validation scores, test scores)}, what scoring keeps: the
     latent-knn bank of normal training codes, drawn with the seed, and the fusion stats)."""
-    bank = latent_bank(model, split.train, seed, device) if bank is None else bank
+    bank = latent_bank(model, split.train, seed, device)
     scores, stats = network_scores(model, scale_images(split.val, device), scale_images(split.test, device), bank)
     return scores, {"bank": bank, "fusion": stats}
 
