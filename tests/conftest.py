@@ -36,11 +36,11 @@ def model_config(**overrides):
 
 
 def train_config(**overrides):
-    """main.py's training settings, with `overrides`."""
+    """main.py's training settings, with `overrides` (MIN_STEPS 0 unless given)."""
     from main import DEFAULTS
     from tool.train import TrainConfig
 
-    return TrainConfig.from_settings(DEFAULTS, **overrides)
+    return TrainConfig.from_settings(DEFAULTS, **{"min_steps": 0, **overrides})  # exactly the epochs asked for
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def files_in(folder):
 def run_main(data_dir, out, *args):
     """main.run with the test's data and output folders; returns the run folder."""
     return Path(main.run(["--data-dir", str(data_dir), "--output-dir", str(out), "--draw-figures", "false",
-                          "--jobs", "1", *args]))
+                          "--jobs", "1", "--min-steps", "0", *args]))  # exactly the epochs a test asks for
 
 
 def results_of(run_dir):
@@ -244,7 +244,7 @@ def own_prepared(own_images, tmp_path_factory):
 def own_trial(own_prepared, tmp_path_factory):
     """The trial folder of a 2-epoch run: 'bright' normal, 'dark' and 'striped' anomalies."""
     run_dir = main.run(["--dataset", NAME, "--data-dir", str(own_prepared[0]), "--output-dir",
-                        str(tmp_path_factory.mktemp("runs")), "--epochs", "2", "--seeds", "0", "--classes", "bright",
+                        str(tmp_path_factory.mktemp("runs")), "--epochs", "2", "--min-steps", "0", "--seeds", "0", "--classes", "bright",
                         "--protocol", "one-normal-class", "--device", "cpu"])
     return Path(run_dir) / "class0_seed0"
 
@@ -262,7 +262,7 @@ def digits_trial(data_dir, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch, redirect_stderr(errors):
         patch.setattr(figures, "roc_figure", _broken)
         run_dir = main.run(["--dataset", "digits", "--data-dir", str(data_dir), "--output-dir", str(root / "runs"),
-                            "--epochs", "1", "--seeds", "0", "--classes", "0", "--protocol", "one-normal-class",
+                            "--epochs", "1", "--min-steps", "0", "--seeds", "0", "--classes", "0", "--protocol", "one-normal-class",
                             "--device", "cpu"])
     return Path(run_dir) / "class0_seed0", errors.getvalue()
 

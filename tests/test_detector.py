@@ -10,7 +10,7 @@ from conftest import results_of
 from tool.errors import UserError
 from tool.evaluation import compute_metrics
 
-SETTINGS = {"epochs": 3, "patience": 3}
+SETTINGS = {"epochs": 3, "patience": 3, "min_steps": 0}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_the_detector_is_a_trial_of_main(digits, fitted, tmp_path):
     threshold and test scores: the same functions, no second training loop."""
     root, ds = digits
     run_dir = main.run(["--data-dir", str(root), "--output-dir", str(tmp_path), "--classes", "0", "--seeds", "0",
-                        "--epochs", "3", "--patience", "3", "--jobs", "1", "--draw-figures", "false"])
+                        "--epochs", "3", "--patience", "3", "--min-steps", "0", "--jobs", "1", "--draw-figures", "false"])
     trial = results_of(run_dir)["class0_seed0"]
     assert set(fitted.thresholds) == set(trial["metrics"]) == {"recon", "latent-knn", "memory", "fused"}
     for name in fitted.thresholds:

@@ -9,7 +9,7 @@ import main
 from conftest import results_of
 from tool.errors import UserError
 
-SMALL = ["--dataset", "digits", "--classes", "0", "1", "--seeds", "0", "--epochs", "3", "--threads", "1",
+SMALL = ["--dataset", "digits", "--classes", "0", "1", "--seeds", "0", "--epochs", "3", "--min-steps", "0", "--threads", "1",
          "--draw-figures", "false"]
 
 

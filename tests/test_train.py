@@ -163,3 +163,12 @@ def test_early_stopping_counts_epochs_and_optimiser_steps(tmp_path, patience_ste
     result = train_model(_Flat(), x, x[:8], config, tmp_path / "last.pt", generator_seed=0, log_every=None)
     assert (result.epochs_trained, result.best_epoch, result.stopped_early) == (
         epochs_trained, 1, epochs_trained < 10)
+
+
+@pytest.mark.parametrize("min_steps, epochs_trained", [(0, 2), (7, 3), (12, 4)])
+def test_min_steps_gives_a_small_dataset_more_epochs(tmp_path, min_steps, epochs_trained):
+    """EPOCHS = 2, 3 batches an epoch: MIN_STEPS = 7 needs 3 epochs, 12 needs 4."""
+    x = torch.randn(40, 1, 2, 2)
+    config = train_config(epochs=2, min_steps=min_steps, patience=100, batch_size=16)
+    result = train_model(_Flat(), x, x[:8], config, tmp_path / "last.pt", generator_seed=0, log_every=None)
+    assert result.epochs_trained == epochs_trained

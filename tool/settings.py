@@ -128,6 +128,7 @@ RULES = {  # setting: (check, the rule in words). Every numeric setting is check
     "epochs": (_in(1, None), ">= 1"),
     "patience": (_in(1, None), ">= 1"),
     "patience_steps": (_in(0, None), ">= 0"),
+    "min_steps": (_in(0, None), ">= 0"),
     "batch_size": (_in(2, None), ">= 2"),
     "lr": (_in(0, None, low_open=True), "a finite number > 0"),
     "weight_decay": (_in(0, None), "a finite number >= 0"),

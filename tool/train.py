@@ -66,7 +66,8 @@ class TrainingDiverged(UserError):
 class TrainConfig:
     """The training settings, named as main.py's constants (EPOCHS -> epochs, ...), which hold
     their defaults and say what each one is."""
-    epochs: int
+    epochs: int  # most epochs...
+    min_steps: int  # ...unless fewer than this many optimiser steps: then enough epochs to make them
     patience: int  # epochs without a better validation loss before stopping...
     patience_steps: int  # ...and at least this many optimiser steps without one
     batch_size: int
@@ -195,10 +196,11 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
 
     n = len(train_images)
     steps_per_epoch = sum(min(config.batch_size, n - start) >= 2 for start in range(0, n, config.batch_size))
-    bar = tqdm(total=config.epochs, initial=state["epoch"], desc=desc, unit="epoch", leave=False, dynamic_ncols=True,
+    epochs = max(config.epochs, -(-config.min_steps // max(steps_per_epoch, 1)))  # MIN_STEPS: small datasets
+    bar = tqdm(total=epochs, initial=state["epoch"], desc=desc, unit="epoch", leave=False, dynamic_ncols=True,
                disable=None)  # disable=None: no bar when the output is not a terminal (log files)
     stopped_early = False
-    while state["epoch"] < config.epochs:
+    while state["epoch"] < epochs:
         if _patience_spent(state, config):
             stopped_early = True
             break
@@ -241,7 +243,7 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
                            "shuffle": shuffle.get_state(), "rng": rng_state(), "state": state}, checkpoint_path)
         bar.update(1)
         bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", best=state["best_epoch"])
-        if log_every and (epoch % log_every == 0 or epoch == config.epochs):
+        if log_every and (epoch % log_every == 0 or epoch == epochs):
             usage = " ".join(f"s{i + 1} used {m['slots_used']:.2f} H {m['entropy']:.2f}" for i, m in enumerate(memory))
             tqdm.write(f"{desc} epoch {epoch:3d}  train {train_loss:.5f}  val {val_loss:.5f}"
                        f"{' *' if improved else '  '}  {seconds:5.1f}s  {usage}".rstrip())
