@@ -70,8 +70,7 @@ from tool.parallel import run_trials, trial_threads  # noqa: E402
 from tool.prepare import ensure_prepared  # noqa: E402
 from tool.protocol import make_split  # noqa: E402
 from tool.runs import (is_finished, load_trial_model, new_run_dir, open_run_dir, read_results,  # noqa: E402
-                       read_run_config, trial_dir, write_checkpoint, write_results, write_run_config,
-                       write_trial_config)
+                       read_run_config, trial_dir, write_checkpoint, write_results, write_trial_config)
 from tool.settings import describe, make_parser, overrides_from, resolve_device, validate  # noqa: E402
 from tool.train import TrainConfig, seed_everything, train_model  # noqa: E402
 
@@ -172,7 +171,7 @@ def reevaluate(run_dir, device_name="auto", score_choice=None):
     if not folders:
         raise UserError(f"{run_dir} holds no trained trial (no class*_seed*/best.pt).")
     results, mismatches = {}, []
-    for folder in tqdm(folders, desc="re-evaluating", unit="trial", leave=False):
+    for folder in tqdm(folders, desc="re-evaluating", unit="trial", leave=False, disable=None):
         trial, model = load_trial_model(folder, device)
         settings = {**DEFAULTS, **trial["config"]}
         split = make_split(ds, settings["protocol"], trial["class"], settings["val_fraction"], trial["seed"])
@@ -255,7 +254,6 @@ def run(argv=None):
         run_dir = open_run_dir(args.resume or args.run_dir, config)
     else:
         run_dir = new_run_dir(config)
-        write_run_config(run_dir, config)
     trials = [(c, s) for s in config["seeds"] for c in ds.class_list(config["classes"])]
     todo = [(c, s) for c, s in trials if not is_finished(trial_dir(run_dir, c, s))]
     done = len(trials) - len(todo)

@@ -130,16 +130,17 @@ def run(argv=None):
     rows = [(str(path), float(score), "anomalous" if score > threshold else "normal")
             for path, score in zip(files, scores)]
 
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "anomaly_score", "threshold", "verdict"])
+    writer.writerows([path, f"{score:.6f}", f"{threshold:.6f}", verdict] for path, score, verdict in rows)
+    # written before anything is printed: a folder that cannot take it is one error, not a table and a crash
+    atomic_write_text(output, buffer.getvalue())
     table = PrettyTable(["image", "anomaly score", "verdict"], align="l")
     table.align["anomaly score"] = "r"
     for path, score, verdict in rows:
         table.add_row([path, f"{score:.6f}", verdict])
     print(table)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["path", "anomaly_score", "threshold", "verdict"])
-    writer.writerows([path, f"{score:.6f}", f"{threshold:.6f}", verdict] for path, score, verdict in rows)
-    atomic_write_text(output, buffer.getvalue())
     n_anomalous = sum(verdict == "anomalous" for _, _, verdict in rows)
     print(f"{n_anomalous} of {len(rows)} image(s) anomalous at the threshold {threshold:.6f} "
           f"({results['threshold_percentile']:g}th percentile of the trial's normal "

@@ -39,10 +39,10 @@ def drop_classes(path):
 
 
 BAD_PROCESSED_FILES = [  # (file, how it is broken, what the message must say)
-    ("train.pt", write_garbage, "is corrupt"),
-    ("test.pt", truncate, "is corrupt"),
-    ("meta.json", truncate, "is corrupt"),
-    ("meta.json", drop_classes, "is corrupt"),
+    ("train.pt", write_garbage, "train.pt is not a dataset file this code wrote, or it is truncated or corrupt"),
+    ("test.pt", truncate, "test.pt is not a dataset file this code wrote, or it is truncated or corrupt"),
+    ("meta.json", truncate, "meta.json is truncated or corrupt"),
+    ("meta.json", drop_classes, "meta.json is corrupt: it names no classes"),
     ("train.pt", float_images, "holds tensors of the wrong format"),
 ]
 

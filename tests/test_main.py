@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 import main
-from conftest import results_of, run_main
+from conftest import command, copy_run, leftovers, one_error, results_of, run_main
 from tool.evaluation import SCORES
 from tool.io import REPO
 
@@ -83,3 +83,60 @@ def test_command_line_errors_exit_2_without_traceback(tmp_path):
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 2, done.stderr
         assert "Traceback" not in done.stderr and done.stderr.startswith("error: ")
+
+
+# ---------------------------------------------------------------------------------------------
+# A full disk, a read-only folder, a file where a folder must be: one error line, exit code 2,
+# nothing half-written, no empty folder (tests/faults.py makes the faults: the tests run as root)
+# ---------------------------------------------------------------------------------------------
+def sweep(data_dir, *args):
+    return ["main.py", "--data-dir", data_dir, "--epochs", "1", "--classes", "0", "--seeds", "0", "--jobs", "1",
+            "--draw-figures", "false", *args]
+
+
+def test_a_full_disk_stops_a_new_run_with_one_error_and_no_folder(data_dir, tmp_path):
+    out = tmp_path / "runs"
+    done = command(*sweep(data_dir, "--output-dir", out), fault="full-disk", root=tmp_path)
+    one_error(done, "cannot write", "config.json (no space left on the device): free some space or choose another "
+                                    "folder")
+    assert not out.exists()  # not even the empty OUTPUT_DIR/digits/cascade/ it made on the way
+
+
+def test_torch_save_on_a_full_disk_mid_training_is_one_error_and_the_trial_resumes(data_dir, tmp_path):
+    out = tmp_path / "runs"
+    done = command(*sweep(data_dir, "--output-dir", out), fault="full-disk:.last.pt.*", root=tmp_path)
+    one_error(done, "last.pt (", "free some space or choose another folder")
+    run_dir, = out.glob("digits/cascade/*")
+    assert leftovers(out) == [] and not (run_dir / "class0_seed0" / "last.pt").exists()
+    assert "epochs_trained" in results_of(Path(main.run(["--resume", str(run_dir)])))["class0_seed0"]
+
+
+def test_a_read_only_output_folder_is_one_error(data_dir, tmp_path):
+    done = command(*sweep(data_dir, "--output-dir", tmp_path / "runs"), fault="read-only", root=tmp_path)
+    one_error(done, f"cannot write {tmp_path / 'runs'}", "(the folder is not writable): make it writable or choose "
+                                                         "another folder")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_table_on_a_read_only_run_folder_is_one_error_and_prints_nothing(finished_run, tmp_path):
+    run_dir = copy_run(finished_run, tmp_path)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    done = command("main.py", "--table", run_dir, fault="read-only", root=run_dir)
+    one_error(done, f"cannot write {run_dir / 'table.md'} (the folder is not writable)")
+    assert "mean" not in done.stdout
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_run_dir_on_a_read_only_run_folder_is_one_error(finished_run, data_dir, tmp_path):
+    run_dir = copy_run(finished_run, tmp_path)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    done = command(*sweep(data_dir, "--run-dir", run_dir, "--seeds", "1"), fault="read-only", root=run_dir)
+    one_error(done, f"cannot write {run_dir}", "(the folder is not writable)")
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_run_dir_that_is_a_file_is_one_error(data_dir, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine\n")
+    done = command(*sweep(data_dir, "--run-dir", tmp_path / "notes.txt"))
+    one_error(done, f"{tmp_path / 'notes.txt'} is a file, not a folder")
+    assert (tmp_path / "notes.txt").read_text() == "mine\n" and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import score
-from conftest import ENV, NAME
+from conftest import ENV, NAME, command, one_error
 from tool.errors import UserError
 from tool.io import REPO
 from tool.runs import read_results, read_scores
@@ -89,4 +89,22 @@ def test_command_line_errors_exit_2_without_a_traceback(tmp_path, own_images):
                           timeout=120)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and done.stderr.startswith("error: ") and message in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_read_only_trial_folder_is_one_error_before_any_score_is_printed(own_trial, own_images):
+    image = own_images / "test" / "dark" / "dark_00.png"
+    before = sorted(p.name for p in own_trial.iterdir())
+    done = subprocess.run([sys.executable, "tests/faults.py", "read-only", str(own_trial), "score.py", "--checkpoint",
+                           str(own_trial), str(image), "--device", "cpu"], cwd=REPO, capture_output=True, text=True,
+                          env=ENV, timeout=300)
+    one_error(done, f"cannot write {own_trial}/scores", "(the folder is not writable): make it writable or choose "
+                                                        "another folder")
+    assert "dark_00.png" not in done.stdout and sorted(p.name for p in own_trial.iterdir()) == before
+
+
+def test_a_full_disk_is_one_error_and_writes_nothing(own_trial, own_images, tmp_path):
+    done = command("score.py", "--checkpoint", own_trial, own_images / "test", "--output", tmp_path / "s.csv",
+                   "--device", "cpu", fault="full-disk", root=tmp_path)
+    one_error(done, f"cannot write {tmp_path / 's.csv'} (no space left on the device)")
     assert list(tmp_path.iterdir()) == []

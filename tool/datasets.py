@@ -6,8 +6,6 @@ shape, counts per class, every raw file with its sha256). ``meta.json`` is writt
 folder without it is not prepared. tool/prepare.py and tool/folder.py write this format; every
 other module reads it through `load_dataset`.
 """
-import json
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +14,7 @@ import numpy as np
 import torch
 
 from tool.errors import UserError
-from tool.io import REPO, atomic_torch_save, atomic_write_json
+from tool.io import REPO, atomic_torch_save, atomic_write_json, load_checkpoint, read_json
 
 DATA_ROOT = REPO / "datasets"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a dataset name is a plain folder name
@@ -172,14 +170,17 @@ def load_dataset(name, root=None):
                         f"Run: python preprocess.py --dataset {name}")
     again = (f"Prepare it again: python preprocess.py --dataset {name} --force" if name in DATASETS else
              f"Prepare it again: python preprocess.py --dataset folder --path DIR --name {name} --force")
+    meta = read_json(folder / "meta.json", again)
+    if not (isinstance(meta, dict) and isinstance(meta.get("classes"), list) and meta["classes"]):
+        raise UserError(f"{folder / 'meta.json'} is corrupt: it names no classes. {again}")
+    classes = [str(c) for c in meta["classes"]]
+    parts = {split: load_checkpoint(folder / f"{split}.pt", "cpu", again, what="a dataset file this code wrote")
+             for split in ("train", "test")}
     try:
-        meta = json.loads((folder / "meta.json").read_text())
-        classes = [str(c) for c in meta["classes"]]
-        parts = {split: torch.load(folder / f"{split}.pt", weights_only=True) for split in ("train", "test")}
         tensors = [parts[s][k] for s in ("train", "test") for k in ("images", "labels")]
-    except (OSError, RuntimeError, EOFError, KeyError, ValueError, TypeError, IndexError, AttributeError,
-            pickle.UnpicklingError) as error:
-        raise UserError(f"{folder} is corrupt ({type(error).__name__}). {again}") from None
+    except (KeyError, TypeError, IndexError) as error:
+        raise UserError(f"{folder} is corrupt: a split lacks its images or labels ({type(error).__name__}). "
+                        f"{again}") from None
     for images, labels in (tensors[:2], tensors[2:]):
         if not (isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor)
                 and images.dtype == torch.uint8 and images.ndim == 4

@@ -56,7 +56,7 @@ def run_trials(run_trial, config, ds, trials, run_dir, device):
                              initargs=(threads, devices, counter)) as pool:
         futures = {pool.submit(_worker, run_trial, config, c, s, str(run_dir)): (c, s) for c, s in trials}
         try:
-            with tqdm(total=len(futures), desc="trials", unit="trial") as bar:
+            with tqdm(total=len(futures), desc="trials", unit="trial", disable=None) as bar:
                 for future in as_completed(futures):
                     c, s = futures[future]
                     metrics = future.result()["metrics"]

@@ -9,7 +9,6 @@ Raw files are looked for, in this order:
 ``digits`` comes from scikit-learn's ``load_digits`` and needs nothing.
 """
 import hashlib
-import json
 import shutil
 import tarfile
 import tempfile
@@ -22,6 +21,7 @@ import torch
 from tool.datasets import (DATASETS, is_prepared, load_dataset, make_meta, processed_dir, raw_dir, stratified_mask,
                            write_processed)
 from tool.errors import UserError
+from tool.io import read_json
 from tool.readers import read_cifar_batches, read_digits, read_idx_pair, sha256
 
 IDX_FILES = {  # split -> (images file, labels file), the names MNIST-style sites ship
@@ -217,10 +217,12 @@ def prepare_tuning_split(name, root=None, test_fraction=1 / 6, seed=0, force=Fal
 
 def _recorded_sources(name, root=None):
     """The 'sources' a prepared dataset's meta.json records (None when unreadable)."""
+    path = processed_dir(name, root) / "meta.json"
     try:
-        return json.loads((processed_dir(name, root) / "meta.json").read_text()).get("sources")
-    except (OSError, ValueError, AttributeError):
+        meta = read_json(path, "") if path.is_file() else None
+    except UserError:
         return None
+    return meta.get("sources") if isinstance(meta, dict) else None
 
 
 def ensure_prepared(name, root=None):

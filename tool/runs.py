@@ -17,6 +17,7 @@ folder's finished trials are skipped when it is run again.
 """
 import io
 import json
+import shutil
 import sys
 import zipfile
 from datetime import datetime
@@ -28,8 +29,8 @@ from models import ModelConfig, build_model
 from tool.classical import CLASSICAL
 from tool.errors import UserError
 from tool.evaluation import METRICS
-from tool.io import (REPO, atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text, environment,
-                     load_checkpoint, read_json)
+from tool.io import (REPO, WriteError, atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text,
+                     environment, load_checkpoint, make_dir, read_json, write_reason)
 
 # Settings that do not change what a trial computes: they may differ between runs of one folder.
 PLACEMENT_KEYS = ("classes", "seeds", "jobs", "device", "output_dir", "data_dir", "draw_figures", "score")
@@ -40,20 +41,37 @@ RENAMED_KEYS = {"threshold": "addressing_threshold"}  # run configs written befo
 # The run folder
 # ---------------------------------------------------------------------------------------------
 def new_run_dir(config):
-    """A new folder OUTPUT_DIR/<dataset>/<model>/<timestamp> (relative OUTPUT_DIR: beside main.py)."""
+    """A new folder OUTPUT_DIR/<dataset>/<model>/<timestamp> (relative OUTPUT_DIR: beside main.py)
+    holding the run's config.json; when that cannot be written, the folder is removed again."""
     base = Path(config["output_dir"])
     base = base if base.is_absolute() else REPO / base
     parent = base / config["dataset"] / config["model"]
-    parent.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    for i in range(1000):  # never reuse a folder: a second run in the same second gets a suffix
-        path = parent / (stamp if i == 0 else f"{stamp}-{i}")
-        try:
-            path.mkdir()
+    created = [p for p in (parent, *parent.parents) if not p.exists()]  # removed again on a failure
+    try:
+        make_dir(parent)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        for i in range(1000):  # never reuse a folder: a second run in the same second gets a suffix
+            path = parent / (stamp if i == 0 else f"{stamp}-{i}")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            except OSError as error:
+                raise WriteError(path, *write_reason(error)) from None
+            try:
+                write_run_config(path, config)
+            except BaseException:
+                shutil.rmtree(path, ignore_errors=True)
+                raise
             return path
-        except FileExistsError:
-            continue
-    raise UserError(f"cannot create a new run folder under {parent}")
+        raise UserError(f"cannot create a new run folder under {parent}")
+    except BaseException:  # no empty folder is left behind
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty (another run), or not ours to remove
+        raise
 
 
 def read_run_config(run_dir):
@@ -72,7 +90,8 @@ def write_run_config(run_dir, config):
     """The run's config.json; a later run of the same folder (--resume, --run-dir) adds its
     command, time and environment to the history instead of replacing the first one's."""
     path = Path(run_dir) / "config.json"
-    history = json.loads(path.read_text()).get("history", []) if path.is_file() else []
+    saved = read_json(path, "Restore it from a copy, or run again in a new folder.") if path.is_file() else {}
+    history = saved.get("history", []) if isinstance(saved, dict) else []
     entry = {"command": " ".join(sys.argv), "written": datetime.now().isoformat(), "environment": environment()}
     atomic_write_json(path, {"config": config, **entry, "history": [*history, entry]})
 
@@ -81,6 +100,8 @@ def open_run_dir(run_dir, config):
     """Use `run_dir` for this sweep: create it, or check that its settings match this config. Its
     config.json then plans the classes and seeds of both (the table shows them all)."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir} is a file, not a folder: give a new or empty folder, or a run folder.")
     # listed first, hidden names left out: array tasks starting together may find another task's
     # config.json, or its temp file, appearing in a folder they saw empty
     entries = [e for e in run_dir.iterdir() if not e.name.startswith(".")] if run_dir.is_dir() else []
@@ -94,7 +115,7 @@ def open_run_dir(run_dir, config):
         config = {**config, **{k: _union(saved.get(k), config[k]) for k in ("classes", "seeds")}}
     elif entries:
         raise UserError(f"{run_dir} exists and is not a run folder; give an empty or new folder.")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(run_dir)
     write_run_config(run_dir, config)
     return run_dir
 
@@ -109,9 +130,11 @@ def class_names_of(config):
     """The class names of a run's dataset (None when it is not prepared here)."""
     path = Path(config["data_dir"] or REPO / "datasets") / config["dataset"] / "processed" / "meta.json"
     try:
-        return json.loads(path.read_text())["classes"] if path.is_file() else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        classes = read_json(path, "") if path.is_file() else None
+    except UserError:
+        return None  # the table then names classes by index
+    classes = classes.get("classes") if isinstance(classes, dict) else None
+    return [str(c) for c in classes] if isinstance(classes, list) else None
 
 
 # ---------------------------------------------------------------------------------------------
