@@ -54,7 +54,13 @@ def open_trial(folder, device):
         raise UserError(f"{folder} is not a finished trial of a run (no results.json): give a RUN_DIR/class<c>_seed<s> "
                         f"folder made by main.py.{hint}")
     trial, model = load_trial_model(folder, device)
-    return trial, model, read_results(folder)
+    results = read_results(folder)
+    preprocessing = trial.get("preprocessing")
+    if not (preprocessing is None or isinstance(preprocessing, dict) and isinstance(preprocessing.get("grayscale"), bool)
+            and isinstance(preprocessing.get("interpolation"), str)) or "recon" not in results["thresholds"]:
+        raise UserError(f"{folder}: its config.json or results.json is damaged (no usable preprocessing or recon "
+                        f"threshold). Train the trial again.")
+    return trial, model, results
 
 
 def find_images(inputs):

@@ -4,7 +4,7 @@ import pytest
 
 import main
 import faults
-from conftest import leftovers, results_of, run_main
+from conftest import copy_run, files_in, leftovers, results_of, run_main
 from tool import report
 from tool.errors import UserError
 
@@ -77,6 +77,19 @@ def test_export_copies_results_without_checkpoints(data_dir, tmp_path):
     assert results_of(target) == results_of(run_dir)
     with pytest.raises(UserError, match="never overwrites"):
         report.export(run_dir, tmp_path / "results")
+
+
+def test_export_of_a_run_with_a_bad_results_json_writes_nothing_then_works_once_repaired(finished_run, tmp_path):
+    run_dir = copy_run(finished_run, tmp_path / "runs")
+    results = run_dir / "class0_seed0" / "results.json"
+    good = results.read_text()
+    results.write_text(good[:100])
+    with pytest.raises(UserError, match="results.json is truncated or corrupt"):
+        report.export(run_dir, tmp_path / "results")
+    assert files_in(tmp_path / "results") == []  # no target, no staging folder, not even results/digits/
+    results.write_text(good)
+    target = report.export(run_dir, tmp_path / "results")
+    assert results_of(target) == results_of(run_dir) and leftovers(tmp_path) == []
 
 
 def test_export_on_a_full_disk_is_one_error_and_leaves_nothing(finished_run, tmp_path):

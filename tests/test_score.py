@@ -1,6 +1,7 @@
 """Tests of score.py: scores equal a trial's results.json, no overwrites, resizing and channels, bad input."""
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -108,3 +109,15 @@ def test_a_full_disk_is_one_error_and_writes_nothing(own_trial, own_images, tmp_
                    "--device", "cpu", fault="full-disk", root=tmp_path)
     one_error(done, f"cannot write {tmp_path / 's.csv'} (no space left on the device)")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["truncated", "a list", "no metrics"])
+def test_a_damaged_results_json_is_one_error(own_trial, own_images, tmp_path, damage):
+    trial = Path(shutil.copytree(own_trial, tmp_path / "trial"))
+    results = trial / "results.json"
+    results.write_text({"truncated": results.read_text()[:200], "a list": "[]",
+                        "no metrics": json.dumps({"class": 0, "seed": 0})}[damage])
+    done = command("score.py", "--checkpoint", trial, own_images / "test", "--output", tmp_path / "s.csv",
+                   "--device", "cpu")
+    one_error(done, f"{results} ", "Delete it and run the trial again")
+    assert not (tmp_path / "s.csv").exists()

@@ -35,6 +35,14 @@ from tool.io import (REPO, WriteError, atomic_torch_save, atomic_write_bytes, at
 # Settings that do not change what a trial computes: they may differ between runs of one folder.
 PLACEMENT_KEYS = ("classes", "seeds", "jobs", "device", "output_dir", "data_dir", "draw_figures", "score")
 RENAMED_KEYS = {"threshold": "addressing_threshold"}  # run configs written before a setting was renamed
+RUN_CONFIG_KEYS = {  # what every reader of a run's config.json needs: key -> (check, what it must be)
+    "dataset": (lambda v: isinstance(v, str) and v != "", "a dataset name"),
+    "model": (lambda v: isinstance(v, str) and v != "", "a preset name"),
+    "protocol": (lambda v: isinstance(v, str) and v != "", "a protocol name"),
+    "classes": (lambda v: v is None or isinstance(v, list), "a list of classes, or null for all"),
+    "seeds": (lambda v: isinstance(v, list) and v != [] and all(type(s) is int for s in v), "a list of integer seeds"),
+    "data_dir": (lambda v: v is None or isinstance(v, str), "a folder, or null for datasets/"),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,10 +88,16 @@ def read_run_config(run_dir):
     if not path.is_file():
         raise UserError(f"{run_dir} is not a run folder (no config.json). Give a folder that main.py made, "
                         f"e.g. runs/<dataset>/<model>/<timestamp>.")
-    config = read_json(path, "Restore it from a copy, or run again in a new folder.")
+    what_to_do = "Restore it from a copy, or run again in a new folder."
+    config = read_json(path, what_to_do)
     if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
-        raise UserError(f"{path} holds no run settings. Restore it from a copy, or run again in a new folder.")
-    return {RENAMED_KEYS.get(key, key): value for key, value in config["config"].items()}
+        raise UserError(f"{path} holds no run settings. {what_to_do}")
+    config = {RENAMED_KEYS.get(key, key): value for key, value in config["config"].items()}
+    wrong = [f"{key} ({rule})" for key, (check, rule) in RUN_CONFIG_KEYS.items()
+             if key not in config or not check(config[key])]
+    if wrong:
+        raise UserError(f"{path} is damaged: its settings lack or garble {'; '.join(wrong)}. {what_to_do}")
+    return config
 
 
 def write_run_config(run_dir, config):
@@ -212,14 +226,18 @@ def read_results(folder):
         # written before trials computed several scores: its one score is recon (or the detector's)
         name = results.get("model") if results.get("model") in CLASSICAL else "recon"
         results["metrics"] = {name: results["metrics"]}
-        threshold = results.pop("threshold", None) or {}
+        threshold = results.pop("threshold", None)
+        threshold = threshold if isinstance(threshold, dict) else {}
         results["thresholds"] = {name: threshold.get("value")}
         results["threshold_percentile"] = threshold.get("percentile_of_validation_scores")
     if not (isinstance(results, dict) and isinstance(results.get("metrics"), dict) and results["metrics"]
             and all(isinstance(m, dict) and all(isinstance(m.get(k), (int, float)) for k in METRICS)
                     for m in results["metrics"].values())
+            and isinstance(results.get("thresholds"), dict)
+            and all(isinstance(results["thresholds"].get(name), (int, float, type(None)))
+                    for name in results["metrics"])
             and isinstance(results.get("class"), int) and isinstance(results.get("seed"), int)):
-        raise UserError(f"{path} is not a trial's results (metrics, class and seed missing or malformed). "
+        raise UserError(f"{path} is not a trial's results (metrics, thresholds, class or seed missing or malformed). "
                         f"{what_to_do}")
     return results
 
