@@ -141,3 +141,22 @@ def test_nan_loss_stops_with_the_epoch_named(tmp_path):
     with pytest.raises(train.TrainingDiverged, match="epoch 3"):
         train.train_model(Diverging(), x, x[:8], config, checkpoint, generator_seed=0)
     assert torch.load(checkpoint, weights_only=True)["state"]["epoch"] == 2  # the last good one is kept
+
+
+def test_nan_loss_in_the_first_epoch_claims_no_checkpoint(tmp_path):
+    """Issue 12: a NaN in epoch 1 said 'the last good checkpoint (epoch 0) is kept', of a file that
+    was never written."""
+    class NaNAtOnce(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return {"recon": x, "loss": (self.w * x).pow(2).mean() * float("nan"), "memory": []}
+
+    x = torch.randn(40, 1, 2, 2)
+    checkpoint = tmp_path / "last.pt"
+    with pytest.raises(train.TrainingDiverged) as error:
+        train.train_model(NaNAtOnce(), x, x[:8], train_config(epochs=5, patience=5, batch_size=16), checkpoint, 0)
+    assert "in epoch 1. No epoch finished, so no checkpoint was kept." in str(error.value)
+    assert "epoch 0" not in str(error.value) and not checkpoint.exists()
