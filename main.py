@@ -68,7 +68,7 @@ from tool.errors import UserError, cli  # noqa: E402
 from tool.evaluation import compute_metrics, network_scores, validation_threshold  # noqa: E402
 from tool.parallel import run_trials, trial_threads  # noqa: E402
 from tool.prepare import ensure_prepared  # noqa: E402
-from tool.protocol import make_split  # noqa: E402
+from tool.protocol import check_trials, make_split  # noqa: E402
 from tool.runs import (is_finished, load_trial_model, new_run_dir, open_run_dir, read_results,  # noqa: E402
                        read_run_config, trial_dir, write_checkpoint, write_results, write_trial_config)
 from tool.settings import check_model_size, describe, make_parser, overrides_from, resolve_device, validate  # noqa: E402
@@ -247,7 +247,8 @@ def run(argv=None):
     ds = ensure_prepared(config["dataset"], config["data_dir"])
     if config["classes"] is not None:
         config["classes"] = ds.class_list(config["classes"])
-    # the model at the data's size, checked before anything is created
+    # every planned trial's split, and the model at the data's size, checked before anything is created
+    check_trials(ds, config["protocol"], ds.class_list(config["classes"]), config["val_fraction"])
     check_model_size(config, ds.shape)
     print(describe(config, DEFAULTS))
     device = resolve_device(config["device"])

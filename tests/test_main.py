@@ -8,8 +8,9 @@ import numpy as np
 import torch
 
 import main
-from conftest import command, copy_run, leftovers, one_error, results_of, run_main
+from conftest import command, copy_run, leftovers, one_error, results_of, run_main, write_images
 from tool.evaluation import SCORES
+from tool.folder import prepare_folder
 from tool.io import REPO
 
 FAST = ["--epochs", "6", "--patience", "3"]
@@ -140,3 +141,25 @@ def test_run_dir_that_is_a_file_is_one_error(data_dir, tmp_path):
     done = command(*sweep(data_dir, "--run-dir", tmp_path / "notes.txt"))
     one_error(done, f"{tmp_path / 'notes.txt'} is a file, not a folder")
     assert (tmp_path / "notes.txt").read_text() == "mine\n" and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+# ---------------------------------------------------------------------------------------------
+# A trial that cannot be split: refused before any folder is made and before any training
+# ---------------------------------------------------------------------------------------------
+def test_a_class_whose_test_split_holds_no_anomaly_is_refused_up_front(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, kind, n in (("train", "good", 6), ("train", "scratch", 3), ("test", "good", 3)):
+        write_images(tmp_path / "images" / split / kind, "bright" if kind == "good" else "striped", n, rng)
+    prepare_folder(tmp_path / "images", "parts", tmp_path / "data", verbose=False)
+    done = command("main.py", "--dataset", "parts", "--data-dir", tmp_path / "data", "--protocol", "one-normal-class",
+                   "--classes", "good", "--seeds", "0", "--output-dir", tmp_path / "runs")
+    one_error(done, "class 0 (good) of parts, --protocol one-normal-class: the test split holds no anomalous image "
+                    "(its 3 test images are all normal), and the metrics need both. Add test images of other classes")
+    assert not (tmp_path / "runs").exists() and "epoch" not in done.stdout
+
+
+def test_a_val_fraction_that_leaves_too_few_images_is_refused_up_front(data_dir, tmp_path):
+    done = command(*sweep(data_dir, "--output-dir", tmp_path / "runs", "--val-fraction", "0.999"))
+    one_error(done, "--val-fraction (VAL_FRACTION) 0.999 holds out 1132 of its 1133 normal training images",
+              "a value in [0.0005, 0.9986] works for every planned class")
+    assert not (tmp_path / "runs").exists()
