@@ -8,6 +8,7 @@ Raw files are looked for, in this order:
 3. with ``download=True``, torchvision's dataset classes download them into ``raw/``;
 ``digits`` comes from scikit-learn's ``load_digits`` and needs nothing.
 """
+import errno
 import hashlib
 import shutil
 import tarfile
@@ -21,7 +22,7 @@ import torch
 from tool.datasets import (DATASETS, is_prepared, load_dataset, make_meta, processed_dir, raw_dir, stratified_mask,
                            write_processed)
 from tool.errors import UserError
-from tool.io import read_json
+from tool.io import read_json, write_reason
 from tool.readers import read_cifar_batches, read_digits, read_idx_pair, sha256
 
 IDX_FILES = {  # split -> (images file, labels file), the names MNIST-style sites ship
@@ -60,7 +61,13 @@ def _cifar_folder(folder, workdir):
     try:
         with tarfile.open(tarball) as archive:
             archive.extractall(workdir, filter="data")
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS):  # the temporary folder, not the tarball
+            reason, _ = write_reason(error)
+            raise UserError(f"{tarball}: cannot be extracted into {workdir} ({reason}): free some space there, "
+                            f"or set TMPDIR to another folder.") from None
+        raise UserError(f"{tarball}: cannot be extracted ({error}): truncated or corrupt.") from None
+    except (tarfile.TarError, EOFError, zlib.error) as error:
         raise UserError(f"{tarball}: cannot be extracted ({error}): truncated or corrupt.") from None
     extracted = Path(workdir) / "cifar-10-batches-py"
     if not _has_cifar_batches(extracted):
@@ -155,10 +162,13 @@ def _load_raw(spec, root=None, system_dirs=None, download=False):
             files = [p for pair in sources.values() for p in pair]
         else:
             batches = _cifar_folder(folder, workdir)
-            splits = {split: read_cifar_batches([batches / n for n in names]) for split, names in CIFAR_FILES.items()}
             tarball = folder / "cifar-10-python.tar.gz"
-            files = [tarball] if batches.is_relative_to(workdir) else \
-                [batches / n for names in CIFAR_FILES.values() for n in names]
+            extracted = batches.is_relative_to(workdir)  # messages name the tarball, not a temporary copy
+            splits = {split: read_cifar_batches([batches / n for n in names],
+                                                [f"{tarball} (its member cifar-10-batches-py/{n})" for n in names]
+                                                if extracted else None)
+                      for split, names in CIFAR_FILES.items()}
+            files = [tarball] if extracted else [batches / n for names in CIFAR_FILES.values() for n in names]
         records = [{"file": str(p), "sha256": sha256(p)} for p in files]
     return splits, records
 
