@@ -29,8 +29,8 @@ from tool.settings import resolve_device
 from tool.datasets import scale_images
 from tool.errors import UserError, cli
 from tool.evaluation import anomaly_scores
-from tool.folder import INTERPOLATION, INTERPOLATIONS, list_images, read_image, to_chw
-from tool.io import atomic_write_text
+from tool.folder import INTERPOLATION, INTERPOLATIONS, list_images, read_image, shown, to_chw
+from tool.io import atomic_write_bytes
 from tool.runs import load_trial_model, read_results
 
 
@@ -73,7 +73,7 @@ def find_images(inputs):
             if not found:
                 raise UserError(f"{given}: no PNG, JPEG or BMP image in this folder.")
             if skipped:
-                print(f"{given}: ignored {len(skipped)} file(s) that are not PNG, JPEG or BMP")
+                print(f"{shown(given)}: ignored {len(skipped)} file(s) that are not PNG, JPEG or BMP")
             files += found
         elif given.is_file():
             files.append(given)
@@ -140,12 +140,13 @@ def run(argv=None):
     writer = csv.writer(buffer)
     writer.writerow(["path", "anomaly_score", "threshold", "verdict"])
     writer.writerows([path, f"{score:.6f}", f"{threshold:.6f}", verdict] for path, score, verdict in rows)
-    # written before anything is printed: a folder that cannot take it is one error, not a table and a crash
-    atomic_write_text(output, buffer.getvalue())
+    # written before anything is printed: a folder that cannot take it is one error, not a table and a crash;
+    # a file name that is not UTF-8 keeps its own bytes in the CSV
+    atomic_write_bytes(output, buffer.getvalue().encode("utf-8", "surrogateescape"))
     table = PrettyTable(["image", "anomaly score", "verdict"], align="l")
     table.align["anomaly score"] = "r"
     for path, score, verdict in rows:
-        table.add_row([path, f"{score:.6f}", verdict])
+        table.add_row([shown(path), f"{score:.6f}", verdict])
     print(table)
     n_anomalous = sum(verdict == "anomalous" for _, _, verdict in rows)
     print(f"{n_anomalous} of {len(rows)} image(s) anomalous at the threshold {threshold:.6f} "

@@ -1,6 +1,7 @@
 """Tests of score.py: scores equal a trial's results.json, no overwrites, resizing and channels, bad input."""
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -109,6 +110,24 @@ def test_a_full_disk_is_one_error_and_writes_nothing(own_trial, own_images, tmp_
                    "--device", "cpu", fault="full-disk", root=tmp_path)
     one_error(done, f"cannot write {tmp_path / 's.csv'} (no space left on the device)")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_name_that_is_not_utf8_is_read(own_trial, own_images, tmp_path):
+    """OpenCV's imread crashed the process (exit 139) on such a name; the bytes are read by Python."""
+    folder = tmp_path / "new"
+    folder.mkdir()
+    name = os.fsdecode(b"bad\xff\xfe.png")
+    (folder / name).write_bytes((own_images / "test" / "dark" / "dark_00.png").read_bytes())
+    output = tmp_path / "scores.csv"
+    done = command("score.py", "--checkpoint", own_trial, folder, "--output", output, "--device", "cpu",
+                   env={**ENV, "LC_ALL": "C.UTF-8"})
+    assert done.returncode == 0, done.stderr
+    assert "bad\\xff\\xfe.png" in done.stdout  # shown with its undecodable bytes escaped
+    line = output.read_bytes().splitlines()[1]
+    assert line.startswith(str(folder).encode() + b"/bad\xff\xfe.png,")  # the CSV keeps the name's own bytes
+    _, rows = score_run(own_trial, folder / "../new", "--output", tmp_path / "again.csv")
+    reference = score_run(own_trial, own_images / "test" / "dark" / "dark_00.png", "--output", tmp_path / "ref.csv")[1]
+    assert rows[0][1] == reference[0][1]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "a list", "no metrics"])
