@@ -209,8 +209,15 @@ def prepare_tuning_split(name, root=None, test_fraction=1 / 6, seed=0, force=Fal
     content.update(source.train_labels.numpy().tobytes())
     settings = {"derived_from": f"{name} train split", "test_fraction": test_fraction, "seed": seed,
                 "source_train_sha256": content.hexdigest()}
-    if is_prepared(tune, root) and not force and _recorded_sources(tune, root) == [settings]:
+    recorded = _recorded_sources(tune, root)
+    if is_prepared(tune, root) and not force and recorded == [settings]:
         return tune
+    made_here = isinstance(recorded, list) and any(isinstance(r, dict) and "derived_from" in r for r in recorded)
+    folder = processed_dir(tune, root)
+    if folder.is_dir() and any(folder.iterdir()) and not made_here:
+        raise UserError(f"{folder} holds a dataset that is not a tuning split made by this code (its meta.json "
+                        f"records no 'derived_from'): it may be your own, and is left as it is. Move or rename "
+                        f"{folder.parent} to make the tuning split of {name}.")
     held = torch.from_numpy(stratified_mask(source.train_labels.numpy(), len(source.classes), test_fraction,
                                             np.random.default_rng(seed)))
     splits = {"train": (source.train_images[~held], source.train_labels[~held]),
