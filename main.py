@@ -70,7 +70,7 @@ from tool.parallel import run_trials, trial_threads  # noqa: E402
 from tool.prepare import ensure_prepared  # noqa: E402
 from tool.protocol import check_trials, make_split  # noqa: E402
 from tool.runs import (is_finished, load_trial_model, new_run_dir, open_run_dir, read_results,  # noqa: E402
-                       read_run_config, trial_dir, write_checkpoint, write_results, write_trial_config)
+                       read_run_config, trial_dir, trial_lock, write_checkpoint, write_results, write_trial_config)
 from tool.settings import check_model_size, describe, make_parser, overrides_from, resolve_device, validate  # noqa: E402
 from tool.train import TrainConfig, seed_everything, train_model  # noqa: E402
 
@@ -82,10 +82,23 @@ DEFAULTS = {name.lower(): value for name, value in dict(globals()).items() if na
 # ------------------------------------------------------------------------------------------------
 def run_trial(config, ds, target_class, seed, run_dir, device, quiet=False):
     """Train and evaluate one trial into run_dir/class<c>_seed<s>/ and return its results (a
-    finished trial is read back, not run again). quiet: a log line every 10 epochs, not every one."""
+    finished trial is read back, not run again; one that another process is running is skipped:
+    None). quiet: a log line every 10 epochs, not every one."""
     folder = trial_dir(run_dir, target_class, seed)
     if is_finished(folder):
         return read_results(folder)
+    with trial_lock(folder) as held:  # a trial runs in one process at a time (--run-dir shared by jobs)
+        if not held:
+            print(f"class {target_class} seed {seed}: skipped here, another process is running it (it holds "
+                  f"{folder / '.lock'}); python main.py --table {run_dir} shows it once it has finished")
+            return None
+        if is_finished(folder):  # finished by another process since the check above
+            return read_results(folder)
+        return _run_trial(config, ds, target_class, seed, run_dir, device, quiet)
+
+
+def _run_trial(config, ds, target_class, seed, run_dir, device, quiet):
+    folder = trial_dir(run_dir, target_class, seed)
     started = time.perf_counter()
     log = (lambda text: None) if quiet else tqdm.write
     seed_everything(seed)

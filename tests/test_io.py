@@ -1,5 +1,5 @@
 """Tests of tool/io.py: a corrupt or forged checkpoint is a clear error and never runs code; the
-one atomic writer on a full disk and a read-only folder; the one JSON reader."""
+one atomic writer on a full disk and a read-only folder; the one JSON reader; temp files; locks."""
 import os
 
 import pytest
@@ -9,7 +9,8 @@ import faults
 import main
 from conftest import leftovers, run_main
 from tool.errors import UserError
-from tool.io import WriteError, atomic_torch_save, atomic_write_json, atomic_write_text, make_dir, read_json, write_reason
+from tool.io import (WriteError, atomic_torch_save, atomic_write_json, atomic_write_text, file_lock, make_dir,
+                     read_json, remove_temp_files, write_reason)
 
 
 def test_corrupt_checkpoint_is_a_clear_error(data_dir, tmp_path):
@@ -136,6 +137,30 @@ def test_read_json_names_the_file_and_what_to_do(tmp_path, content, message):
     with pytest.raises(UserError) as error:
         read_json(path, "Do this.")
     assert str(error.value).startswith(f"{path} {message}") and str(error.value).endswith("Do this.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Stale temp files and locks
+# ---------------------------------------------------------------------------------------------
+def test_remove_temp_files_removes_only_the_writers_own_temp_files(tmp_path):
+    own = [".last.pt.k2j4_x9a.tmp", ".results.json.abcdefgh.tmp"]
+    others = ["last.pt", "notes.tmp", ".last.pt.tmp", ".last.pt.TOOLONG12.tmp", ".x.ABCDEFGH.tmp", "tb"]
+    for name in own + others[:-1]:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "tb").mkdir()
+    (tmp_path / ".dir.abcdefgh.tmp").mkdir()  # a folder of that name is not the writer's
+    assert sorted(remove_temp_files(tmp_path)) == sorted(own)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(others + [".dir.abcdefgh.tmp"])
+
+
+def test_file_lock_is_held_by_one_holder_at_a_time(tmp_path):
+    lock = tmp_path / ".lock"
+    with file_lock(lock) as first:
+        assert first
+        with file_lock(lock, blocking=False) as second:  # another open of the lock file: as another process
+            assert not second
+    with file_lock(lock, blocking=False) as third:
+        assert third
 
 
 def test_torch_saves_own_runtime_error_is_a_write_error_and_the_old_checkpoint_stays(tmp_path, monkeypatch):

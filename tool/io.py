@@ -1,5 +1,6 @@
 """Reading and writing files safely: atomic writes, loaders that never run code from a file and
-name the file in every error, and the provenance recorded beside every result.
+name the file in every error, locks for folders that several processes share, and the
+provenance recorded beside every result.
 
 Every file the project writes goes through `_atomic` (a temp file beside the target, renamed into
 place), every folder it creates through `make_dir`: a full disk, a read-only folder or a file
@@ -12,8 +13,10 @@ import json
 import os
 import pickle
 import platform
+import re
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,8 @@ from tool.errors import UserError
 REPO = Path(__file__).resolve().parent.parent
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+# a temp file of _atomic: "." + the target's name + "." + mkstemp's 8 random characters + ".tmp"
+TEMP_FILE = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp")
 
 
 class WriteError(UserError):
@@ -85,6 +90,43 @@ def _atomic(path, write, errors=(OSError,)):
         if isinstance(error, errors):
             raise WriteError(path, *write_reason(error)) from None
         raise
+
+
+def remove_temp_files(folder):
+    """Remove the temp files `_atomic` left in `folder` (a process killed while writing): only
+    names of its own pattern, .<name>.<8 random characters>.tmp; returns their names. Call it only
+    where no other process is writing (a trial folder whose lock is held)."""
+    removed = []
+    for path in Path(folder).iterdir() if Path(folder).is_dir() else ():
+        if TEMP_FILE.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+            try:
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+            except OSError:
+                pass  # a leftover that cannot be removed is harmless: never written over, never read
+    return removed
+
+
+@contextmanager
+def file_lock(path, blocking=True):
+    """Hold the lock file `path` (filelock: an OS lock, released when the process ends, even by
+    kill -9). Yields True once held; with blocking=False, yields False at once when another process
+    holds it. A lock file that cannot be created is a WriteError."""
+    import filelock
+
+    lock = filelock.FileLock(str(path))
+    try:
+        lock.acquire(blocking=blocking)
+        held = True
+    except filelock.Timeout:
+        held = False
+    except OSError as error:
+        raise WriteError(path, *write_reason(error)) from None
+    try:
+        yield held
+    finally:
+        if held:
+            lock.release()
 
 
 def atomic_torch_save(obj, path):

@@ -13,13 +13,16 @@
             tb/                     tensorboardX logs
 
 Trials are independent: any subset can run anywhere (--classes C --seeds S --run-dir DIR), and a
-folder's finished trials are skipped when it is run again.
+folder's finished trials are skipped when it is run again. Processes sharing a folder take locks:
+.config.lock around every read-modify-write of its config.json (the command history), and each
+trial's .lock while it runs, so that a trial runs in one process at a time (tool.io.file_lock).
 """
 import io
 import json
 import shutil
 import sys
 import zipfile
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -30,7 +33,7 @@ from tool.classical import CLASSICAL
 from tool.errors import UserError
 from tool.evaluation import METRICS
 from tool.io import (REPO, WriteError, atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text,
-                     environment, load_checkpoint, make_dir, read_json, write_reason)
+                     environment, file_lock, load_checkpoint, make_dir, read_json, remove_temp_files, write_reason)
 
 # Settings that do not change what a trial computes: they may differ between runs of one folder.
 PLACEMENT_KEYS = ("classes", "seeds", "jobs", "device", "output_dir", "data_dir", "draw_figures", "score")
@@ -43,6 +46,8 @@ RUN_CONFIG_KEYS = {  # what every reader of a run's config.json needs: key -> (c
     "seeds": (lambda v: isinstance(v, list) and v != [] and all(type(s) is int for s in v), "a list of integer seeds"),
     "data_dir": (lambda v: v is None or isinstance(v, str), "a folder, or null for datasets/"),
 }
+CONFIG_LOCK = ".config.lock"  # held around every read-modify-write of a run folder's config.json
+TRIAL_LOCK = ".lock"  # in a trial folder: held by the process running the trial
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,7 +107,13 @@ def read_run_config(run_dir):
 
 def write_run_config(run_dir, config):
     """The run's config.json; a later run of the same folder (--resume, --run-dir) adds its
-    command, time and environment to the history instead of replacing the first one's."""
+    command, time and environment to the history instead of replacing the first one's. The
+    read-modify-write holds the folder's config lock: processes starting together each add theirs."""
+    with file_lock(Path(run_dir) / CONFIG_LOCK):
+        _write_run_config(run_dir, config)
+
+
+def _write_run_config(run_dir, config):
     path = Path(run_dir) / "config.json"
     saved = read_json(path, "Restore it from a copy, or run again in a new folder.") if path.is_file() else {}
     history = saved.get("history", []) if isinstance(saved, dict) else []
@@ -117,20 +128,21 @@ def open_run_dir(run_dir, config):
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir} is a file, not a folder: give a new or empty folder, or a run folder.")
     # listed first, hidden names left out: array tasks starting together may find another task's
-    # config.json, or its temp file, appearing in a folder they saw empty
+    # config.json, or its temp or lock file, appearing in a folder they saw empty
     entries = [e for e in run_dir.iterdir() if not e.name.startswith(".")] if run_dir.is_dir() else []
-    if (run_dir / "config.json").is_file():
-        saved = read_run_config(run_dir)
-        differ = [k for k in config if k not in PLACEMENT_KEYS and saved.get(k) != config[k]]
-        if differ:
-            details = ", ".join(f"{k}: folder {saved.get(k)!r} vs now {config[k]!r}" for k in differ)
-            raise UserError(f"{run_dir} was made with other settings ({details}). Use a new folder, or "
-                            f"--resume {run_dir} to continue with its own settings.")
-        config = {**config, **{k: _union(saved.get(k), config[k]) for k in ("classes", "seeds")}}
-    elif entries:
+    if entries and not (run_dir / "config.json").is_file():
         raise UserError(f"{run_dir} exists and is not a run folder; give an empty or new folder.")
     make_dir(run_dir)
-    write_run_config(run_dir, config)
+    with file_lock(run_dir / CONFIG_LOCK):  # another process may be checking and writing it just now
+        if (run_dir / "config.json").is_file():
+            saved = read_run_config(run_dir)
+            differ = [k for k in config if k not in PLACEMENT_KEYS and saved.get(k) != config[k]]
+            if differ:
+                details = ", ".join(f"{k}: folder {saved.get(k)!r} vs now {config[k]!r}" for k in differ)
+                raise UserError(f"{run_dir} was made with other settings ({details}). Use a new folder, or "
+                                f"--resume {run_dir} to continue with its own settings.")
+            config = {**config, **{k: _union(saved.get(k), config[k]) for k in ("classes", "seeds")}}
+        _write_run_config(run_dir, config)
     return run_dir
 
 
@@ -160,6 +172,23 @@ def trial_dir(run_dir, c, s):
 
 def is_finished(folder):
     return (Path(folder) / "results.json").is_file()
+
+
+@contextmanager
+def trial_lock(folder):
+    """Hold the trial folder's lock (the folder is created) while the trial runs; yields False at
+    once, holding nothing, when another process holds it. Whoever holds it also removes the temp
+    files a process killed while writing left in the folder (a 4 MB .last.pt.*.tmp after kill -9),
+    when the trial starts and when it ends."""
+    folder = make_dir(folder)
+    with file_lock(folder / TRIAL_LOCK, blocking=False) as held:
+        if held:
+            remove_temp_files(folder)
+        try:
+            yield held
+        finally:
+            if held:
+                remove_temp_files(folder)
 
 
 def planned_trials(run_dir, config, n_classes=None):
