@@ -74,11 +74,11 @@ from tool.io import git_commit  # noqa: E402
 from tool.leakage import run_leakage  # noqa: E402
 from tool.parallel import run_trials, trial_threads  # noqa: E402
 from tool.prepare import ensure_prepared  # noqa: E402
-from tool.protocol import make_split  # noqa: E402
+from tool.protocol import check_trials, make_split  # noqa: E402
 from tool.runs import (is_finished, load_trial_model, new_run_dir, open_run_dir, read_results,  # noqa: E402
-                       read_run_config, trial_dir, write_checkpoint, write_results, write_run_config,
+                       read_run_config, trial_dir, trial_lock, write_checkpoint, write_results,
                        write_scoring, write_trial_config)
-from tool.settings import describe, make_parser, overrides_from, resolve_device, validate  # noqa: E402
+from tool.settings import check_model_size, describe, make_parser, overrides_from, resolve_device, validate  # noqa: E402
 from tool.train import TrainConfig, seed_everything, train_model  # noqa: E402
 
 DEFAULTS = {name.lower(): value for name, value in dict(globals()).items() if name.isupper()}
@@ -89,10 +89,23 @@ DEFAULTS = {name.lower(): value for name, value in dict(globals()).items() if na
 # ------------------------------------------------------------------------------------------------
 def run_trial(config, ds, target_class, seed, run_dir, device, quiet=False):
     """Train and evaluate one trial into run_dir/class<c>_seed<s>/ and return its results (a
-    finished trial is read back, not run again). quiet: a log line every 10 epochs, not every one."""
+    finished trial is read back, not run again; one that another process is running is skipped:
+    None). quiet: a log line every 10 epochs, not every one."""
     folder = trial_dir(run_dir, target_class, seed)
     if is_finished(folder):
         return read_results(folder)
+    with trial_lock(folder) as held:  # a trial runs in one process at a time (--run-dir shared by jobs)
+        if not held:
+            print(f"class {target_class} seed {seed}: skipped here, another process is running it (it holds "
+                  f"{folder / '.lock'}); python main.py --table {run_dir} shows it once it has finished")
+            return None
+        if is_finished(folder):  # finished by another process since the check above
+            return read_results(folder)
+        return _run_trial(config, ds, target_class, seed, run_dir, device, quiet)
+
+
+def _run_trial(config, ds, target_class, seed, run_dir, device, quiet):
+    folder = trial_dir(run_dir, target_class, seed)
     started = time.perf_counter()
     log = (lambda text: None) if quiet else tqdm.write
     seed_everything(seed)
@@ -185,7 +198,7 @@ def reevaluate(run_dir, device_name="auto", score_choice=None):
     if not folders:
         raise UserError(f"{run_dir} holds no trained trial (no class*_seed*/best.pt).")
     results, changed = {}, {}
-    for folder in tqdm(folders, desc="re-evaluating", unit="trial", leave=False):
+    for folder in tqdm(folders, desc="re-evaluating", unit="trial", leave=False, disable=None):
         trial, model = load_trial_model(folder, device)
         settings = {**DEFAULTS, **trial["config"]}
         split = make_split(ds, settings["protocol"], trial["class"], settings["val_fraction"], trial["seed"])
@@ -276,6 +289,9 @@ def run(argv=None):
     ds = ensure_prepared(config["dataset"], config["data_dir"])
     if config["classes"] is not None:
         config["classes"] = ds.class_list(config["classes"])
+    # every planned trial's split, and the model at the data's size, checked before anything is created
+    check_trials(ds, config["protocol"], ds.class_list(config["classes"]), config["val_fraction"])
+    check_model_size(config, ds.shape)
     print(describe(config, DEFAULTS))
     device = resolve_device(config["device"])
     print(f"device: {device}")
@@ -283,7 +299,6 @@ def run(argv=None):
         run_dir = open_run_dir(args.resume or args.run_dir, config)
     else:
         run_dir = new_run_dir(config)
-        write_run_config(run_dir, config)
     trials = [(c, s) for s in config["seeds"] for c in ds.class_list(config["classes"])]
     todo = [(c, s) for c, s in trials if not is_finished(trial_dir(run_dir, c, s))]
     done = len(trials) - len(todo)

@@ -31,8 +31,8 @@ from tool.settings import resolve_device
 from tool.datasets import scale_images
 from tool.errors import UserError, cli
 from tool.evaluation import fused, image_scores
-from tool.folder import INTERPOLATION, INTERPOLATIONS, list_images, read_image, to_chw
-from tool.io import atomic_write_text
+from tool.folder import INTERPOLATION, INTERPOLATIONS, list_images, read_image, shown, to_chw
+from tool.io import atomic_write_bytes
 from tool.runs import load_trial_model, read_results, trial_bank
 
 
@@ -57,7 +57,13 @@ def open_trial(folder, device):
         raise UserError(f"{folder} is not a finished trial of a run (no results.json): give a RUN_DIR/class<c>_seed<s> "
                         f"folder made by main.py.{hint}")
     trial, model = load_trial_model(folder, device)
-    return trial, model, read_results(folder)
+    results = read_results(folder)
+    preprocessing = trial.get("preprocessing")
+    if not (preprocessing is None or isinstance(preprocessing, dict) and isinstance(preprocessing.get("grayscale"), bool)
+            and isinstance(preprocessing.get("interpolation"), str)) or "recon" not in results["thresholds"]:
+        raise UserError(f"{folder}: its config.json or results.json is damaged (no usable preprocessing or recon "
+                        f"threshold). Train the trial again.")
+    return trial, model, results
 
 
 def find_images(inputs):
@@ -70,7 +76,7 @@ def find_images(inputs):
             if not found:
                 raise UserError(f"{given}: no PNG, JPEG or BMP image in this folder.")
             if skipped:
-                print(f"{given}: ignored {len(skipped)} file(s) that are not PNG, JPEG or BMP")
+                print(f"{shown(given)}: ignored {len(skipped)} file(s) that are not PNG, JPEG or BMP")
             files += found
         elif given.is_file():
             files.append(given)
@@ -138,16 +144,18 @@ def run(argv=None):
     rows = [(str(path), float(value), "anomalous" if value > threshold else "normal")
             for path, value in zip(files, scores[name])]
 
-    table = PrettyTable(["image", "anomaly score", "verdict"], align="l")
-    table.align["anomaly score"] = "r"
-    for path, value, verdict in rows:
-        table.add_row([path, f"{value:.6f}", verdict])
-    print(table)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "anomaly_score", "threshold", "verdict"])
     writer.writerows([path, f"{value:.6f}", f"{threshold:.6f}", verdict] for path, value, verdict in rows)
-    atomic_write_text(output, buffer.getvalue())
+    # written before anything is printed: a folder that cannot take it is one error, not a table and a crash;
+    # a file name that is not UTF-8 keeps its own bytes in the CSV
+    atomic_write_bytes(output, buffer.getvalue().encode("utf-8", "surrogateescape"))
+    table = PrettyTable(["image", "anomaly score", "verdict"], align="l")
+    table.align["anomaly score"] = "r"
+    for path, value, verdict in rows:
+        table.add_row([shown(path), f"{value:.6f}", verdict])
+    print(table)
     n_anomalous = sum(verdict == "anomalous" for _, _, verdict in rows)
     print(f"{n_anomalous} of {len(rows)} image(s) anomalous at the threshold {threshold:.6f} "
           f"({results['threshold_percentile']:g}th percentile of the trial's normal "

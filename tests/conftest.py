@@ -5,6 +5,7 @@ import os
 import pickle
 import shutil
 import struct
+import subprocess
 import sys
 import tarfile
 from contextlib import redirect_stderr, redirect_stdout
@@ -104,6 +105,17 @@ def run_main(data_dir, out, *args):
                           "--jobs", "1", "--min-steps", "0", *args]))  # exactly the epochs a test asks for
 
 
+@pytest.fixture(scope="session")
+def finished_run(data_dir, tmp_path_factory):
+    """A finished 1-epoch run on digits (class 0, seed 0), to copy (copy_run) and damage."""
+    return run_main(data_dir, tmp_path_factory.mktemp("finished"), "--classes", "0", "--seeds", "0", "--epochs", "1")
+
+
+def copy_run(run_dir, tmp_path):
+    """A copy of `run_dir` as tmp_path/<its name> (the run's settings name data_dir, not itself)."""
+    return Path(shutil.copytree(run_dir, Path(tmp_path) / Path(run_dir).name))
+
+
 def results_of(run_dir):
     """{trial folder name: its results, with "test_scores" {score: list} and "targets" (list) from
     scores.npz} of every finished trial of `run_dir`."""
@@ -181,6 +193,31 @@ def write_cifar_raw(root, layout="flat", per_batch=4):
             archive.add(folder, arcname="cifar-10-batches-py")
         shutil.rmtree(folder)
     return arrays
+
+
+def command(script, *args, fault=None, root=None, env=None, timeout=300):
+    """`python SCRIPT ARGS` in a subprocess (cwd: the repository), under `fault` ("full-disk",
+    "full-disk:GLOB" for temp files of that name pattern only, or "read-only") below `root`
+    (tests/faults.py). Returns the CompletedProcess."""
+    prefix = [str(REPO / "tests" / "faults.py"), fault, str(root)] if fault else []
+    return subprocess.run([sys.executable, *prefix, script, *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, errors="backslashreplace", env=env or ENV, timeout=timeout)
+
+
+def one_error(done, *texts):
+    """The command failed as every bad input must: exit code 2, one line on stderr, 'error: ...',
+    no traceback; that line holds each of `texts`. Returns it."""
+    assert done.returncode == 2, f"exit code {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr[-4000:]
+    for text in texts:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+def leftovers(folder):
+    """Temp files and folders of the atomic writer or a staging step (.*.tmp) below `folder`."""
+    return sorted(str(p) for p in Path(folder).rglob(".*.tmp")) if Path(folder).exists() else []
 
 
 def main_fails(capsys, *argv):

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import main_fails
+from conftest import command, leftovers, main_fails, one_error
 from tool.datasets import load_dataset, processed_dir, scale_images
 from tool.errors import UserError
 
@@ -39,10 +39,10 @@ def drop_classes(path):
 
 
 BAD_PROCESSED_FILES = [  # (file, how it is broken, what the message must say)
-    ("train.pt", write_garbage, "is corrupt"),
-    ("test.pt", truncate, "is corrupt"),
-    ("meta.json", truncate, "is corrupt"),
-    ("meta.json", drop_classes, "is corrupt"),
+    ("train.pt", write_garbage, "train.pt is not a dataset file this code wrote, or it is truncated or corrupt"),
+    ("test.pt", truncate, "test.pt is not a dataset file this code wrote, or it is truncated or corrupt"),
+    ("meta.json", truncate, "meta.json is truncated or corrupt"),
+    ("meta.json", drop_classes, "meta.json is corrupt: it names no classes"),
     ("train.pt", float_images, "holds tensors of the wrong format"),
 ]
 
@@ -55,3 +55,25 @@ def test_corrupt_processed_file(tmp_path, make_prepared, file, damage, message):
     # "tiny" is not a built-in dataset, so the message gives the folder-dataset command
     with pytest.raises(UserError, match=f"{message}.*python preprocess.py --dataset folder --path DIR --name {name} --force"):
         load_dataset(name, tmp_path)
+
+
+def test_preparing_again_on_a_full_disk_keeps_the_old_dataset(tmp_path):
+    """Issue 12: --force removed meta.json first, then failed on a full disk: the dataset was gone."""
+    assert command("preprocess.py", "--dataset", "digits", "--data-dir", tmp_path).returncode == 0
+    folder = processed_dir("digits", tmp_path)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    done = command("preprocess.py", "--dataset", "digits", "--force", "--data-dir", tmp_path, fault="full-disk",
+                   root=tmp_path)
+    one_error(done, f"cannot write {folder} (no space left on the device): free some space or choose another folder; "
+                    f"nothing in it was changed")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert load_dataset("digits", tmp_path).shape == (1, 8, 8)
+    assert leftovers(tmp_path) == [] and sorted(p.name for p in (tmp_path / "digits").iterdir()) == ["processed"]
+
+
+def test_preparing_again_replaces_the_whole_folder(tmp_path, make_prepared):
+    name = make_prepared(tmp_path, n_train_per_class=3)
+    (processed_dir(name, tmp_path) / "stale.pt").write_bytes(b"from an older version")
+    make_prepared(tmp_path, n_train_per_class=4)
+    assert sorted(p.name for p in processed_dir(name, tmp_path).iterdir()) == ["meta.json", "test.pt", "train.pt"]
+    assert len(load_dataset(name, tmp_path).train_labels) == 40 and leftovers(tmp_path) == []

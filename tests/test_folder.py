@@ -1,13 +1,14 @@
-"""Tests of tool/folder.py: own image folders (own split or a seeded stratified one), bad folders."""
+"""Tests of tool/folder.py: own image folders (own split or a seeded stratified one), bad folders, any file name."""
 import json
+import os
 
 import numpy as np
 import pytest
 
-from conftest import CLASSES, NAME, write_images
+from conftest import CLASSES, ENV, NAME, command, write_images
 from tool.datasets import load_dataset
 from tool.errors import UserError
-from tool.folder import prepare_folder
+from tool.folder import prepare_folder, read_image
 from tool.protocol import make_split
 
 
@@ -81,3 +82,28 @@ def test_split_settings_do_not_apply_to_a_folder_with_its_own_split(own_images, 
         with pytest.raises(UserError, match="own train/ and test/ folders: --test-fraction and --seed do not apply"):
             prepare_folder(own_images, NAME, tmp_path / "data", verbose=False, **setting)
     assert not (tmp_path / "data").exists()
+
+
+def test_a_file_name_that_is_not_utf8_is_read(tmp_path):
+    """OpenCV's imread crashed the process (exit 139) on such a name: run as a command, so that a
+    crash fails this test instead of ending pytest."""
+    rng = np.random.default_rng(3)
+    for kind in ("bright", "dark"):
+        write_images(tmp_path / "images" / kind, kind, 5, rng)
+    odd = tmp_path / "images" / "dark" / os.fsdecode(b"bad\xff\xfe.png")
+    odd.write_bytes((tmp_path / "images" / "dark" / "dark_00.png").read_bytes())
+    done = command("preprocess.py", "--dataset", "folder", "--path", tmp_path / "images", "--name", "odd", "--data-dir",
+                   tmp_path / "data", env={**ENV, "LC_ALL": "C.UTF-8"})
+    assert done.returncode == 0, done.stderr
+    ds = load_dataset("odd", tmp_path / "data")
+    files = ds.meta["files"]["train"] + ds.meta["files"]["test"]
+    assert "dark/" + os.fsdecode(b"bad\xff\xfe.png") in files and ds.meta["skipped"] == []
+    assert read_image(odd, "rgb").tolist() == read_image(tmp_path / "images" / "dark" / "dark_00.png", "rgb").tolist()
+
+
+def test_read_image_of_what_is_not_an_image(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not an image")
+    (tmp_path / "folder.png").mkdir()
+    for name in ("empty.png", "text.png", "folder.png", "missing.png"):
+        assert read_image(tmp_path / name, "rgb") is None

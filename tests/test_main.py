@@ -8,8 +8,9 @@ import numpy as np
 import torch
 
 import main
-from conftest import results_of, run_main
+from conftest import command, copy_run, leftovers, one_error, results_of, run_main, write_images
 from tool.evaluation import SCORES
+from tool.folder import prepare_folder
 from tool.io import REPO
 
 FAST = ["--epochs", "6", "--patience", "3"]
@@ -110,3 +111,82 @@ def test_eval_only_adds_the_scores_an_older_trial_lacks(data_dir, tmp_path, caps
     main.run(["--eval-only", str(run_dir)])
     assert "matches its saved results.json exactly (1 trials)" in capsys.readouterr().out
     assert "evaluations" in results_of(run_dir)["class4_seed0"] and len(results_of(run_dir)["class4_seed0"]["evaluations"]) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# A full disk, a read-only folder, a file where a folder must be: one error line, exit code 2,
+# nothing half-written, no empty folder (tests/faults.py makes the faults: the tests run as root)
+# ---------------------------------------------------------------------------------------------
+def sweep(data_dir, *args):
+    return ["main.py", "--data-dir", data_dir, "--epochs", "1", "--classes", "0", "--seeds", "0", "--jobs", "1",
+            "--draw-figures", "false", *args]
+
+
+def test_a_full_disk_stops_a_new_run_with_one_error_and_no_folder(data_dir, tmp_path):
+    out = tmp_path / "runs"
+    done = command(*sweep(data_dir, "--output-dir", out), fault="full-disk", root=tmp_path)
+    one_error(done, "cannot write", "config.json (no space left on the device): free some space or choose another "
+                                    "folder")
+    assert not out.exists()  # not even the empty OUTPUT_DIR/digits/cascade/ it made on the way
+
+
+def test_torch_save_on_a_full_disk_mid_training_is_one_error_and_the_trial_resumes(data_dir, tmp_path):
+    out = tmp_path / "runs"
+    done = command(*sweep(data_dir, "--output-dir", out), fault="full-disk:.last.pt.*", root=tmp_path)
+    one_error(done, "last.pt (", "free some space or choose another folder")
+    run_dir, = out.glob("digits/cascade/*")
+    assert leftovers(out) == [] and not (run_dir / "class0_seed0" / "last.pt").exists()
+    assert "epochs_trained" in results_of(Path(main.run(["--resume", str(run_dir)])))["class0_seed0"]
+
+
+def test_a_read_only_output_folder_is_one_error(data_dir, tmp_path):
+    done = command(*sweep(data_dir, "--output-dir", tmp_path / "runs"), fault="read-only", root=tmp_path)
+    one_error(done, f"cannot write {tmp_path / 'runs'}", "(the folder is not writable): make it writable or choose "
+                                                         "another folder")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_table_on_a_read_only_run_folder_is_one_error_and_prints_nothing(finished_run, tmp_path):
+    run_dir = copy_run(finished_run, tmp_path)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    done = command("main.py", "--table", run_dir, fault="read-only", root=run_dir)
+    one_error(done, f"cannot write {run_dir / 'table.md'} (the folder is not writable)")
+    assert "mean" not in done.stdout
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_run_dir_on_a_read_only_run_folder_is_one_error(finished_run, data_dir, tmp_path):
+    run_dir = copy_run(finished_run, tmp_path)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    done = command(*sweep(data_dir, "--run-dir", run_dir, "--seeds", "1"), fault="read-only", root=run_dir)
+    one_error(done, f"cannot write {run_dir}", "(the folder is not writable)")
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_run_dir_that_is_a_file_is_one_error(data_dir, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine\n")
+    done = command(*sweep(data_dir, "--run-dir", tmp_path / "notes.txt"))
+    one_error(done, f"{tmp_path / 'notes.txt'} is a file, not a folder")
+    assert (tmp_path / "notes.txt").read_text() == "mine\n" and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+# ---------------------------------------------------------------------------------------------
+# A trial that cannot be split: refused before any folder is made and before any training
+# ---------------------------------------------------------------------------------------------
+def test_a_class_whose_test_split_holds_no_anomaly_is_refused_up_front(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, kind, n in (("train", "good", 6), ("train", "scratch", 3), ("test", "good", 3)):
+        write_images(tmp_path / "images" / split / kind, "bright" if kind == "good" else "striped", n, rng)
+    prepare_folder(tmp_path / "images", "parts", tmp_path / "data", verbose=False)
+    done = command("main.py", "--dataset", "parts", "--data-dir", tmp_path / "data", "--protocol", "one-normal-class",
+                   "--classes", "good", "--seeds", "0", "--output-dir", tmp_path / "runs")
+    one_error(done, "class 0 (good) of parts, --protocol one-normal-class: the test split holds no anomalous image "
+                    "(its 3 test images are all normal), and the metrics need both. Add test images of other classes")
+    assert not (tmp_path / "runs").exists() and "epoch" not in done.stdout
+
+
+def test_a_val_fraction_that_leaves_too_few_images_is_refused_up_front(data_dir, tmp_path):
+    done = command(*sweep(data_dir, "--output-dir", tmp_path / "runs", "--val-fraction", "0.999"))
+    one_error(done, "--val-fraction (VAL_FRACTION) 0.999 holds out 1132 of its 1133 normal training images",
+              "a value in [0.0005, 0.9986] works for every planned class")
+    assert not (tmp_path / "runs").exists()

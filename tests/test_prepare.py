@@ -1,5 +1,6 @@
 """Tests of tool/prepare.py: finding, downloading and preparing raw files, tuning splits, ensure_prepared."""
 import re
+import shutil
 import urllib.error
 from pathlib import Path
 
@@ -172,3 +173,19 @@ def test_tuning_split_follows_its_source_when_that_is_prepared_again(tmp_path):
 def test_bad_tuning_fraction(tmp_path, make_prepared):
     with pytest.raises(UserError, match=r"test_fraction must lie in \(0, 1\)"):
         prepare_tuning_split(make_prepared(tmp_path), tmp_path, test_fraction=1.5)
+
+
+def test_a_tuning_split_never_overwrites_a_dataset_it_did_not_make(tmp_path, make_prepared):
+    """Issue 12: --tuning-split X silently overwrote a user's own folder dataset named X-tune."""
+    source = make_prepared(tmp_path, "parts", n_train_per_class=6, n_test_per_class=2)
+    mine = make_prepared(tmp_path, "parts-tune", n_train_per_class=3, n_test_per_class=1)  # the user's own dataset
+    before = {p.name: p.read_bytes() for p in processed_dir(mine, tmp_path).iterdir()}
+    for force in (False, True):
+        with pytest.raises(UserError, match=rf"{processed_dir(mine, tmp_path)} holds a dataset that is not a tuning "
+                                            rf"split made by this code .*Move or rename"):
+            prepare_tuning_split(source, tmp_path, force=force, verbose=False)
+    assert {p.name: p.read_bytes() for p in processed_dir(mine, tmp_path).iterdir()} == before
+    # a tuning split this code made is made again when its settings change (test_tuning_split_is_seeded)
+    shutil.rmtree(tmp_path / mine)
+    assert prepare_tuning_split(source, tmp_path, verbose=False) == mine
+    assert prepare_tuning_split(source, tmp_path, seed=1, verbose=False) == mine

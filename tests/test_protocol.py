@@ -1,4 +1,7 @@
-"""Tests of tool/protocol.py: both protocols' splits, the seeded validation hold-out, classes by name or index."""
+"""Tests of tool/protocol.py: both protocols' splits, the seeded validation hold-out, classes by name or index,
+every planned trial's split checked up front."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +9,7 @@ import torch
 from conftest import rows
 from tool.datasets import load_dataset
 from tool.errors import UserError
-from tool.protocol import make_split, split_one_anomalous_class, split_one_normal_class
+from tool.protocol import check_trials, make_split, split_one_anomalous_class, split_one_normal_class
 
 
 PROTOCOLS = {"one-anomalous-class": lambda labels, c: labels == c,  # -> which images are anomalies
@@ -58,3 +61,42 @@ def test_class_outside_the_dataset_gives_the_valid_range(tiny, value):
     for protocol in PROTOCOLS:
         with pytest.raises(UserError, match=r"valid are 0\.\.9"):
             make_split(tiny, protocol, value)
+
+
+# ---------------------------------------------------------------------------------------------
+# check_trials: every planned trial's split counted from the labels, before anything is created
+# ---------------------------------------------------------------------------------------------
+def test_check_trials_accepts_what_make_split_can_split(tiny):
+    for protocol in PROTOCOLS:
+        check_trials(tiny, protocol, range(10), 0.1)
+
+
+@pytest.mark.parametrize("val_fraction, message", [
+    (0.999, r"class 0 \(class0\) of tiny, --protocol one-normal-class: --val-fraction \(VAL_FRACTION\) 0.999 holds out "
+            r"20 of its 20 normal training images for validation and leaves 0 for training, but validation needs at "
+            r"least 1 and training at least 2; a value in \[0.0251, 0.9249\] works for every planned class"),
+    (0.01, r"holds out 0 of its 20 normal training images"),
+])
+def test_check_trials_names_val_fraction_and_the_values_that_work(tiny, val_fraction, message):
+    with pytest.raises(UserError, match=message) as error:
+        check_trials(tiny, "one-normal-class", [0, 1], val_fraction)
+    low, high = (float(v) for v in re.search(r"\[([\d.]+), ([\d.]+)\]", str(error.value)).groups())
+    for fraction in (low, high):  # the range the message gives works
+        check_trials(tiny, "one-normal-class", [0, 1], fraction)
+        make_split(tiny, "one-normal-class", 0, fraction)
+
+
+def test_check_trials_refuses_a_test_split_without_anomalies_or_normal_images(tmp_path, make_prepared):
+    name = make_prepared(tmp_path, "one-class-test", n_train_per_class=6, n_test_per_class=3, n_classes=2)
+    ds = load_dataset(name, tmp_path)
+    ds.test_images, ds.test_labels = ds.test_images[ds.test_labels == 1], ds.test_labels[ds.test_labels == 1]
+    with pytest.raises(UserError, match=r"class 1 \(class1\) of one-class-test, --protocol one-normal-class: the test "
+                                        r"split holds no anomalous image \(its 3 test images are all normal\), and the "
+                                        r"metrics need both. Add test images of other classes than class1"):
+        check_trials(ds, "one-normal-class", [1], 0.1)
+    with pytest.raises(UserError, match="the test split holds no normal image .* Add test images of other classes"):
+        check_trials(ds, "one-anomalous-class", [1], 0.1)
+    with pytest.raises(UserError, match="the test split holds no anomalous image .* Add test images of class class0"):
+        check_trials(ds, "one-anomalous-class", [0], 0.1)
+    with pytest.raises(UserError, match="the test split holds no normal image .* Add test images of class class0"):
+        check_trials(ds, "one-normal-class", [0], 0.1)

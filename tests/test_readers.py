@@ -4,7 +4,9 @@ import hashlib
 import os
 import pickle
 import re
+import shutil
 import struct
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +142,24 @@ def cifar_labels_mismatch(root):
     write_file(raw_dir("cifar10", root) / "data_batch_5", cifar_batch_bytes(rows, labels[:3], protocol=4))
 
 
+def empty_idx(root):
+    """A well-formed IDX images file of 0 images (torchvision's reader crashed on it)."""
+    write_idx_raw(root)
+    write_file(raw_dir("mnist", root) / "t10k-images-idx3-ubyte", idx_bytes(np.zeros((0, 28, 28)), IMAGES_MAGIC))
+
+
+def forged_batch_in_the_tarball(root):
+    """A forged test_batch inside cifar-10-python.tar.gz: the message names the tarball, not the
+    temporary file it was extracted to."""
+    write_cifar_raw(root, "folder")
+    folder = raw_dir("cifar10", root) / "cifar-10-batches-py"
+    _Forged.marker = root / "code-ran"
+    (folder / "test_batch").write_bytes(pickle.dumps({"data": _Forged(), "labels": [0]}))
+    with tarfile.open(raw_dir("cifar10", root) / "cifar-10-python.tar.gz", "w:gz") as archive:
+        archive.add(folder, arcname="cifar-10-batches-py")
+    shutil.rmtree(folder)
+
+
 BAD_RAW_FILES = [  # (dataset, how the raw files are broken, what the message must say)
     ("mnist", truncate_gzip, r"t10k-images-idx3-ubyte.gz: cannot be read .*truncated or corrupt"),
     ("mnist", corrupt_gzip, r"t10k-images-idx3-ubyte.gz: cannot be read .*truncated or corrupt"),
@@ -150,6 +170,11 @@ BAD_RAW_FILES = [  # (dataset, how the raw files are broken, what the message mu
     ("cifar10", corrupt_cifar_batch, r"data_batch_3: not a readable CIFAR-10 python batch"),
     ("cifar10", forged_cifar_batch, r"test_batch: not a readable CIFAR-10 python batch .*unexpected object"),
     ("cifar10", cifar_labels_mismatch, r"data_batch_5: 4 images but labels of shape \(3,\)"),
+    ("mnist", empty_idx, r"t10k-images-idx3-ubyte: a well-formed IDX file, but it holds no image "
+                         r"\(header \[0, 28, 28\]\)"),
+    ("cifar10", forged_batch_in_the_tarball, r"^error: /\S+/cifar10/raw/cifar-10-python.tar.gz \(its member "
+                                             r"cifar-10-batches-py/test_batch\): not a readable CIFAR-10 python batch "
+                                             r"\(UnpicklingError: unexpected object"),
 ]
 
 

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 import main
-from conftest import results_of, run_main
+import faults
+from conftest import copy_run, files_in, leftovers, results_of, run_main
 from tool import report
 from tool.errors import UserError
 
@@ -76,3 +77,25 @@ def test_export_copies_results_without_checkpoints(data_dir, tmp_path):
     assert results_of(target) == results_of(run_dir)
     with pytest.raises(UserError, match="never overwrites"):
         report.export(run_dir, tmp_path / "results")
+
+
+def test_export_of_a_run_with_a_bad_results_json_writes_nothing_then_works_once_repaired(finished_run, tmp_path):
+    run_dir = copy_run(finished_run, tmp_path / "runs")
+    results = run_dir / "class0_seed0" / "results.json"
+    good = results.read_text()
+    results.write_text(good[:100])
+    with pytest.raises(UserError, match="results.json is truncated or corrupt"):
+        report.export(run_dir, tmp_path / "results")
+    assert files_in(tmp_path / "results") == []  # no target, no staging folder, not even results/digits/
+    results.write_text(good)
+    target = report.export(run_dir, tmp_path / "results")
+    assert results_of(target) == results_of(run_dir) and leftovers(tmp_path) == []
+
+
+def test_export_on_a_full_disk_is_one_error_and_leaves_nothing(finished_run, tmp_path):
+    target = tmp_path / "results" / "digits" / "cascade" / finished_run.name
+    with faults.full_disk(tmp_path), pytest.raises(UserError) as error:
+        report.export(finished_run, tmp_path / "results")
+    assert str(error.value) == (f"cannot export to {target} (no space left on the device): free some space or "
+                                f"choose another folder; nothing was written there.")
+    assert not target.exists() and leftovers(tmp_path) == []

@@ -1,10 +1,19 @@
-"""Tests of tool/runs.py: run folders (new, shared, refused when not a run), finished trials skipped on resume."""
+"""Tests of tool/runs.py: run folders (new, shared, refused when not a run), finished trials skipped on resume,
+damaged results.json and config.json, stale temp files, locks for processes sharing a folder."""
+import json
+import subprocess
+import sys
+import threading
+import time
+
 import pytest
 
 import main
-from conftest import results_of, run_main
-from tool import report
+import score
+from conftest import ENV, command, copy_run, files_in, one_error, results_of, run_main
+from tool import report, runs
 from tool.errors import UserError
+from tool.io import REPO, file_lock
 
 
 def test_a_new_run_never_overwrites_an_old_one(data_dir, tmp_path):
@@ -36,3 +45,127 @@ def test_run_dir_shared_by_independent_units(data_dir, tmp_path):
 def test_folder_that_is_not_a_run_is_refused(tmp_path, action):
     with pytest.raises(UserError, match="is not a run folder"):
         main.run([action, str(tmp_path)])
+
+
+# ---------------------------------------------------------------------------------------------
+# A damaged results.json or run config.json: every command that reads it gives one clear error
+# ---------------------------------------------------------------------------------------------
+DAMAGES = {"truncated": lambda text: text[:100], "a list": lambda text: "[]",
+           "no metrics": lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "metrics"})}
+READERS = ["--table", "--eval-only", "--resume", "--figures", "--export", "--compare", "score.py"]
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+@pytest.mark.parametrize("reader", READERS)
+def test_a_damaged_results_json_is_one_clear_error_for_every_reader(finished_run, tmp_path, reader, damage):
+    run_dir = copy_run(finished_run, tmp_path / "runs")
+    results = run_dir / "class0_seed0" / "results.json"
+    results.write_text(DAMAGES[damage](results.read_text()))
+    before = files_in(tmp_path)
+    with pytest.raises(UserError) as error:
+        if reader == "score.py":
+            score.run(["--checkpoint", str(run_dir / "class0_seed0"), str(tmp_path), "--device", "cpu"])
+        elif reader == "--export":
+            report.export(run_dir, tmp_path / "results")  # main.py --export, into tmp_path
+        else:
+            main.run([reader, str(run_dir)])
+    assert str(error.value).startswith(f"{results} ")
+    assert "Delete it and run the trial again" in str(error.value)
+    assert files_in(tmp_path) == before  # nothing written, nothing half-written
+
+
+def test_a_damaged_results_json_on_the_command_line(finished_run, tmp_path):
+    run_dir = copy_run(finished_run, tmp_path)
+    (run_dir / "class0_seed0" / "results.json").write_text("[]")
+    one_error(command("main.py", "--table", run_dir), "results.json is not a trial's results")
+
+
+def test_compare_over_a_corrupt_run_config_and_table_over_an_empty_one(finished_run, tmp_path):
+    run_dir = copy_run(finished_run, tmp_path)
+    config = run_dir / "config.json"
+    config.write_text(config.read_text()[:50])
+    one_error(command("main.py", "--compare", tmp_path), f"{config} is truncated or corrupt",
+              "Restore it from a copy")
+    config.write_text(json.dumps({"config": {}}))
+    table = (run_dir / "table.md").read_bytes()
+    one_error(command("main.py", "--table", run_dir), f"{config} is damaged: its settings lack or garble dataset",
+              "seeds (a list of integer seeds); data_dir", "Restore it from a copy")
+    assert (run_dir / "table.md").read_bytes() == table
+
+
+# ---------------------------------------------------------------------------------------------
+# A trial after kill -9: its stale temp files go; two processes on one --run-dir
+# ---------------------------------------------------------------------------------------------
+def test_stale_temp_files_of_a_killed_run_are_removed_on_resume(data_dir, tmp_path):
+    run_dir = run_main(data_dir, tmp_path, "--classes", "3", "--seeds", "0", "--epochs", "1")
+    trial = run_dir / "class3_seed0"
+    (trial / "results.json").unlink()  # the trial is unfinished again, as after kill -9 in its last epoch
+    (trial / ".last.pt.x7_k2m9q.tmp").write_bytes(bytes(4 << 20))  # what kill -9 during torch.save leaves
+    (trial / ".results.json.abcdefgh.tmp").write_text("{")
+    (trial / "my.tmp").write_text("not the writer's: kept")
+    main.run(["--resume", str(run_dir)])
+    assert (trial / "results.json").is_file()
+    assert sorted(p.name for p in trial.glob("*.tmp")) == ["my.tmp"] and not list(trial.glob(".*.tmp"))
+
+
+def test_a_trial_another_process_holds_is_skipped(data_dir, tmp_path):
+    shared = tmp_path / "shared"
+    run_main(data_dir, tmp_path, "--classes", "1", "--seeds", "0", "--epochs", "1", "--run-dir", str(shared))
+    with file_lock(shared / "class0_seed0" / ".lock") as held:  # another process is running class 0, seed 0
+        assert held
+        done = command("main.py", "--data-dir", data_dir, "--epochs", "1", "--classes", "0", "1", "--seeds", "0",
+                       "--jobs", "1", "--draw-figures", "false", "--run-dir", shared)
+    assert done.returncode == 0, done.stderr
+    assert "1 trial(s) to run, 1 already finished" in done.stdout
+    assert f"class 0 seed 0: skipped here, another process is running it (it holds {shared}/class0_seed0/.lock)" \
+        in done.stdout
+    assert not (shared / "class0_seed0" / "results.json").exists()
+
+
+def test_a_second_process_on_a_running_trial_skips_it_and_both_are_in_the_history(data_dir, tmp_path):
+    """Issue 12: two processes on one new --run-dir both ran the same trial, and config.json's
+    history kept one of them. The second starts here once the first is training."""
+    shared = tmp_path / "shared"
+    args = ["main.py", "--data-dir", data_dir, "--epochs", "20", "--patience", "20", "--batch-size", "16",
+            "--classes", "0", "--seeds", "0", "--draw-figures", "false", "--jobs", "1", "--run-dir", shared]
+    first = subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, env=ENV, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not (shared / "class0_seed0" / "last.pt").exists():  # the first process is training
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.1)
+        second = command(*args, "--device", "cpu")
+    finally:
+        out, err = first.communicate(timeout=600)
+    assert first.returncode == 0 and second.returncode == 0, (err, second.stderr)
+    assert "class 0 seed 0: skipped here, another process is running it" in second.stdout, second.stdout
+    assert "epoch   1" not in second.stdout and "epoch  20" in out  # the trial ran once, in the first process
+    assert (shared / "class0_seed0" / "results.json").is_file()
+    commands = [entry["command"] for entry in json.loads((shared / "config.json").read_text())["history"]]
+    assert len(commands) == 2 and commands[1].endswith("--device cpu")
+
+
+def test_the_command_history_keeps_every_writer(tmp_path, monkeypatch):
+    """Writers of one run folder's config.json at the same moment (slowed down here to make every
+    read-modify-write overlap) each add their entry."""
+    real_read = runs.read_json
+
+    def slow_read(*args):
+        time.sleep(0.05)
+        return real_read(*args)
+
+    monkeypatch.setattr(runs, "read_json", slow_read)
+    runs.write_run_config(tmp_path, {"dataset": "digits"})
+    barrier = threading.Barrier(6)
+
+    def write():
+        barrier.wait()
+        runs.write_run_config(tmp_path, {"dataset": "digits"})
+
+    threads = [threading.Thread(target=write) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(json.loads((tmp_path / "config.json").read_text())["history"]) == 7

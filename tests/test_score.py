@@ -1,6 +1,8 @@
 """Tests of score.py: scores equal a trial's results.json, no overwrites, resizing and channels, bad input."""
 import csv
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 
 import score
-from conftest import ENV, NAME
+from conftest import ENV, NAME, command, one_error
 from tool.errors import UserError
 from tool.io import REPO
 from tool.runs import read_results, read_scores
@@ -106,3 +108,51 @@ def test_every_score_of_new_images_is_the_one_evaluation_gave(own_trial, own_ima
 def test_a_score_the_trial_lacks_is_refused(own_trial, own_images):
     with pytest.raises(UserError, match="--score nope: this trial has the scores recon, latent-knn"):
         score_run(own_trial, own_images / "test", "--score", "nope")
+
+
+def test_a_read_only_trial_folder_is_one_error_before_any_score_is_printed(own_trial, own_images):
+    image = own_images / "test" / "dark" / "dark_00.png"
+    before = sorted(p.name for p in own_trial.iterdir())
+    done = subprocess.run([sys.executable, "tests/faults.py", "read-only", str(own_trial), "score.py", "--checkpoint",
+                           str(own_trial), str(image), "--device", "cpu"], cwd=REPO, capture_output=True, text=True,
+                          env=ENV, timeout=300)
+    one_error(done, f"cannot write {own_trial}/scores", "(the folder is not writable): make it writable or choose "
+                                                        "another folder")
+    assert "dark_00.png" not in done.stdout and sorted(p.name for p in own_trial.iterdir()) == before
+
+
+def test_a_full_disk_is_one_error_and_writes_nothing(own_trial, own_images, tmp_path):
+    done = command("score.py", "--checkpoint", own_trial, own_images / "test", "--output", tmp_path / "s.csv",
+                   "--device", "cpu", fault="full-disk", root=tmp_path)
+    one_error(done, f"cannot write {tmp_path / 's.csv'} (no space left on the device)")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_name_that_is_not_utf8_is_read(own_trial, own_images, tmp_path):
+    """OpenCV's imread crashed the process (exit 139) on such a name; the bytes are read by Python."""
+    folder = tmp_path / "new"
+    folder.mkdir()
+    name = os.fsdecode(b"bad\xff\xfe.png")
+    (folder / name).write_bytes((own_images / "test" / "dark" / "dark_00.png").read_bytes())
+    output = tmp_path / "scores.csv"
+    done = command("score.py", "--checkpoint", own_trial, folder, "--output", output, "--device", "cpu",
+                   env={**ENV, "LC_ALL": "C.UTF-8"})
+    assert done.returncode == 0, done.stderr
+    assert "bad\\xff\\xfe.png" in done.stdout  # shown with its undecodable bytes escaped
+    line = output.read_bytes().splitlines()[1]
+    assert line.startswith(str(folder).encode() + b"/bad\xff\xfe.png,")  # the CSV keeps the name's own bytes
+    _, rows = score_run(own_trial, folder / "../new", "--output", tmp_path / "again.csv")
+    reference = score_run(own_trial, own_images / "test" / "dark" / "dark_00.png", "--output", tmp_path / "ref.csv")[1]
+    assert rows[0][1] == reference[0][1]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "a list", "no metrics"])
+def test_a_damaged_results_json_is_one_error(own_trial, own_images, tmp_path, damage):
+    trial = Path(shutil.copytree(own_trial, tmp_path / "trial"))
+    results = trial / "results.json"
+    results.write_text({"truncated": results.read_text()[:200], "a list": "[]",
+                        "no metrics": json.dumps({"class": 0, "seed": 0})}[damage])
+    done = command("score.py", "--checkpoint", trial, own_images / "test", "--output", tmp_path / "s.csv",
+                   "--device", "cpu")
+    one_error(done, f"{results} ", "Delete it and run the trial again")
+    assert not (tmp_path / "s.csv").exists()

@@ -172,3 +172,22 @@ def test_min_steps_gives_a_small_dataset_more_epochs(tmp_path, min_steps, epochs
     config = train_config(epochs=2, min_steps=min_steps, patience=100, batch_size=16)
     result = train_model(_Flat(), x, x[:8], config, tmp_path / "last.pt", generator_seed=0, log_every=None)
     assert result.epochs_trained == epochs_trained
+
+
+def test_nan_loss_in_the_first_epoch_claims_no_checkpoint(tmp_path):
+    """Issue 12: a NaN in epoch 1 said 'the last good checkpoint (epoch 0) is kept', of a file that
+    was never written."""
+    class NaNAtOnce(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return {"recon": x, "loss": (self.w * x).pow(2).mean() * float("nan"), "memory": []}
+
+    x = torch.randn(40, 1, 2, 2)
+    checkpoint = tmp_path / "last.pt"
+    with pytest.raises(train.TrainingDiverged) as error:
+        train.train_model(NaNAtOnce(), x, x[:8], train_config(epochs=5, patience=5, batch_size=16), checkpoint, 0)
+    assert "in epoch 1. No epoch finished, so no checkpoint was kept." in str(error.value)
+    assert "epoch 0" not in str(error.value) and not checkpoint.exists()

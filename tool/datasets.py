@@ -3,12 +3,14 @@
 Processed format (one for every dataset): ``datasets/<name>/processed/{train,test}.pt``, each a
 dict ``{"images": uint8 (N, C, H, W), "labels": int64 (N,)}``, and ``meta.json`` (class names,
 shape, counts per class, every raw file with its sha256). ``meta.json`` is written last: a
-folder without it is not prepared. tool/prepare.py and tool/folder.py write this format; every
-other module reads it through `load_dataset`.
+folder without it is not prepared. The three files are written into a hidden staging folder
+beside ``processed/`` that replaces it only once all three are complete, so preparing again
+(--force) on a full disk leaves the old dataset as it was. tool/prepare.py and tool/folder.py
+write this format; every other module reads it through `load_dataset`.
 """
-import json
-import pickle
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +18,8 @@ import numpy as np
 import torch
 
 from tool.errors import UserError
-from tool.io import REPO, atomic_torch_save, atomic_write_json
+from tool.io import (REPO, WriteError, atomic_torch_save, atomic_write_json, load_checkpoint, make_dir, read_json,
+                     write_reason)
 
 DATA_ROOT = REPO / "datasets"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a dataset name is a plain folder name
@@ -114,17 +117,46 @@ def make_meta(name, title, classes, splits, sources, **extra):
 
 
 def write_processed(name, splits, meta, root=None):
-    """Write train.pt, test.pt and meta.json atomically (meta.json last: it marks completion)."""
+    """Write train.pt, test.pt and meta.json (last: it marks completion) into a hidden staging
+    folder beside processed/, then put it in processed/'s place: a failure (a full disk) removes
+    the staging folder and leaves a dataset prepared before exactly as it was."""
     folder = processed_dir(name, root)
+    staging = None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "meta.json").unlink(missing_ok=True)
+        make_dir(folder.parent)
+        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".processed.", suffix=".tmp"))
         for split, (images, labels) in splits.items():
             atomic_torch_save({"images": images.contiguous(), "labels": labels.contiguous()},
-                              folder / f"{split}.pt")
-        atomic_write_json(folder / "meta.json", meta)
-    except OSError as error:
-        raise UserError(f"cannot write {folder} ({type(error).__name__}: {error}).") from None
+                              staging / f"{split}.pt")
+        atomic_write_json(staging / "meta.json", meta)
+        _swap_in(staging, folder)
+    except (WriteError, OSError) as error:
+        reason, fix = (error.reason, error.fix) if isinstance(error, WriteError) else write_reason(error)
+        raise UserError(f"cannot write {folder} ({reason}): {fix}; nothing in it was changed.") from None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap_in(staging, folder):
+    """Put the complete folder `staging` in `folder`'s place: the old folder is renamed aside, the
+    new one renamed in, then the old one removed (two renames: no copy, no space needed)."""
+    if not folder.exists():
+        staging.rename(folder)
+        return
+    old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".processed.old.", suffix=".tmp"))
+    try:
+        folder.rename(old / "processed")
+        try:
+            staging.rename(folder)
+        except BaseException:
+            (old / "processed").rename(folder)  # put the old one back
+            raise
+    except BaseException:
+        if not any(old.iterdir()):
+            old.rmdir()
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @dataclass
@@ -172,14 +204,17 @@ def load_dataset(name, root=None):
                         f"Run: python preprocess.py --dataset {name}")
     again = (f"Prepare it again: python preprocess.py --dataset {name} --force" if name in DATASETS else
              f"Prepare it again: python preprocess.py --dataset folder --path DIR --name {name} --force")
+    meta = read_json(folder / "meta.json", again)
+    if not (isinstance(meta, dict) and isinstance(meta.get("classes"), list) and meta["classes"]):
+        raise UserError(f"{folder / 'meta.json'} is corrupt: it names no classes. {again}")
+    classes = [str(c) for c in meta["classes"]]
+    parts = {split: load_checkpoint(folder / f"{split}.pt", "cpu", again, what="a dataset file this code wrote")
+             for split in ("train", "test")}
     try:
-        meta = json.loads((folder / "meta.json").read_text())
-        classes = [str(c) for c in meta["classes"]]
-        parts = {split: torch.load(folder / f"{split}.pt", weights_only=True) for split in ("train", "test")}
         tensors = [parts[s][k] for s in ("train", "test") for k in ("images", "labels")]
-    except (OSError, RuntimeError, EOFError, KeyError, ValueError, TypeError, IndexError, AttributeError,
-            pickle.UnpicklingError) as error:
-        raise UserError(f"{folder} is corrupt ({type(error).__name__}). {again}") from None
+    except (KeyError, TypeError, IndexError) as error:
+        raise UserError(f"{folder} is corrupt: a split lacks its images or labels ({type(error).__name__}). "
+                        f"{again}") from None
     for images, labels in (tensors[:2], tensors[2:]):
         if not (isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor)
                 and images.dtype == torch.uint8 and images.ndim == 4

@@ -229,7 +229,8 @@ def redraw(run_dir, device, score=None):
     if not results:
         raise UserError(f"{run_dir} holds no finished trial (no class*_seed*/results.json).")
     ds = load_dataset(config["dataset"], config["data_dir"])
-    for (c, seed), trial_results in tqdm(sorted(results.items()), desc="drawing", unit="trial", leave=False):
+    for (c, seed), trial_results in tqdm(sorted(results.items()), desc="drawing", unit="trial", leave=False,
+                                         disable=None):
         folder = run_dir / f"class{c}_seed{seed}"
         split = make_split(ds, config["protocol"], c, config["val_fraction"], seed)
         model = load_trial_model(folder, device)[1] if (folder / "best.pt").is_file() else None

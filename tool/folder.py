@@ -12,10 +12,10 @@ Two layouts are understood:
                                                     where train/ holds the normal class only)
 
 Classes are the sub-folder names in sorted order: main.py's --classes takes a name or its index
-in that order. Images are read with OpenCV, as RGB or, with --grayscale, as one channel, and
-resized to one size with area interpolation: --size H W, or by default the most common size of
-the training images (on a tie, the first found in sorted file order; the test images never
-choose anything). meta.json records this
+in that order. Images are decoded with OpenCV from their bytes (so any file name works), as RGB
+or, with --grayscale, as one channel, and resized to one size with area interpolation: --size H
+W, or by default the most common size of the training images (on a tie, the first found in sorted
+file order; the test images never choose anything). meta.json records this
 preprocessing ("preprocessing": size, channels, grayscale, interpolation) so that score.py
 repeats it exactly, and every image's file in tensor order ("files"), so that a score in
 results.json can be traced back to its image. Files that are not PNG, JPEG or BMP, or that
@@ -34,7 +34,7 @@ from tool.datasets import (DATASETS, NAME_PATTERN, is_prepared, make_meta, proce
 from tool.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-READ_MODES = {  # how cv2.imread decodes a file; every mode gives 8-bit pixels
+READ_MODES = {  # how cv2.imdecode decodes a file; every mode gives 8-bit pixels
     "rgb": cv2.IMREAD_COLOR,  # 3 channels (grey files repeated, alpha dropped), then BGR -> RGB
     "grayscale": cv2.IMREAD_GRAYSCALE,  # 1 channel
     "as-stored": cv2.IMREAD_ANYCOLOR,  # 1 or 3 channels, as the file holds them (built-in datasets' models)
@@ -49,11 +49,28 @@ SEED = 0  # numpy seed of that split
 # One image
 # ---------------------------------------------------------------------------------------------
 def read_image(path, mode):
-    """uint8 pixels (H, W, C) of an image file read in `mode` (READ_MODES); None when unreadable."""
-    image = cv2.imread(str(path), READ_MODES[mode])
+    """uint8 pixels (H, W, C) of an image file read in `mode` (READ_MODES); None when unreadable.
+
+    The file's bytes are read by Python and decoded by OpenCV from memory: OpenCV never sees the
+    file's name, so any name works (cv2.imread crashes the process on a name that is not UTF-8)."""
+    try:
+        data = np.frombuffer(Path(path).read_bytes(), dtype=np.uint8)
+    except OSError:
+        return None
+    if data.size == 0:
+        return None
+    try:
+        image = cv2.imdecode(data, READ_MODES[mode])
+    except cv2.error:
+        return None
     if image is None:
         return None
     return image[:, :, None] if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def shown(path):
+    """A path as text that can always be printed: bytes of a name that are not UTF-8 as \\xNN."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def to_chw(image, size, interpolation=INTERPOLATION):
@@ -189,7 +206,7 @@ def prepare_folder(path=None, name=None, root=None, size=None, grayscale=False, 
         [{"folder": str(source.resolve()), "layout": layout_text}],
         preprocessing={"size": list(size), "channels": 1 if grayscale else 3, "grayscale": grayscale,
                        "color_order": "grayscale" if grayscale else "RGB", "interpolation": INTERPOLATION,
-                       "reader": f"cv2.imread (OpenCV {cv2.__version__})"},
+                       "reader": f"cv2.imdecode (OpenCV {cv2.__version__})"},
         files={split: [file.relative_to(source).as_posix() for _, _, file in items]
                for split, items in entries.items()},
         skipped=[{"file": p.relative_to(source).as_posix(), "reason": why} for p, why in skipped])
@@ -207,7 +224,7 @@ def _report(name, source, classes, splits, sizes, size, skipped, root):
     if skipped:
         print(f"skipped {len(skipped)} file(s):")
         for path, why in skipped:
-            print(f"  {path.relative_to(source).as_posix()}: {why}")
+            print(f"  {shown(path.relative_to(source).as_posix())}: {why}")
     resized = sum(n for s, n in sizes.items() if s != size)
     print(f"size {size[0]} x {size[1]}; {resized} of {sum(sizes.values())} image(s) resized "
           f"({INTERPOLATION} interpolation)")

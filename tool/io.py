@@ -1,11 +1,22 @@
 """Reading and writing files safely: atomic writes, loaders that never run code from a file and
-name the file in every error, and the provenance recorded beside every result."""
+name the file in every error, locks for folders that several processes share, and the
+provenance recorded beside every result.
+
+Every file the project writes goes through `_atomic` (a temp file beside the target, renamed into
+place), every folder it creates through `make_dir`: a full disk, a read-only folder or a file
+standing where a folder must be is one `WriteError` (a UserError) naming the file and what to do,
+and leaves no temp file and no half-written file behind. Every JSON file and checkpoint it reads
+goes through `read_json` and `load_checkpoint`.
+"""
+import errno
 import json
 import os
 import pickle
 import platform
+import re
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,48 +27,141 @@ from tool.errors import UserError
 REPO = Path(__file__).resolve().parent.parent
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+# a temp file of _atomic: "." + the target's name + "." + mkstemp's 8 random characters + ".tmp"
+TEMP_FILE = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp")
 
 
-def _atomic(path, write):
-    """Write through `write(file_object)` into a temp file beside `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+class WriteError(UserError):
+    """A file or folder could not be written; `path` is what was being written, `reason` why."""
+
+    def __init__(self, path, reason, fix):
+        super().__init__(f"cannot write {path} ({reason}): {fix}.")
+        self.path, self.reason, self.fix = Path(path), reason, fix
+
+
+def write_reason(error):
+    """(why, what to do) for an error raised while writing."""
+    cause = error
+    while cause is not None and getattr(cause, "errno", None) is None:  # torch.save's RuntimeError may hide an OSError
+        cause = cause.__context__
+    code = getattr(cause, "errno", None)
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return "no space left on the device", "free some space or choose another folder"
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "the folder is not writable", "make it writable or choose another folder"
+    if code in (errno.EEXIST, errno.ENOTDIR):
+        return "a file stands where a folder must be", "choose another folder, or move that file away"
+    if isinstance(error, RuntimeError):  # torch.save reports a failed write as "[enforce fail at ...]"
+        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return f"torch.save failed: {text}; the disk is probably full", "free some space or choose another folder"
+    error = cause or error
+    text = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    return f"{type(error).__name__}: {text}", "free some space or choose another folder"
+
+
+def make_dir(path):
+    """Create the folder `path` and its parents (nothing when it exists); a WriteError otherwise."""
     try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise WriteError(path, *write_reason(error)) from None
+    return Path(path)
+
+
+def _atomic(path, write, errors=(OSError,)):
+    """Write through `write(file_object)` into a temp file beside `path`, then rename it into place.
+
+    Any of `errors` (a full disk, a folder that is not writable) is a WriteError naming `path`; the
+    temp file is removed whatever happens, and `path` keeps its old content (or stays absent)."""
+    path = Path(path)
+    make_dir(path.parent)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as error:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, errors):
+            raise WriteError(path, *write_reason(error)) from None
         raise
 
 
+def remove_temp_files(folder):
+    """Remove the temp files `_atomic` left in `folder` (a process killed while writing): only
+    names of its own pattern, .<name>.<8 random characters>.tmp; returns their names. Call it only
+    where no other process is writing (a trial folder whose lock is held)."""
+    removed = []
+    for path in Path(folder).iterdir() if Path(folder).is_dir() else ():
+        if TEMP_FILE.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+            try:
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+            except OSError:
+                pass  # a leftover that cannot be removed is harmless: never written over, never read
+    return removed
+
+
+@contextmanager
+def file_lock(path, blocking=True):
+    """Hold the lock file `path` (filelock: an OS lock, released when the process ends, even by
+    kill -9). Yields True once held; with blocking=False, yields False at once when another process
+    holds it. A lock file that cannot be created is a WriteError."""
+    import filelock
+
+    lock = filelock.FileLock(str(path))
+    try:
+        lock.acquire(blocking=blocking)
+        held = True
+    except filelock.Timeout:
+        held = False
+    except OSError as error:
+        raise WriteError(path, *write_reason(error)) from None
+    try:
+        yield held
+    finally:
+        if held:
+            lock.release()
+
+
 def atomic_torch_save(obj, path):
-    _atomic(path, lambda f: torch.save(obj, f))
+    """torch.save through `_atomic`; torch.save reports a failed write (a full disk) as a
+    RuntimeError ("[enforce fail at inline_container.cc ...]"), which is a WriteError too."""
+    _atomic(path, lambda f: torch.save(obj, f), errors=(OSError, RuntimeError))
 
 
-def load_checkpoint(path, device="cpu", what_to_do="Train it again."):
+def load_checkpoint(path, device="cpu", what_to_do="Train it again.", what="a checkpoint this code wrote"):
     """A checkpoint this code wrote, loaded with torch.load(weights_only=True): tensors, numbers,
     strings and containers only, so a forged file can never run code. Anything else is a
     UserError naming the file and what to do."""
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            pickle.UnpicklingError) as error:
-        raise UserError(f"{path} is not a checkpoint this code wrote, or it is truncated or corrupt "
+            MemoryError, OverflowError, RecursionError, pickle.UnpicklingError) as error:
+        raise UserError(f"{path} is not {what}, or it is truncated or corrupt "
                         f"({type(error).__name__}). {what_to_do}") from None
 
 
 def read_json(path, what_to_do):
-    """The JSON in `path`; a missing, unreadable, truncated or malformed file is a UserError that
-    names it and says `what_to_do`."""
+    """The JSON in `path` (never code: JSON holds data only); a missing, unreadable, truncated or
+    malformed file is a UserError that names it and says `what_to_do`. Callers check the shape of
+    what they get."""
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path} cannot be read ({type(error).__name__}: {error}). {what_to_do}") from None
+        text = Path(path).read_bytes().decode("utf-8")
+    except OSError as error:
+        raise UserError(f"{path} cannot be read ({error.strerror or type(error).__name__}). {what_to_do}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is truncated or corrupt (not UTF-8 text). {what_to_do}") from None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise UserError(f"{path} is truncated or corrupt (not valid JSON: {type(error).__name__}: "
+                        f"{str(error)[:100]}). {what_to_do}") from None
 
 
 def atomic_write_bytes(path, data):

@@ -56,12 +56,13 @@ def run_trials(run_trial, config, ds, trials, run_dir, device):
                              initargs=(threads, devices, counter)) as pool:
         futures = {pool.submit(_worker, run_trial, config, c, s, str(run_dir)): (c, s) for c, s in trials}
         try:
-            with tqdm(total=len(futures), desc="trials", unit="trial") as bar:
+            with tqdm(total=len(futures), desc="trials", unit="trial", disable=None) as bar:
                 for future in as_completed(futures):
                     c, s = futures[future]
-                    metrics = future.result()["metrics"]
-                    tqdm.write(f"class {c} seed {s}: " + "  ".join(f"{name} AUROC {m['auroc']:.4f}"
-                                                                  for name, m in metrics.items()))
+                    results = future.result()  # None: skipped, another process runs it
+                    tqdm.write(f"class {c} seed {s}: " + ("skipped, another process runs it" if results is None else
+                                                          "  ".join(f"{name} AUROC {m['auroc']:.4f}"
+                                                                    for name, m in results["metrics"].items())))
                     bar.update(1)
         except BaseException:  # a trial failed or Ctrl-C: start no further trial, let running ones end
             pool.shutdown(wait=True, cancel_futures=True)

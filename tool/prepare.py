@@ -8,8 +8,8 @@ Raw files are looked for, in this order:
 3. with ``download=True``, torchvision's dataset classes download them into ``raw/``;
 ``digits`` comes from scikit-learn's ``load_digits`` and needs nothing.
 """
+import errno
 import hashlib
-import json
 import shutil
 import tarfile
 import tempfile
@@ -22,6 +22,7 @@ import torch
 from tool.datasets import (DATASETS, is_prepared, load_dataset, make_meta, processed_dir, raw_dir, stratified_mask,
                            write_processed)
 from tool.errors import UserError
+from tool.io import read_json, write_reason
 from tool.readers import read_cifar_batches, read_digits, read_idx_pair, read_mnist_pickle, sha256
 
 IDX_FILES = {  # split -> (images file, labels file), the names MNIST-style sites ship
@@ -69,7 +70,13 @@ def _cifar_folder(folder, workdir):
     try:
         with tarfile.open(tarball) as archive:
             archive.extractall(workdir, filter="data")
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS):  # the temporary folder, not the tarball
+            reason, _ = write_reason(error)
+            raise UserError(f"{tarball}: cannot be extracted into {workdir} ({reason}): free some space there, "
+                            f"or set TMPDIR to another folder.") from None
+        raise UserError(f"{tarball}: cannot be extracted ({error}): truncated or corrupt.") from None
+    except (tarfile.TarError, EOFError, zlib.error) as error:
         raise UserError(f"{tarball}: cannot be extracted ({error}): truncated or corrupt.") from None
     extracted = Path(workdir) / "cifar-10-batches-py"
     if not _has_cifar_batches(extracted):
@@ -172,10 +179,13 @@ def _load_raw(spec, root=None, system_dirs=None, download=False):
             files = [p for pair in sources.values() for p in pair]
         else:
             batches = _cifar_folder(folder, workdir)
-            splits = {split: read_cifar_batches([batches / n for n in names]) for split, names in CIFAR_FILES.items()}
             tarball = folder / "cifar-10-python.tar.gz"
-            files = [tarball] if batches.is_relative_to(workdir) else \
-                [batches / n for names in CIFAR_FILES.values() for n in names]
+            extracted = batches.is_relative_to(workdir)  # messages name the tarball, not a temporary copy
+            splits = {split: read_cifar_batches([batches / n for n in names],
+                                                [f"{tarball} (its member cifar-10-batches-py/{n})" for n in names]
+                                                if extracted else None)
+                      for split, names in CIFAR_FILES.items()}
+            files = [tarball] if extracted else [batches / n for names in CIFAR_FILES.values() for n in names]
         records = [{"file": str(p), "sha256": sha256(p)} for p in files]
     return splits, records
 
@@ -226,8 +236,15 @@ def prepare_tuning_split(name, root=None, test_fraction=1 / 6, seed=0, force=Fal
     content.update(source.train_labels.numpy().tobytes())
     settings = {"derived_from": f"{name} train split", "test_fraction": test_fraction, "seed": seed,
                 "source_train_sha256": content.hexdigest()}
-    if is_prepared(tune, root) and not force and _recorded_sources(tune, root) == [settings]:
+    recorded = _recorded_sources(tune, root)
+    if is_prepared(tune, root) and not force and recorded == [settings]:
         return tune
+    made_here = isinstance(recorded, list) and any(isinstance(r, dict) and "derived_from" in r for r in recorded)
+    folder = processed_dir(tune, root)
+    if folder.is_dir() and any(folder.iterdir()) and not made_here:
+        raise UserError(f"{folder} holds a dataset that is not a tuning split made by this code (its meta.json "
+                        f"records no 'derived_from'): it may be your own, and is left as it is. Move or rename "
+                        f"{folder.parent} to make the tuning split of {name}.")
     held = torch.from_numpy(stratified_mask(source.train_labels.numpy(), len(source.classes), test_fraction,
                                             np.random.default_rng(seed)))
     splits = {"train": (source.train_images[~held], source.train_labels[~held]),
@@ -244,10 +261,12 @@ def prepare_tuning_split(name, root=None, test_fraction=1 / 6, seed=0, force=Fal
 
 def _recorded_sources(name, root=None):
     """The 'sources' a prepared dataset's meta.json records (None when unreadable)."""
+    path = processed_dir(name, root) / "meta.json"
     try:
-        return json.loads((processed_dir(name, root) / "meta.json").read_text()).get("sources")
-    except (OSError, ValueError, AttributeError):
+        meta = read_json(path, "") if path.is_file() else None
+    except UserError:
         return None
+    return meta.get("sources") if isinstance(meta, dict) else None
 
 
 def ensure_prepared(name, root=None):

@@ -9,9 +9,7 @@ import gzip
 import hashlib
 import math
 import pickle
-import tempfile
 import zlib
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -54,26 +52,23 @@ def _check_idx(path, data, magic, ndim):
     if len(data) != expected:
         raise UserError(f"{path}: {len(data)} bytes but its header {dims} needs {expected}: "
                         f"truncated or corrupt.")
+    if math.prod(dims) == 0:
+        raise UserError(f"{path}: a well-formed IDX file, but it holds no {'image' if ndim == 3 else 'label'} "
+                        f"(header {dims}): not the dataset's file, or an incomplete one. Fetch it again.")
     return dims
 
 
 def read_idx_pair(images_path, labels_path, n_classes):
     """IDX images + labels (plain or gzipped) -> uint8 (N, 1, H, W), int64 (N,).
 
-    The header and length are checked here so that every mistake names its file; the parsing
-    itself is torchvision's (the reader its MNIST classes use).
+    The header and length are checked first so that every mistake names its file; the data is
+    then the bytes after the header, unsigned, row-major (the IDX format of magic 0x0803 / 0x0801).
     """
-    from torchvision.datasets.mnist import read_image_file, read_label_file
-
-    with tempfile.TemporaryDirectory() as tmp:
-        tensors = []
-        for path, magic, ndim, reader in ((images_path, 0x803, 3, read_image_file),
-                                          (labels_path, 0x801, 1, read_label_file)):
-            data = _read_bytes(path)
-            _check_idx(path, data, magic, ndim)
-            plain = Path(tmp) / Path(path).name.removesuffix(".gz")
-            plain.write_bytes(data)
-            tensors.append(reader(str(plain)))
+    tensors = []
+    for path, magic, ndim in ((images_path, 0x803, 3), (labels_path, 0x801, 1)):
+        data = _read_bytes(path)
+        dims = _check_idx(path, data, magic, ndim)
+        tensors.append(torch.from_numpy(np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims).copy()))
     images, labels = tensors
     if len(images) != len(labels):
         raise UserError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} "
@@ -102,14 +97,16 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def read_cifar_batches(paths):
+def read_cifar_batches(paths, names=None):
     """CIFAR-10 python pickle batches -> uint8 (N, 3, 32, 32), int64 (N,).
 
     Each row of a batch's 'data' holds the 1024 red, then green, then blue values of one image,
-    row-major, so a reshape to (3, 32, 32) gives the channels in RGB order.
+    row-major, so a reshape to (3, 32, 32) gives the channels in RGB order. `names`: what each
+    file is called in messages (default: its path), for batches extracted from a tarball, whose
+    temporary copies the user never sees.
     """
     images, labels = [], []
-    for path in paths:
+    for path, name in zip(paths, names or paths):
         try:
             with open(path, "rb") as f:
                 batch = _ArrayUnpickler(f, encoding="latin1").load()
@@ -120,14 +117,14 @@ def read_cifar_batches(paths):
             batch_labels = batch_labels.astype(np.int64)
         except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError,
                 AttributeError, IndexError, ImportError, MemoryError, OverflowError) as error:
-            raise UserError(f"{path}: not a readable CIFAR-10 python batch ({type(error).__name__}: {error}). "
+            raise UserError(f"{name}: not a readable CIFAR-10 python batch ({type(error).__name__}: {error}). "
                             f"The file is truncated or corrupt: delete it and fetch it again.") from None
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-            raise UserError(f"{path}: images of shape {data.shape}, expected (N, 3072).")
+            raise UserError(f"{name}: images of shape {data.shape}, expected (N, 3072).")
         if batch_labels.ndim != 1 or len(data) != len(batch_labels):
-            raise UserError(f"{path}: {len(data)} images but labels of shape {batch_labels.shape}.")
+            raise UserError(f"{name}: {len(data)} images but labels of shape {batch_labels.shape}.")
         if len(batch_labels) and (batch_labels.min() < 0 or batch_labels.max() > 9):
-            raise UserError(f"{path}: labels outside 0..9.")
+            raise UserError(f"{name}: labels outside 0..9.")
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(batch_labels)
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))

@@ -18,7 +18,7 @@ from prettytable import PrettyTable
 
 from tool.errors import UserError
 from tool.evaluation import METRICS, SCORES
-from tool.io import REPO, atomic_write_text
+from tool.io import REPO, WriteError, atomic_write_bytes, atomic_write_text, make_dir, write_reason
 from tool.leakage import read_leakage
 from tool.runs import PLACEMENT_KEYS, class_names_of, load_results, planned_trials, read_run_config, score_name
 
@@ -151,11 +151,12 @@ def run_table(run_dir, results=None, decimals=2, write=True, score=None):
     shown = {score_name(r, score) for r in results.values()} - {None}
     title = (f"{config['dataset']} / {config['model']} / {config['protocol']}, score {', '.join(sorted(shown)) or score}: "
              f"metrics in %, mean ± std over seeds {seeds}")
+    if write:  # before printing: a folder that cannot take them is one error, not a table and a crash
+        atomic_write_text(run_dir / "table.md", f"{title}\n\n" + to_markdown(header, rows + published))
+        atomic_write_text(run_dir / "table.csv", table_csv(results, classes, class_names, seeds, score))
     print(title)
     print(render_table(header, rows, published))
     if write:
-        atomic_write_text(run_dir / "table.md", f"{title}\n\n" + to_markdown(header, rows + published))
-        atomic_write_text(run_dir / "table.csv", table_csv(results, classes, class_names, seeds, score))
         if config.get("draw_figures", True):
             from tool import figures
 
@@ -282,18 +283,21 @@ def export(run_dir, dest=None):
     if target.exists():
         raise UserError(f"{target} exists; an export never overwrites one.")
     load_results(run_dir)  # every results.json must be readable before anything is written
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    make_dir(target.parent)
+    staging = None
     try:
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
         for path in sorted(run_dir.rglob("*")):
             relative = path.relative_to(run_dir)  # the run's own files, and its trials' (class*_seed*/...)
             if not path.is_file() or relative.name not in EXPORTED or len(relative.parts) > 2:
                 continue
-            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, staging / relative)
+            atomic_write_bytes(staging / relative, path.read_bytes())
         staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    except (WriteError, OSError) as error:
+        reason, fix = (error.reason, error.fix) if isinstance(error, WriteError) else write_reason(error)
+        raise UserError(f"cannot export to {target} ({reason}): {fix}; nothing was written there.") from None
+    finally:
+        if staging is not None and staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
     print(f"exported: {target}")
     return target

@@ -14,12 +14,16 @@
             tb/                     tensorboardX logs
 
 Trials are independent: any subset can run anywhere (--classes C --seeds S --run-dir DIR), and a
-folder's finished trials are skipped when it is run again.
+folder's finished trials are skipped when it is run again. Processes sharing a folder take locks:
+.config.lock around every read-modify-write of its config.json (the command history), and each
+trial's .lock while it runs, so that a trial runs in one process at a time (tool.io.file_lock).
 """
 import io
 import json
+import shutil
 import sys
 import zipfile
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -30,32 +34,59 @@ from models import ModelConfig, build_model
 from tool.classical import CLASSICAL
 from tool.errors import UserError
 from tool.evaluation import METRICS
-from tool.io import (REPO, atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text, environment,
-                     load_checkpoint, read_json)
+from tool.io import (REPO, WriteError, atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text,
+                     environment, file_lock, load_checkpoint, make_dir, read_json, remove_temp_files, write_reason)
 
 # Settings that do not change what a trial computes: they may differ between runs of one folder.
 PLACEMENT_KEYS = ("classes", "seeds", "jobs", "device", "output_dir", "data_dir", "draw_figures", "score")
 RENAMED_KEYS = {"threshold": "addressing_threshold"}  # run configs written before a setting was renamed
+RUN_CONFIG_KEYS = {  # what every reader of a run's config.json needs: key -> (check, what it must be)
+    "dataset": (lambda v: isinstance(v, str) and v != "", "a dataset name"),
+    "model": (lambda v: isinstance(v, str) and v != "", "a preset name"),
+    "protocol": (lambda v: isinstance(v, str) and v != "", "a protocol name"),
+    "classes": (lambda v: v is None or isinstance(v, list), "a list of classes, or null for all"),
+    "seeds": (lambda v: isinstance(v, list) and v != [] and all(type(s) is int for s in v), "a list of integer seeds"),
+    "data_dir": (lambda v: v is None or isinstance(v, str), "a folder, or null for datasets/"),
+}
+CONFIG_LOCK = ".config.lock"  # held around every read-modify-write of a run folder's config.json
+TRIAL_LOCK = ".lock"  # in a trial folder: held by the process running the trial
 
 
 # ---------------------------------------------------------------------------------------------
 # The run folder
 # ---------------------------------------------------------------------------------------------
 def new_run_dir(config):
-    """A new folder OUTPUT_DIR/<dataset>/<model>/<timestamp> (relative OUTPUT_DIR: beside main.py)."""
+    """A new folder OUTPUT_DIR/<dataset>/<model>/<timestamp> (relative OUTPUT_DIR: beside main.py)
+    holding the run's config.json; when that cannot be written, the folder is removed again."""
     base = Path(config["output_dir"])
     base = base if base.is_absolute() else REPO / base
     parent = base / config["dataset"] / config["model"]
-    parent.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    for i in range(1000):  # never reuse a folder: a second run in the same second gets a suffix
-        path = parent / (stamp if i == 0 else f"{stamp}-{i}")
-        try:
-            path.mkdir()
+    created = [p for p in (parent, *parent.parents) if not p.exists()]  # removed again on a failure
+    try:
+        make_dir(parent)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        for i in range(1000):  # never reuse a folder: a second run in the same second gets a suffix
+            path = parent / (stamp if i == 0 else f"{stamp}-{i}")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            except OSError as error:
+                raise WriteError(path, *write_reason(error)) from None
+            try:
+                write_run_config(path, config)
+            except BaseException:
+                shutil.rmtree(path, ignore_errors=True)
+                raise
             return path
-        except FileExistsError:
-            continue
-    raise UserError(f"cannot create a new run folder under {parent}")
+        raise UserError(f"cannot create a new run folder under {parent}")
+    except BaseException:  # no empty folder is left behind
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty (another run), or not ours to remove
+        raise
 
 
 def read_run_config(run_dir):
@@ -64,17 +95,30 @@ def read_run_config(run_dir):
     if not path.is_file():
         raise UserError(f"{run_dir} is not a run folder (no config.json). Give a folder that main.py made, "
                         f"e.g. runs/<dataset>/<model>/<timestamp>.")
-    config = read_json(path, "Restore it from a copy, or run again in a new folder.")
+    what_to_do = "Restore it from a copy, or run again in a new folder."
+    config = read_json(path, what_to_do)
     if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
-        raise UserError(f"{path} holds no run settings. Restore it from a copy, or run again in a new folder.")
-    return {RENAMED_KEYS.get(key, key): value for key, value in config["config"].items()}
+        raise UserError(f"{path} holds no run settings. {what_to_do}")
+    config = {RENAMED_KEYS.get(key, key): value for key, value in config["config"].items()}
+    wrong = [f"{key} ({rule})" for key, (check, rule) in RUN_CONFIG_KEYS.items()
+             if key not in config or not check(config[key])]
+    if wrong:
+        raise UserError(f"{path} is damaged: its settings lack or garble {'; '.join(wrong)}. {what_to_do}")
+    return config
 
 
 def write_run_config(run_dir, config):
     """The run's config.json; a later run of the same folder (--resume, --run-dir) adds its
-    command, time and environment to the history instead of replacing the first one's."""
+    command, time and environment to the history instead of replacing the first one's. The
+    read-modify-write holds the folder's config lock: processes starting together each add theirs."""
+    with file_lock(Path(run_dir) / CONFIG_LOCK):
+        _write_run_config(run_dir, config)
+
+
+def _write_run_config(run_dir, config):
     path = Path(run_dir) / "config.json"
-    history = json.loads(path.read_text()).get("history", []) if path.is_file() else []
+    saved = read_json(path, "Restore it from a copy, or run again in a new folder.") if path.is_file() else {}
+    history = saved.get("history", []) if isinstance(saved, dict) else []
     entry = {"command": " ".join(sys.argv), "written": datetime.now().isoformat(), "environment": environment()}
     atomic_write_json(path, {"config": config, **entry, "history": [*history, entry]})
 
@@ -83,21 +127,24 @@ def open_run_dir(run_dir, config):
     """Use `run_dir` for this sweep: create it, or check that its settings match this config. Its
     config.json then plans the classes and seeds of both (the table shows them all)."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir} is a file, not a folder: give a new or empty folder, or a run folder.")
     # listed first, hidden names left out: array tasks starting together may find another task's
-    # config.json, or its temp file, appearing in a folder they saw empty
+    # config.json, or its temp or lock file, appearing in a folder they saw empty
     entries = [e for e in run_dir.iterdir() if not e.name.startswith(".")] if run_dir.is_dir() else []
-    if (run_dir / "config.json").is_file():
-        saved = read_run_config(run_dir)
-        differ = [k for k in config if k not in PLACEMENT_KEYS and saved.get(k) != config[k]]
-        if differ:
-            details = ", ".join(f"{k}: folder {saved.get(k)!r} vs now {config[k]!r}" for k in differ)
-            raise UserError(f"{run_dir} was made with other settings ({details}). Use a new folder, or "
-                            f"--resume {run_dir} to continue with its own settings.")
-        config = {**config, **{k: _union(saved.get(k), config[k]) for k in ("classes", "seeds")}}
-    elif entries:
+    if entries and not (run_dir / "config.json").is_file():
         raise UserError(f"{run_dir} exists and is not a run folder; give an empty or new folder.")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_config(run_dir, config)
+    make_dir(run_dir)
+    with file_lock(run_dir / CONFIG_LOCK):  # another process may be checking and writing it just now
+        if (run_dir / "config.json").is_file():
+            saved = read_run_config(run_dir)
+            differ = [k for k in config if k not in PLACEMENT_KEYS and saved.get(k) != config[k]]
+            if differ:
+                details = ", ".join(f"{k}: folder {saved.get(k)!r} vs now {config[k]!r}" for k in differ)
+                raise UserError(f"{run_dir} was made with other settings ({details}). Use a new folder, or "
+                                f"--resume {run_dir} to continue with its own settings.")
+            config = {**config, **{k: _union(saved.get(k), config[k]) for k in ("classes", "seeds")}}
+        _write_run_config(run_dir, config)
     return run_dir
 
 
@@ -111,9 +158,11 @@ def class_names_of(config):
     """The class names of a run's dataset (None when it is not prepared here)."""
     path = Path(config["data_dir"] or REPO / "datasets") / config["dataset"] / "processed" / "meta.json"
     try:
-        return json.loads(path.read_text())["classes"] if path.is_file() else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        classes = read_json(path, "") if path.is_file() else None
+    except UserError:
+        return None  # the table then names classes by index
+    classes = classes.get("classes") if isinstance(classes, dict) else None
+    return [str(c) for c in classes] if isinstance(classes, list) else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,6 +174,23 @@ def trial_dir(run_dir, c, s):
 
 def is_finished(folder):
     return (Path(folder) / "results.json").is_file()
+
+
+@contextmanager
+def trial_lock(folder):
+    """Hold the trial folder's lock (the folder is created) while the trial runs; yields False at
+    once, holding nothing, when another process holds it. Whoever holds it also removes the temp
+    files a process killed while writing left in the folder (a 4 MB .last.pt.*.tmp after kill -9),
+    when the trial starts and when it ends."""
+    folder = make_dir(folder)
+    with file_lock(folder / TRIAL_LOCK, blocking=False) as held:
+        if held:
+            remove_temp_files(folder)
+        try:
+            yield held
+        finally:
+            if held:
+                remove_temp_files(folder)
 
 
 def planned_trials(run_dir, config, n_classes=None):
@@ -207,15 +273,19 @@ def read_results(folder):
         # written before trials computed several scores: its one score is recon (or the detector's)
         name = results.get("model") if results.get("model") in CLASSICAL else "recon"
         results["metrics"] = {name: results["metrics"]}
-        threshold = results.pop("threshold", None) or {}
+        threshold = results.pop("threshold", None)
+        threshold = threshold if isinstance(threshold, dict) else {}
         results["thresholds"] = {name: threshold.get("value")}
         results["threshold_percentile"] = threshold.get("percentile_of_validation_scores")
         results.pop("scores", None), results.pop("targets", None)  # per-image lists: read_scores reads them
     if not (isinstance(results, dict) and isinstance(results.get("metrics"), dict) and results["metrics"]
             and all(isinstance(m, dict) and all(isinstance(m.get(k), (int, float)) for k in METRICS)
                     for m in results["metrics"].values())
+            and isinstance(results.get("thresholds"), dict)
+            and all(isinstance(results["thresholds"].get(name), (int, float, type(None)))
+                    for name in results["metrics"])
             and isinstance(results.get("class"), int) and isinstance(results.get("seed"), int)):
-        raise UserError(f"{path} is not a trial's results (metrics, class and seed missing or malformed). "
+        raise UserError(f"{path} is not a trial's results (metrics, thresholds, class or seed missing or malformed). "
                         f"{what_to_do}")
     return results
 

@@ -7,6 +7,7 @@ place every setting is checked) are errors that name the setting.
 """
 import argparse
 import math
+import os
 
 import torch
 
@@ -107,44 +108,60 @@ def _in(low, high, low_open=False, high_open=False):
     return check
 
 
+def _int_in(low, high=None):
+    """A check: an integer (not a bool, not a float) in low..high (None = unbounded)."""
+    def check(v):
+        return type(v) is int and v >= low and (high is None or v <= high)
+    return check
+
+
 def _each(check, allow_empty=True):
     return lambda values: isinstance(values, list) and (allow_empty or values) and all(check(v) for v in values)
 
 
+def _folder(optional):
+    return lambda v: (optional and v is None) or (isinstance(v, str) and v.strip() != "")
+
+
 SEED_LIMIT = 2 ** 32  # numpy's seeds are 32-bit
-RULES = {  # setting: (check, the rule in words). Every numeric setting is checked here, and only here.
-    "seeds": (lambda v: _each(_in(0, SEED_LIMIT, high_open=True), allow_empty=False)(v) and len(set(v)) == len(v)
-              and all(isinstance(s, int) for s in v), f"one or more distinct integers in 0..{SEED_LIMIT - 1}"),
-    "n_slots": (_each(_in(1, None)), "positive integers, one per memory stage"),
-    "top_k": (_each(_in(1, None)), "positive integers, one per memory stage"),
+THREAD_LIMIT = 1024  # torch.set_num_threads crashes the process far above any machine's core count
+RULES = {  # setting: (check, the rule in words). Every numeric setting is checked here, and only here
+    # (tests/test_settings.py checks that every setting of main.py with a number in it has a rule).
+    "seeds": (lambda v: _each(_int_in(0, SEED_LIMIT - 1), allow_empty=False)(v) and len(set(v)) == len(v),
+              f"one or more distinct integers in 0..{SEED_LIMIT - 1}"),
+    "n_slots": (_each(_int_in(1)), "positive integers, one per memory stage"),
+    "top_k": (_each(_int_in(1)), "positive integers, one per memory stage"),
     "forget_rate": (_each(_in(0, 1, high_open=True)), "numbers in [0, 1), one per memory stage"),
     "addressing_threshold": (_in(-1, 1), "a number in [-1, 1] (it is compared with cosine similarities)"),
-    "latent_dim": (_in(1, None), ">= 1"),
-    "channels": (_each(_in(1, None), allow_empty=False), "one or more positive integers"),
-    "memae_slots": (_in(1, None), ">= 1"),
+    "latent_dim": (_int_in(1), "an integer >= 1"),
+    "channels": (_each(_int_in(1), allow_empty=False), "one or more positive integers"),
+    "memae_slots": (_int_in(1), "an integer >= 1"),
     "memae_shrink_threshold": (lambda v: v is None or _in(0, 1, high_open=True)(v), "none or a number in [0, 1)"),
     "memae_entropy_weight": (_in(0, None), "a finite number >= 0"),
     "kl_weight": (_in(0, None), "a finite number >= 0"),
-    "epochs": (_in(1, None), ">= 1"),
-    "patience": (_in(1, None), ">= 1"),
-    "patience_steps": (_in(0, None), ">= 0"),
-    "min_steps": (_in(0, None), ">= 0"),
-    "batch_size": (_in(2, None), ">= 2"),
+    "epochs": (_int_in(1), "an integer >= 1"),
+    "patience": (_int_in(1), "an integer >= 1"),
+    "patience_steps": (_int_in(0), "an integer >= 0"),
+    "min_steps": (_int_in(0), "an integer >= 0"),
+    "batch_size": (_int_in(2), "an integer >= 2"),
     "lr": (_in(0, None, low_open=True), "a finite number > 0"),
     "weight_decay": (_in(0, None), "a finite number >= 0"),
     "val_fraction": (_in(0, 1, low_open=True, high_open=True), "in (0, 1)"),
     "threshold_percentile": (_in(0, 100, low_open=True, high_open=True), "in (0, 100)"),
-    "jobs": (_in(0, None), ">= 0 (0 = auto)"),
-    "threads": (_in(0, None), ">= 0 (0 = the cores split between the jobs)"),
-    "output_dir": (lambda v: isinstance(v, str) and v.strip() != "", "a folder (not empty)"),
+    "jobs": (_int_in(0, THREAD_LIMIT), f"an integer in 0..{THREAD_LIMIT} (0 = auto)"),
+    "threads": (_int_in(0, THREAD_LIMIT), f"an integer in 0..{THREAD_LIMIT} (0 = the cores split between the jobs)"),
+    "output_dir": (_folder(optional=False), "a folder (not empty)"),
+    "data_dir": (_folder(optional=True), "a folder (not empty), or none for datasets/"),
     "precision": (lambda v: v in ("fp32", "bf16"), "fp32 or bf16"),
+    "draw_figures": (lambda v: isinstance(v, bool), "true or false"),
+    "compile": (lambda v: isinstance(v, bool), "true or false"),
 }
 
 
 def validate(config):
     """Check every setting of a sweep that can be checked without the data; a UserError names the
     first one that is wrong and says what it may be."""
-    from models import PRESETS, ModelConfig, build_model
+    from models import PRESETS
     from tool.classical import CLASSICAL
     from tool.datasets import check_dataset_name
     from tool.protocol import PROTOCOLS
@@ -157,12 +174,45 @@ def validate(config):
     if config["classes"] is not None and not config["classes"]:
         raise UserError("--classes needs at least one class (or 'none' for all)")
     check_ranges(config)
+    from tool.evaluation import SCORES
+
+    if config["score"] not in SCORES and config["score"] not in CLASSICAL:
+        raise UserError(f"--score (SCORE) '{config['score']}' is not a score: valid are {', '.join(SCORES)} "
+                        f"(a classical detector shows its own: {', '.join(CLASSICAL)})")
     resolve_device(config["device"])
-    if config["model"] in PRESETS:  # the memory's settings together (lengths, top_k against the slots)
-        try:
-            build_model(config["model"], (1, 28, 28), ModelConfig.from_settings(config))
-        except ValueError as error:
-            raise UserError(str(error)) from None
+    check_model_size(config, (1, 28, 28), memory=False)  # the memory's settings together (lengths, top_k vs slots)
+
+
+MODEL_MEMORY_SHARE = 0.5  # a model whose training state needs more than this share of the machine's memory is refused
+
+
+def check_model_size(config, shape, memory=True):
+    """Build the model for images of `shape` on the meta device (no memory is allocated): its
+    settings must fit together, and (memory=True) its weights, gradients and Adam's two moments
+    (16 bytes a parameter) must fit in MODEL_MEMORY_SHARE of this machine's memory."""
+    from models import PRESETS, ModelConfig, build_model
+
+    if config["model"] not in PRESETS:
+        return
+    try:
+        with torch.device("meta"):
+            model = build_model(config["model"], tuple(shape), ModelConfig.from_settings(config))
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    n = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+    memory = _machine_memory() if memory else None
+    if memory and 16 * n > MODEL_MEMORY_SHARE * memory:
+        raise UserError(f"the {config['model']} model for {' x '.join(map(str, shape))} images would have {n:,} "
+                        f"parameters ({16 * n / 2**30:.1f} GiB to train), more than this machine's memory allows "
+                        f"({memory / 2**30:.1f} GiB): lower --latent-dim, --n-slots, --memae-slots or --channels.")
+
+
+def _machine_memory():
+    """Bytes of physical memory (None when the system does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def check_ranges(config, keys=None):
