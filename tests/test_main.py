@@ -118,7 +118,7 @@ def test_eval_only_adds_the_scores_an_older_trial_lacks(data_dir, tmp_path, caps
 # nothing half-written, no empty folder (tests/faults.py makes the faults: the tests run as root)
 # ---------------------------------------------------------------------------------------------
 def sweep(data_dir, *args):
-    return ["main.py", "--data-dir", data_dir, "--epochs", "1", "--classes", "0", "--seeds", "0", "--jobs", "1",
+    return ["main.py", "--data-dir", data_dir, "--epochs", "1", "--min-steps", "0", "--classes", "0", "--seeds", "0", "--jobs", "1",
             "--draw-figures", "false", *args]
 
 

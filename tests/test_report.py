@@ -99,3 +99,12 @@ def test_export_on_a_full_disk_is_one_error_and_leaves_nothing(finished_run, tmp
     assert str(error.value) == (f"cannot export to {target} (no space left on the device): free some space or "
                                 f"choose another folder; nothing was written there.")
     assert not target.exists() and leftovers(tmp_path) == []
+
+
+def test_score_all_prints_a_table_per_score_and_writes_nothing(finished_run, capsys):
+    before = {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()}
+    tables = report.run_table(finished_run, write=False, score="all")
+    titles = [line for line in capsys.readouterr().out.splitlines() if line.startswith("digits / cascade")]
+    assert [t.split("score ")[1].split(":")[0] for t in titles] == ["recon", "latent-knn", "memory", "fused"]
+    assert len(tables) == 4 and tables[0][1] != tables[3][1]  # each score's own rows
+    assert {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()} == before

@@ -113,7 +113,7 @@ def test_a_trial_another_process_holds_is_skipped(data_dir, tmp_path):
     run_main(data_dir, tmp_path, "--classes", "1", "--seeds", "0", "--epochs", "1", "--run-dir", str(shared))
     with file_lock(shared / "class0_seed0" / ".lock") as held:  # another process is running class 0, seed 0
         assert held
-        done = command("main.py", "--data-dir", data_dir, "--epochs", "1", "--classes", "0", "1", "--seeds", "0",
+        done = command("main.py", "--data-dir", data_dir, "--epochs", "1", "--min-steps", "0", "--classes", "0", "1", "--seeds", "0",
                        "--jobs", "1", "--draw-figures", "false", "--run-dir", shared)
     assert done.returncode == 0, done.stderr
     assert "1 trial(s) to run, 1 already finished" in done.stdout
@@ -126,7 +126,7 @@ def test_a_second_process_on_a_running_trial_skips_it_and_both_are_in_the_histor
     """Issue 12: two processes on one new --run-dir both ran the same trial, and config.json's
     history kept one of them. The second starts here once the first is training."""
     shared = tmp_path / "shared"
-    args = ["main.py", "--data-dir", data_dir, "--epochs", "20", "--patience", "20", "--batch-size", "16",
+    args = ["main.py", "--data-dir", data_dir, "--epochs", "20", "--min-steps", "0", "--patience", "20", "--batch-size", "16",
             "--classes", "0", "--seeds", "0", "--draw-figures", "false", "--jobs", "1", "--run-dir", shared]
     first = subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, env=ENV, text=True, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE)

@@ -138,11 +138,14 @@ def table_csv(results, classes, class_names, seeds, score="recon"):
 def run_table(run_dir, results=None, decimals=2, write=True, score=None):
     """Print the run's table of SCORE `score` (None: the run's own), built by key from its results;
     write table.md / table.csv beside it (and roc_all.png when the run draws figures). Returns
-    (header, rows)."""
+    (header, rows). SCORE "all": a table per score the trials hold, printed only."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     score = score or config.get("score", "recon")
     results = load_results(run_dir) if results is None else results
+    if score == "all":
+        names = dict.fromkeys(name for r in results.values() for name in r["metrics"])
+        return [run_table(run_dir, results, decimals, False, name) for name in names or [config.get("score", "recon")]]
     class_names = class_names_of(config)
     classes, seeds = planned_trials(run_dir, config, len(class_names) if class_names else None)
     class_names = class_names or [str(c) for c in range(max(classes, default=-1) + 1)]
