@@ -34,6 +34,8 @@ def measure(tree, preset, precision, data_dir, workdir, epochs):
     """(seconds of one steady epoch, overhead seconds of a trial): the mean over the two trials."""
     out = Path(tempfile.mkdtemp(dir=workdir))
     extra = [] if precision is None else ["--precision", precision]
+    if "MIN_STEPS" in (Path(tree) / "main.py").read_text():  # 2 epochs stay 2 (a real sweep's 20 exceed MIN_STEPS)
+        extra += ["--min-steps", "0"]
     command = [sys.executable, "main.py", "--dataset", "fmnist", "--model", preset, "--classes", "0", "1",
                "--seeds", "0", "--epochs", str(epochs), "--jobs", "2", "--threads", "1", "--draw-figures", "false",
                "--output-dir", str(out), "--data-dir", str(data_dir), *extra]
