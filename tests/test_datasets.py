@@ -71,6 +71,14 @@ def test_preparing_again_on_a_full_disk_keeps_the_old_dataset(tmp_path):
     assert leftovers(tmp_path) == [] and sorted(p.name for p in (tmp_path / "digits").iterdir()) == ["processed"]
 
 
+def test_preparing_for_the_first_time_on_a_full_disk_leaves_no_empty_folder(tmp_path):
+    """Issue 12 (4): a failed first preparation left the empty folders it made (datasets/digits/)."""
+    data_dir = tmp_path / "new" / "datasets"
+    done = command("preprocess.py", "--dataset", "digits", "--data-dir", data_dir, fault="full-disk", root=tmp_path)
+    one_error(done, f"cannot write {processed_dir('digits', data_dir)} (no space left on the device)")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_preparing_again_replaces_the_whole_folder(tmp_path, make_prepared):
     name = make_prepared(tmp_path, n_train_per_class=3)
     (processed_dir(name, tmp_path) / "stale.pt").write_bytes(b"from an older version")

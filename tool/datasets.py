@@ -119,8 +119,10 @@ def make_meta(name, title, classes, splits, sources, **extra):
 def write_processed(name, splits, meta, root=None):
     """Write train.pt, test.pt and meta.json (last: it marks completion) into a hidden staging
     folder beside processed/, then put it in processed/'s place: a failure (a full disk) removes
-    the staging folder and leaves a dataset prepared before exactly as it was."""
+    the staging folder and the folders it created, and leaves a dataset prepared before exactly as
+    it was."""
     folder = processed_dir(name, root)
+    created = [p for p in (folder.parent, *folder.parent.parents) if not p.exists()]  # removed again on a failure
     staging = None
     try:
         make_dir(folder.parent)
@@ -136,6 +138,12 @@ def write_processed(name, splits, meta, root=None):
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+        if not folder.exists():  # a failure: no empty folder is left behind
+            for parent in created:
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break  # not empty (another dataset), or not ours to remove
 
 
 def _swap_in(staging, folder):
