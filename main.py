@@ -146,7 +146,9 @@ def fit(config, model, split, seed, folder, device, log_every=1):
     come from its normal validation images (the test images never reach training)."""
     from tensorboardX import SummaryWriter
 
-    with SummaryWriter(str(folder / "tb")) as writer:
+    # resuming, train_model logs the checkpoint's epochs again: purge_step=1 hides what killed processes logged
+    resumed = (folder / "last.pt").exists()
+    with SummaryWriter(str(folder / "tb"), purge_step=1 if resumed else None) as writer:
         result = train_model(model, scale_images(split.train, device), scale_images(split.val, device),
                              TrainConfig.from_settings(config), folder / "last.pt", seed, writer,
                              desc=f"class {split.target_class} seed {seed}", log_every=log_every)

@@ -1,4 +1,6 @@
 """Tests of tool/train.py: the lean loop against a plain PyTorch loop, resuming mid-run, a diverging loss."""
+import struct
+
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -121,6 +123,59 @@ def test_resume_after_an_interrupted_epoch_ends_like_an_uninterrupted_run(data_d
     assert resumed["test_scores"] == whole["test_scores"]
     assert resumed["metrics"] == whole["metrics"]
     assert [h["val_loss"] for h in resumed["history"]] == [h["val_loss"] for h in whole["history"]]
+
+
+def event_records(path):
+    """[(the record's bytes, its Event)] of a TensorBoard event file (TFRecord framing: length,
+    its CRC, data, its CRC)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    data, at, records = path.read_bytes(), 0, []
+    while at + 12 <= len(data):
+        size = struct.unpack("<Q", data[at:at + 8])[0]
+        records.append((data[at:at + 12 + size + 4], Event.FromString(data[at + 12:at + 12 + size])))
+        at += 12 + size + 4
+    return records
+
+
+def logged_epochs(tb):
+    """The epochs of loss/train TensorBoard shows from the event files in `tb`: a session start at
+    step s (SummaryWriter's purge_step) hides what earlier files and events logged at steps >= s."""
+    from tensorboardX.proto.event_pb2 import SessionLog
+
+    steps = []
+    for path in sorted(tb.glob("events.out.tfevents.*")):
+        for _, event in event_records(path):
+            if event.session_log.status == SessionLog.START:
+                steps = [s for s in steps if s < event.step]
+            steps += [event.step for v in event.summary.value if v.tag == "loss/train"]
+    return steps
+
+
+def test_after_a_kill_and_resume_the_logs_hold_every_epoch_once(data_dir, tmp_path, monkeypatch):
+    """Issue 12 (15): tensorboardX writes events from a queue, so a process killed just after a
+    checkpoint may lose that epoch's log lines; the resumed trial logs the checkpoint's epochs again."""
+    args = ["--classes", "5", "--seeds", "0", "--epochs", "5", "--patience", "5"]
+    real_evaluate, calls = train.validation_pass, []
+
+    def interrupt_in_epoch_4(*a, **k):
+        calls.append(1)
+        if len(calls) == 4:  # epochs 1-3 checkpointed and logged
+            raise KeyboardInterrupt
+        return real_evaluate(*a, **k)
+
+    monkeypatch.setattr(train, "validation_pass", interrupt_in_epoch_4)
+    with pytest.raises(KeyboardInterrupt):
+        run_main(data_dir, tmp_path, *args)
+    monkeypatch.setattr(train, "validation_pass", real_evaluate)
+    run_dir, = tmp_path.glob("digits/cascade/*")
+    tb = run_dir / "class5_seed0" / "tb"
+    events, = tb.glob("events.out.tfevents.*")
+    assert logged_epochs(tb) == [1, 2, 3]
+    # as after kill -9 right after the checkpoint of epoch 3: its lines never reached the file
+    events.write_bytes(b"".join(raw for raw, event in event_records(events) if event.step != 3))
+    main.run(["--resume", str(run_dir)])
+    assert logged_epochs(tb) == [1, 2, 3, 4, 5]
 
 
 def test_nan_loss_stops_with_the_epoch_named(tmp_path):

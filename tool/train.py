@@ -190,6 +190,9 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
             shuffle.set_state(ckpt["shuffle"])
             set_rng_state(ckpt["rng"])
             state = ckpt["state"]
+            if writer is not None:  # a killed process's logs may lack its last epochs: log them all again
+                for entry in state["history"]:
+                    _log_epoch(writer, entry, optimizer.param_groups[0]["lr"])
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
             raise UserError(f"{checkpoint_path} does not fit this model and settings "
                             f"({type(error).__name__}). Delete it to train this trial from its start.") from None
@@ -232,13 +235,8 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
         state["history"].append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                                  "memory": memory, "seconds": seconds})
         if writer is not None:
-            writer.add_scalar("loss/train", train_loss, epoch)
-            writer.add_scalar("loss/validation", val_loss, epoch)
-            writer.add_scalar("lr", optimizer.param_groups[0]["lr"], epoch)
-            for i, stage in enumerate(memory):
-                writer.add_scalar(f"memory/stage{i + 1}/slots_used", stage["slots_used"], epoch)
-                writer.add_scalar(f"memory/stage{i + 1}/entropy", stage["entropy"], epoch)
-            writer.flush()  # on disk with the checkpoint: a killed run keeps the epochs it logged
+            _log_epoch(writer, state["history"][-1], optimizer.param_groups[0]["lr"])
+            writer.flush()  # what tensorboardX's thread has written so far; a resume logs every epoch again
         atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                            "shuffle": shuffle.get_state(), "rng": rng_state(), "state": state}, checkpoint_path)
         bar.update(1)
@@ -255,6 +253,16 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
     model.to(memory_format=torch.contiguous_format).eval()
     return TrainResult(state["epoch"], state["best_epoch"], state["best_val"],
                        stopped_early or _patience_spent(state, config), state["seconds"], state["history"])
+
+
+def _log_epoch(writer, entry, lr):
+    """An epoch of the history to tensorboard: its losses, the learning rate, each stage's memory use."""
+    writer.add_scalar("loss/train", entry["train_loss"], entry["epoch"])
+    writer.add_scalar("loss/validation", entry["val_loss"], entry["epoch"])
+    writer.add_scalar("lr", lr, entry["epoch"])
+    for i, stage in enumerate(entry["memory"]):
+        writer.add_scalar(f"memory/stage{i + 1}/slots_used", stage["slots_used"], entry["epoch"])
+        writer.add_scalar(f"memory/stage{i + 1}/entropy", stage["entropy"], entry["epoch"])
 
 
 def _kept(state, checkpoint_path):
