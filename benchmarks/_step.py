@@ -4,6 +4,8 @@ a fresh process; throughput.py --against runs it for an old revision and for thi
     python benchmarks/_step.py --code DIR --preset cascade --images 10240 --threads 1 [--precision bf16]
 
 Prints one JSON line: {"train_img_per_s": the faster of two timed passes after a warm-up}.
+--profile N: then also print, to stderr, torch.profiler's table of the N operators that took the
+most CPU time themselves in one more pass (where a training step's time goes).
 """
 import argparse
 import json
@@ -21,6 +23,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the N costliest operators")
     args = parser.parse_args()
     sys.path.insert(0, args.code)
 
@@ -56,6 +59,10 @@ def main():
         float(train.train_epoch(model, optimizer, images, part, args.batch_size, **precision))
         seconds.append(time.perf_counter() - started)
     print(json.dumps({"train_img_per_s": args.images / min(seconds[1:])}))
+    if args.profile:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+            float(train.train_epoch(model, optimizer, images, order, args.batch_size, **precision))
+        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -215,7 +215,8 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
         train_loss = float(loss_sum) / n  # the one host synchronisation of the epoch
         if not np.isfinite(train_loss):
             raise TrainingDiverged(f"{desc}: the training loss became {train_loss} in epoch {epoch}. "
-                                   f"{_kept(state, checkpoint_path)} Try a lower learning rate.")
+                                   f"{_kept(state, checkpoint_path)} Try a lower learning rate (--lr), or smaller "
+                                   f"loss weights (--kl-weight, --memae-entropy-weight).")
         with autocast(config.precision, device):
             val_loss, usage = validation_pass(model, val_images)
         memory = [{"slots_used": float((u["hits"] > 0).float().mean()), "entropy": u["entropy"]} for u in usage]
