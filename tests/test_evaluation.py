@@ -98,6 +98,7 @@ def test_every_network_gets_every_score_that_applies(preset, names):
     train, val, test = (torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8) for n in (50, 20, 30))
     bank = evaluation.latent_bank(model, train, seed=0, size=40)
     assert bank.shape == (40, 128) and torch.equal(bank, evaluation.latent_bank(model, train, seed=0, size=40))
+    assert bank.dtype == torch.float32 and torch.equal(bank, bank.half().float())  # what bank.pt stores, exactly
     scores, stats = evaluation.network_scores(model, scale_images(val), scale_images(test), bank)
     assert set(scores) == names and set(stats) == names - {"fused"}
     for name, (val_scores, test_scores) in scores.items():

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 import main
 import score
@@ -169,3 +170,9 @@ def test_the_command_history_keeps_every_writer(tmp_path, monkeypatch):
     for thread in threads:
         thread.join()
     assert len(json.loads((tmp_path / "config.json").read_text())["history"]) == 7
+
+
+def test_the_bank_is_kept_in_float16_and_read_back_as_float32(finished_run):
+    saved = torch.load(finished_run / "class0_seed0" / "bank.pt", weights_only=True)["bank"]
+    bank = runs.trial_bank(finished_run / "class0_seed0")
+    assert saved.dtype == torch.float16 and bank.dtype == torch.float32 and torch.equal(bank, saved.float())

@@ -15,7 +15,7 @@ SCORES = {  # every score a trained network gets (a classical detector has one: 
     "memory": "1 - mean cosine similarity of each memory stage's input to the slots it chose, summed over stages",
     "fused": "the other scores, each standardised by its mean and spread on the normal validation images, summed",
 }
-LATENT_KNN = {"k": 5, "bank": 4096}  # neighbours, and the normal training codes kept to compare with
+LATENT_KNN = {"k": 5, "bank": 16384}  # neighbours, and the normal training codes kept (fmnist-tune, results/tuning.md)
 METRICS = {  # key in results.json -> column title
     "auroc": "AUROC",
     "auprc": "AUPRC",
@@ -69,10 +69,12 @@ def network_outputs(model, images, batch_size=None):
 
 def latent_bank(model, train_images, seed, device="cpu", size=None):
     """The normal training codes latent-knn compares with: the codes of `size` (LATENT_KNN) of the
-    uint8 `train_images` drawn with `seed` (all of them when there are fewer), float32, CPU."""
+    uint8 `train_images` drawn with `seed` (all of them when there are fewer), rounded to float16
+    (as bank.pt stores them), as float32 on the CPU."""
     size = LATENT_KNN["bank"] if size is None else size
     chosen = torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(len(train_images))[:size]))
-    return network_outputs(model, scale_images(train_images[chosen], device))["code"]
+    codes = network_outputs(model, scale_images(train_images[chosen], device))["code"]
+    return codes.half().float()  # bank.pt keeps float16 (4 MB at 16,384 codes); scores use exactly those values
 
 
 def knn_distance(codes, bank, k=None):

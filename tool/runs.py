@@ -224,7 +224,7 @@ def write_checkpoint(folder, model, preset, input_shape, best_epoch):
 
 def write_scoring(folder, bank):
     """bank.pt: the normal training codes latent-knn compares new images with (score.py)."""
-    atomic_torch_save({"bank": bank.contiguous()}, Path(folder) / "bank.pt")
+    atomic_torch_save({"bank": bank.half().contiguous()}, Path(folder) / "bank.pt")  # exact: latent_bank rounds
 
 
 def trial_bank(folder, device="cpu"):
