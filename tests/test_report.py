@@ -108,3 +108,15 @@ def test_score_all_prints_a_table_per_score_and_writes_nothing(finished_run, cap
     assert [t.split("score ")[1].split(":")[0] for t in titles] == ["recon", "latent-knn", "memory", "fused"]
     assert len(tables) == 4 and tables[0][1] != tables[3][1]  # each score's own rows
     assert {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()} == before
+
+
+def test_a_setting_an_older_run_lacks_counts_as_its_value_before_it_existed(finished_run, tmp_path):
+    import json
+
+    old, new = copy_run(finished_run, tmp_path / "a"), copy_run(finished_run, tmp_path / "b")
+    for run_dir, edit in ((old, lambda c: c.pop("min_steps")), (new, lambda c: c.update(min_steps=2000))):
+        saved = json.loads((run_dir / "config.json").read_text())
+        edit(saved["config"])
+        (run_dir / "config.json").write_text(json.dumps(saved))
+    labels = report.find_runs(tmp_path)[("digits", "one-anomalous-class")]
+    assert labels == {"cascade min_steps=0": old, "cascade min_steps=2000": new}

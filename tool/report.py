@@ -192,9 +192,10 @@ def find_runs(root):
     for key, models in groups.items():
         runs[key] = {}
         for model, run_dirs in models.items():
-            settings = [{k: v for k, v in configs[d].items() if k not in (*PLACEMENT_KEYS, "threads")}
+            settings = [{k: v for k, v in configs[d].items() if k not in (*PLACEMENT_KEYS, "threads", "classical")}  # classical: descriptions
                         for d in run_dirs]
-            varying = [k for k in settings[0] if any(s.get(k) != settings[0].get(k) for s in settings)]
+            keys = dict.fromkeys(k for s in settings for k in s)
+            varying = [k for k in keys if any(s.get(k) != settings[0].get(k) for s in settings)]
             for run_dir, setting in zip(run_dirs, settings):
                 label = model + "".join(f" {k}={_text(setting.get(k))}" for k in varying)
                 runs[key][label] = run_dir

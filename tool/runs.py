@@ -40,6 +40,8 @@ from tool.io import (REPO, WriteError, atomic_torch_save, atomic_write_bytes, at
 # Settings that do not change what a trial computes: they may differ between runs of one folder.
 PLACEMENT_KEYS = ("classes", "seeds", "jobs", "device", "output_dir", "data_dir", "draw_figures", "score")
 RENAMED_KEYS = {"threshold": "addressing_threshold"}  # run configs written before a setting was renamed
+ADDED_KEYS = {"patience_steps": 0, "min_steps": 0, "precision": "fp32", "compile": False}  # settings added
+# later, with the value that runs made before them had
 RUN_CONFIG_KEYS = {  # what every reader of a run's config.json needs: key -> (check, what it must be)
     "dataset": (lambda v: isinstance(v, str) and v != "", "a dataset name"),
     "model": (lambda v: isinstance(v, str) and v != "", "a preset name"),
@@ -99,7 +101,7 @@ def read_run_config(run_dir):
     config = read_json(path, what_to_do)
     if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
         raise UserError(f"{path} holds no run settings. {what_to_do}")
-    config = {RENAMED_KEYS.get(key, key): value for key, value in config["config"].items()}
+    config = {**ADDED_KEYS, **{RENAMED_KEYS.get(key, key): value for key, value in config["config"].items()}}
     wrong = [f"{key} ({rule})" for key, (check, rule) in RUN_CONFIG_KEYS.items()
              if key not in config or not check(config[key])]
     if wrong:
