@@ -287,6 +287,6 @@ def _uncompile(model):
 
 def _patience_spent(state, config):
     """Early stopping: PATIENCE epochs and PATIENCE_STEPS optimiser steps without a lower
-    validation loss. Counting steps too keeps a small dataset (digits: 5 batches an epoch) from
+    validation loss. Counting steps too keeps a small dataset (digits: 4 batches an epoch) from
     stopping after a few dozen steps, while on a large one (Fashion-MNIST: 190) epochs decide."""
     return state["bad_epochs"] >= config.patience and state.get("bad_steps", 0) >= config.patience_steps
