@@ -44,6 +44,7 @@ BATCH_SIZE = 256  # (released code: 256)
 LR = 1e-3  # Adam learning rate (released code: 1e-3)
 WEIGHT_DECAY = 0.0  # Adam weight decay (released code: none)
 PRECISION = "fp32"  # fp32 | bf16: bfloat16 autocast for training, faster on a CPU with AVX-512 bf16 and on GPUs (README, Speed)
+CHECKPOINT_SECONDS = 60  # last.pt after the first epoch, then at most every this many seconds (0: every epoch)
 COMPILE = False  # torch.compile the encoder and decoder for training (on a CPU it costs more than it saves; see README, Speed)
 VAL_FRACTION = 0.1  # share of the normal training images held out for validation (paper: 10%)
 THRESHOLD_PERCENTILE = 95.0  # decision threshold = this percentile of the validation scores (for F1 @ val.)
@@ -75,9 +76,9 @@ from tool.leakage import run_leakage  # noqa: E402
 from tool.parallel import run_trials, trial_threads  # noqa: E402
 from tool.prepare import ensure_prepared  # noqa: E402
 from tool.protocol import check_trials, make_split  # noqa: E402
-from tool.runs import (is_finished, load_trial_model, new_run_dir, open_run_dir, read_results,  # noqa: E402
-                       read_run_config, trial_dir, trial_lock, write_checkpoint, write_results,
-                       write_scoring, write_trial_config)
+from tool.results import read_results, write_results  # noqa: E402
+from tool.runs import (is_finished, load_trial_model, new_run_dir, open_run_dir, read_run_config,  # noqa: E402
+                       trial_dir, trial_lock, write_checkpoint, write_scoring, write_trial_config)
 from tool.settings import check_model_size, describe, make_parser, overrides_from, resolve_device, validate  # noqa: E402
 from tool.train import TrainConfig, seed_everything, train_model  # noqa: E402
 

@@ -33,7 +33,8 @@ from tool.errors import UserError, cli
 from tool.evaluation import fused, image_scores
 from tool.folder import INTERPOLATION, INTERPOLATIONS, list_images, read_image, shown, to_chw
 from tool.io import atomic_write_bytes
-from tool.runs import load_trial_model, read_results, trial_bank
+from tool.results import read_results
+from tool.runs import load_trial_model, trial_bank
 
 
 def parse_args(argv=None):

@@ -37,11 +37,12 @@ def model_config(**overrides):
 
 
 def train_config(**overrides):
-    """main.py's training settings, with `overrides` (MIN_STEPS 0 unless given)."""
+    """main.py's training settings, with `overrides` (MIN_STEPS 0 and CHECKPOINT_SECONDS 0, a
+    checkpoint every epoch, unless given)."""
     from main import DEFAULTS
     from tool.train import TrainConfig
 
-    return TrainConfig.from_settings(DEFAULTS, **{"min_steps": 0, **overrides})  # exactly the epochs asked for
+    return TrainConfig.from_settings(DEFAULTS, **{"min_steps": 0, "checkpoint_seconds": 0, **overrides})
 
 
 @pytest.fixture
@@ -100,9 +101,10 @@ def files_in(folder):
 # Running main.py in this process
 # ---------------------------------------------------------------------------------------------
 def run_main(data_dir, out, *args):
-    """main.run with the test's data and output folders; returns the run folder."""
+    """main.run with the test's data and output folders; returns the run folder. The epochs a test
+    asks for (MIN_STEPS 0), and last.pt after every one of them (CHECKPOINT_SECONDS 0)."""
     return Path(main.run(["--data-dir", str(data_dir), "--output-dir", str(out), "--draw-figures", "false",
-                          "--jobs", "1", "--min-steps", "0", *args]))  # exactly the epochs a test asks for
+                          "--jobs", "1", "--min-steps", "0", "--checkpoint-seconds", "0", *args]))
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +121,7 @@ def copy_run(run_dir, tmp_path):
 def results_of(run_dir):
     """{trial folder name: its results, with "test_scores" {score: list} and "targets" (list) from
     scores.npz} of every finished trial of `run_dir`."""
-    from tool.runs import read_results, read_scores
+    from tool.results import read_results, read_scores
 
     found = {}
     for path in sorted(Path(run_dir).glob("*/results.json")):

@@ -1,5 +1,5 @@
 """Tests of tool/runs.py: run folders (new, shared, refused when not a run), finished trials skipped on resume,
-damaged results.json and config.json, stale temp files, locks for processes sharing a folder."""
+a damaged config.json, stale temp files, locks for processes sharing a folder, the trial's bank."""
 import json
 import subprocess
 import sys
@@ -10,8 +10,7 @@ import pytest
 import torch
 
 import main
-import score
-from conftest import ENV, command, copy_run, files_in, one_error, results_of, run_main
+from conftest import ENV, command, copy_run, one_error, results_of, run_main
 from tool import report, runs
 from tool.errors import UserError
 from tool.io import REPO, file_lock
@@ -49,38 +48,8 @@ def test_folder_that_is_not_a_run_is_refused(tmp_path, action):
 
 
 # ---------------------------------------------------------------------------------------------
-# A damaged results.json or run config.json: every command that reads it gives one clear error
+# A damaged run config.json: one clear error (a damaged results.json: tests/test_results.py)
 # ---------------------------------------------------------------------------------------------
-DAMAGES = {"truncated": lambda text: text[:100], "a list": lambda text: "[]",
-           "no metrics": lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "metrics"})}
-READERS = ["--table", "--eval-only", "--resume", "--figures", "--export", "--compare", "score.py"]
-
-
-@pytest.mark.parametrize("damage", DAMAGES)
-@pytest.mark.parametrize("reader", READERS)
-def test_a_damaged_results_json_is_one_clear_error_for_every_reader(finished_run, tmp_path, reader, damage):
-    run_dir = copy_run(finished_run, tmp_path / "runs")
-    results = run_dir / "class0_seed0" / "results.json"
-    results.write_text(DAMAGES[damage](results.read_text()))
-    before = files_in(tmp_path)
-    with pytest.raises(UserError) as error:
-        if reader == "score.py":
-            score.run(["--checkpoint", str(run_dir / "class0_seed0"), str(tmp_path), "--device", "cpu"])
-        elif reader == "--export":
-            report.export(run_dir, tmp_path / "results")  # main.py --export, into tmp_path
-        else:
-            main.run([reader, str(run_dir)])
-    assert str(error.value).startswith(f"{results} ")
-    assert "Delete it and run the trial again" in str(error.value)
-    assert files_in(tmp_path) == before  # nothing written, nothing half-written
-
-
-def test_a_damaged_results_json_on_the_command_line(finished_run, tmp_path):
-    run_dir = copy_run(finished_run, tmp_path)
-    (run_dir / "class0_seed0" / "results.json").write_text("[]")
-    one_error(command("main.py", "--table", run_dir), "results.json is not a trial's results")
-
-
 def test_compare_over_a_corrupt_run_config_and_table_over_an_empty_one(finished_run, tmp_path):
     run_dir = copy_run(finished_run, tmp_path)
     config = run_dir / "config.json"

@@ -15,7 +15,7 @@ import score
 from conftest import ENV, NAME, command, one_error
 from tool.errors import UserError
 from tool.io import REPO
-from tool.runs import read_results, read_scores
+from tool.results import read_results, read_scores
 
 
 def score_run(unit, *args):

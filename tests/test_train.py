@@ -246,3 +246,26 @@ def test_nan_loss_in_the_first_epoch_claims_no_checkpoint(tmp_path):
         train.train_model(NaNAtOnce(), x, x[:8], train_config(epochs=5, patience=5, batch_size=16), checkpoint, 0)
     assert "in epoch 1. No epoch finished, so no checkpoint was kept." in str(error.value)
     assert "epoch 0" not in str(error.value) and not checkpoint.exists()
+
+
+def test_checkpoint_seconds_spares_the_writes_of_short_epochs_and_resume_stays_exact(tmp_path):
+    """CHECKPOINT_SECONDS: last.pt after epoch 1, then only once that many seconds have passed;
+    a resume from the older checkpoint replays the epochs after it exactly."""
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            recon = self.layer(x.flatten(1)).view_as(x)
+            return {"recon": recon, "loss": (recon - x).pow(2).mean(), "memory": []}
+
+    torch.manual_seed(0)
+    x = torch.randn(40, 1, 2, 2)
+    config = train_config(epochs=4, patience=100, batch_size=16, checkpoint_seconds=1e9)
+    done = train_model(Tiny(), x, x[:8], config, tmp_path / "last.pt", generator_seed=0, log_every=None)
+    checkpoint = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert done.epochs_trained == 4 and checkpoint["state"]["epoch"] == 1
+    again = train_model(Tiny(), x, x[:8], config, tmp_path / "last.pt", generator_seed=0, log_every=None)
+    losses = [h["train_loss"] for h in done.history]
+    assert [h["train_loss"] for h in again.history] == losses and len(set(losses)) == 4  # replayed, bit for bit

@@ -29,7 +29,8 @@ from tool.errors import UserError
 from tool.evaluation import SCORES, reconstruct
 from tool.io import atomic_write_bytes
 from tool.protocol import make_split
-from tool.runs import load_results, load_trial_model, read_run_config, read_scores, score_name
+from tool.results import load_results, read_scores, score_name
+from tool.runs import load_trial_model, read_run_config
 from tool.train import validation_pass
 
 N_EXTREMES = 6  # images per group in reconstructions.png

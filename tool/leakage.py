@@ -28,7 +28,8 @@ from tool.datasets import load_dataset, scale_images
 from tool.errors import UserError
 from tool.evaluation import network_outputs
 from tool.io import atomic_write_json
-from tool.runs import load_results, load_trial_model, read_run_config
+from tool.results import load_results
+from tool.runs import load_trial_model, read_run_config
 
 LEAKAGE_PER_CLASS = 500
 LEAKAGE_K = 10

@@ -20,7 +20,8 @@ from tool.errors import UserError
 from tool.evaluation import METRICS, SCORES
 from tool.io import REPO, WriteError, atomic_write_bytes, atomic_write_text, make_dir, write_reason
 from tool.leakage import read_leakage
-from tool.runs import PLACEMENT_KEYS, class_names_of, load_results, planned_trials, read_run_config, score_name
+from tool.results import load_results, score_name
+from tool.runs import PLACEMENT_KEYS, class_names_of, planned_trials, read_run_config
 
 # Published mean AUROC / AUPRC / best F1 in %, one anomalous class, from the authors' public
 # rebuttal of an earlier version of the method (WWW 2024); see docs/method.md.

@@ -10,7 +10,8 @@
                                     last: its presence marks the trial finished)
             best.pt                 the weights with the lowest validation loss
             bank.pt                 the normal training codes latent-knn compares with
-            last.pt                 the end-of-epoch checkpoint (deleted once the trial finishes)
+            last.pt                 the checkpoint to resume from (epoch 1, then every CHECKPOINT_SECONDS;
+                                    deleted once the trial finishes)
             tb/                     tensorboardX logs
 
 Trials are independent: any subset can run anywhere (--classes C --seeds S --run-dir DIR), and a
@@ -18,27 +19,22 @@ folder's finished trials are skipped when it is run again. Processes sharing a f
 .config.lock around every read-modify-write of its config.json (the command history), and each
 trial's .lock while it runs, so that a trial runs in one process at a time (tool.io.file_lock).
 """
-import io
-import json
 import shutil
 import sys
-import zipfile
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from models import ModelConfig, build_model
-from tool.classical import CLASSICAL
 from tool.errors import UserError
-from tool.evaluation import METRICS
-from tool.io import (REPO, WriteError, atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text,
-                     environment, file_lock, load_checkpoint, make_dir, read_json, remove_temp_files, write_reason)
+from tool.io import (REPO, WriteError, atomic_torch_save, atomic_write_json, environment, file_lock, load_checkpoint,
+                     make_dir, read_json, remove_temp_files, write_reason)
 
 # Settings that do not change what a trial computes: they may differ between runs of one folder.
-PLACEMENT_KEYS = ("classes", "seeds", "jobs", "device", "output_dir", "data_dir", "draw_figures", "score")
+PLACEMENT_KEYS = ("classes", "seeds", "jobs", "device", "output_dir", "data_dir", "draw_figures", "score",
+                  "checkpoint_seconds")
 RENAMED_KEYS = {"threshold": "addressing_threshold"}  # run configs written before a setting was renamed
 ADDED_KEYS = {"patience_steps": 0, "min_steps": 0, "precision": "fp32", "compile": False}  # settings added
 # later, with the value that runs made before them had
@@ -238,96 +234,6 @@ def trial_bank(folder, device="cpu"):
     if not isinstance(saved, dict) or not isinstance(saved.get("bank"), torch.Tensor) or saved["bank"].ndim != 2:
         raise UserError(f"{path} holds no bank of codes. Score the trial again: python main.py --eval-only RUN_DIR.")
     return saved["bank"].float()
-
-
-def results_text(results):
-    """results.json: the small fields indented, the training history one epoch a line."""
-    head = json.dumps({k: v for k, v in results.items() if k != "history"}, indent=2)
-    if "history" not in results:
-        return head + "\n"
-    epochs = ",\n".join("    " + json.dumps(h) for h in results["history"])
-    return head[:-2] + f',\n  "history": [\n{epochs}\n  ]\n}}\n'
-
-
-def write_results(folder, results, targets, test_scores):
-    """scores.npz (the test split's targets and every score of every test image), then
-    results.json, written last: its presence marks the trial finished. Scores are stored as
-    float16 (3 significant digits: enough for figures and fusions; the metrics in results.json
-    come from the full-precision scores), or float32 where a value is beyond float16's range."""
-    arrays = {"targets": np.asarray(targets, dtype=np.uint8)}
-    for name, values in test_scores.items():
-        values = np.asarray(values, dtype=np.float64)
-        arrays[name] = values.astype(np.float16 if np.abs(values).max(initial=0) < 6e4 else np.float32)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    atomic_write_bytes(Path(folder) / "scores.npz", buffer.getvalue())
-    atomic_write_text(Path(folder) / "results.json", results_text(results))
-
-
-def read_results(folder):
-    """A finished trial's results.json, checked; a damaged one is a UserError saying what to do.
-    "metrics" maps each score's name to its metrics, "thresholds" each score's to its threshold."""
-    path = Path(folder) / "results.json"
-    what_to_do = (f"Delete it and run the trial again (python main.py --resume {Path(folder).parent}), "
-                  f"or restore it from a copy.")
-    results = read_json(path, what_to_do)
-    if isinstance(results, dict) and isinstance(results.get("metrics"), dict) and "auroc" in results["metrics"]:
-        # written before trials computed several scores: its one score is recon (or the detector's)
-        name = results.get("model") if results.get("model") in CLASSICAL else "recon"
-        results["metrics"] = {name: results["metrics"]}
-        threshold = results.pop("threshold", None)
-        threshold = threshold if isinstance(threshold, dict) else {}
-        results["thresholds"] = {name: threshold.get("value")}
-        results["threshold_percentile"] = threshold.get("percentile_of_validation_scores")
-        results.pop("scores", None), results.pop("targets", None)  # per-image lists: read_scores reads them
-    if not (isinstance(results, dict) and isinstance(results.get("metrics"), dict) and results["metrics"]
-            and all(isinstance(m, dict) and all(isinstance(m.get(k), (int, float)) for k in METRICS)
-                    for m in results["metrics"].values())
-            and isinstance(results.get("thresholds"), dict)
-            and all(isinstance(results["thresholds"].get(name), (int, float, type(None)))
-                    for name in results["metrics"])
-            and isinstance(results.get("class"), int) and isinstance(results.get("seed"), int)):
-        raise UserError(f"{path} is not a trial's results (metrics, thresholds, class or seed missing or malformed). "
-                        f"{what_to_do}")
-    return results
-
-
-def read_scores(folder):
-    """(targets, {score: per-image test scores}) of a finished trial, from scores.npz (or, for a
-    trial written before it existed, the lists in results.json)."""
-    folder = Path(folder)
-    what_to_do = f"Run the trial again, or python main.py --eval-only {folder.parent} to score it again."
-    if not (folder / "scores.npz").is_file():
-        legacy = read_json(folder / "results.json", what_to_do)
-        if isinstance(legacy, dict) and isinstance(legacy.get("scores"), list):
-            name = read_results(folder)["metrics"].popitem()[0]
-            return np.asarray(legacy["targets"]), {name: np.asarray(legacy["scores"], dtype=np.float64)}
-        raise UserError(f"{folder} has no scores.npz. {what_to_do}")
-    try:
-        with np.load(folder / "scores.npz", allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-        targets = arrays.pop("targets").astype(np.int64)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as error:
-        raise UserError(f"{folder / 'scores.npz'} is truncated or corrupt ({type(error).__name__}). "
-                        f"{what_to_do}") from None
-    return targets, {name: values.astype(np.float64) for name, values in arrays.items()}
-
-
-def score_name(results, score):
-    """The score of a trial a table shows for SCORE `score`: that one, or the trial's only score
-    (a classical detector has one), or None."""
-    if score in results["metrics"]:
-        return score
-    return next(iter(results["metrics"])) if len(results["metrics"]) == 1 else None
-
-
-def load_results(run_dir):
-    """{(class, seed): results dict} for every finished trial under `run_dir`."""
-    found = {}
-    for path in sorted(Path(run_dir).glob("class*_seed*/results.json")):
-        result = read_results(path.parent)
-        found[(result["class"], result["seed"])] = result
-    return found
 
 
 def load_trial_model(folder, device):

@@ -143,6 +143,7 @@ RULES = {  # setting: (check, the rule in words). Every numeric setting is check
     "patience": (_int_in(1), "an integer >= 1"),
     "patience_steps": (_int_in(0), "an integer >= 0"),
     "min_steps": (_int_in(0), "an integer >= 0"),
+    "checkpoint_seconds": (_in(0, None), "a finite number >= 0"),
     "batch_size": (_int_in(2), "an integer >= 2"),
     "lr": (_in(0, None, low_open=True), "a finite number > 0"),
     "weight_decay": (_in(0, None), "a finite number >= 0"),

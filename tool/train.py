@@ -75,6 +75,7 @@ class TrainConfig:
     weight_decay: float
     precision: str  # "fp32", or "bf16": bfloat16 autocast for the training and validation passes
     compile: bool  # torch.compile the encoder and decoder for training
+    checkpoint_seconds: float  # last.pt after epoch 1, then after each epoch ending this long after the last one
 
     @classmethod
     def from_settings(cls, settings, **overrides):
@@ -203,6 +204,7 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
     bar = tqdm(total=epochs, initial=state["epoch"], desc=desc, unit="epoch", leave=False, dynamic_ncols=True,
                disable=None)  # disable=None: no bar when the output is not a terminal (log files)
     stopped_early = False
+    saved = (state["epoch"], time.monotonic())  # the epoch last.pt holds, and when it was written
     while state["epoch"] < epochs:
         if _patience_spent(state, config):
             stopped_early = True
@@ -215,14 +217,14 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
         train_loss = float(loss_sum) / n  # the one host synchronisation of the epoch
         if not np.isfinite(train_loss):
             raise TrainingDiverged(f"{desc}: the training loss became {train_loss} in epoch {epoch}. "
-                                   f"{_kept(state, checkpoint_path)} Try a lower learning rate (--lr), or smaller "
+                                   f"{_kept(saved[0], checkpoint_path)} Try a lower learning rate (--lr), or smaller "
                                    f"loss weights (--kl-weight, --memae-entropy-weight).")
         with autocast(config.precision, device):
             val_loss, usage = validation_pass(model, val_images)
         memory = [{"slots_used": float((u["hits"] > 0).float().mean()), "entropy": u["entropy"]} for u in usage]
         if not np.isfinite(val_loss):
             raise TrainingDiverged(f"{desc}: the validation loss became {val_loss} in epoch {epoch}. "
-                                   f"{_kept(state, checkpoint_path)}")
+                                   f"{_kept(saved[0], checkpoint_path)}")
         improved = val_loss < state["best_val"]
         if improved:
             state.update(best_val=val_loss, best_epoch=epoch, bad_epochs=0, bad_steps=0,
@@ -238,8 +240,10 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
         if writer is not None:
             _log_epoch(writer, state["history"][-1], optimizer.param_groups[0]["lr"])
             writer.flush()  # what tensorboardX's thread has written so far; a resume logs every epoch again
-        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                           "shuffle": shuffle.get_state(), "rng": rng_state(), "state": state}, checkpoint_path)
+        if epoch == 1 or time.monotonic() - saved[1] >= config.checkpoint_seconds:  # small epochs: not every one
+            atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "shuffle": shuffle.get_state(), "rng": rng_state(), "state": state}, checkpoint_path)
+            saved = (epoch, time.monotonic())
         bar.update(1)
         bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", best=state["best_epoch"])
         if log_every and (epoch % log_every == 0 or epoch == epochs):
@@ -266,10 +270,10 @@ def _log_epoch(writer, entry, lr):
         writer.add_scalar(f"memory/stage{i + 1}/entropy", stage["entropy"], entry["epoch"])
 
 
-def _kept(state, checkpoint_path):
-    if state["epoch"] == 0:
+def _kept(saved_epoch, checkpoint_path):
+    if saved_epoch == 0:
         return "No epoch finished, so no checkpoint was kept."
-    return f"The last good checkpoint (epoch {state['epoch']}) is kept in {checkpoint_path}."
+    return f"The last good checkpoint (epoch {saved_epoch}) is kept in {checkpoint_path}."
 
 
 def _compile(model):

@@ -1,0 +1,67 @@
+"""Tests of tool/results.py: a trial's results.json and scores.npz written and read back, a
+results.json written before several scores, and a damaged one: one clear error for every reader."""
+import json
+
+import numpy as np
+import pytest
+
+import main
+import score
+from conftest import command, copy_run, files_in, one_error
+from tool import report
+from tool.errors import UserError
+from tool.results import read_results, read_scores, write_results
+
+
+def test_results_and_scores_round_trip_with_scores_in_float16(tmp_path):
+    results = {"class": 3, "seed": 1, "metrics": {"recon": dict.fromkeys(("auroc", "auprc", "f1_oracle",
+                                                                           "f1_val_threshold"), 0.5)},
+               "thresholds": {"recon": 1.25}, "history": [{"epoch": 1, "val_loss": 0.5}]}
+    scores = np.array([0.1234567, 2.5, 70000.0])
+    write_results(tmp_path, results, [0, 1, 1], {"recon": scores[:2], "big": scores})
+    assert read_results(tmp_path) == results
+    targets, saved = read_scores(tmp_path)
+    assert targets.tolist() == [0, 1, 1]
+    assert saved["recon"].tolist() == scores[:2].astype(np.float16).astype(float).tolist()
+    assert saved["big"][2] == 70000.0  # beyond float16's range: kept in float32
+
+
+def test_a_results_json_written_before_several_scores_reads_as_its_one_score(tmp_path):
+    metrics = dict.fromkeys(("auroc", "auprc", "f1_oracle", "f1_val_threshold"), 0.75)
+    (tmp_path / "results.json").write_text(json.dumps({
+        "class": 0, "seed": 0, "model": "knn", "metrics": metrics, "scores": [0.5, 1.5], "targets": [0, 1],
+        "threshold": {"value": 1.0, "percentile_of_validation_scores": 95.0}}))
+    results = read_results(tmp_path)
+    assert results["metrics"] == {"knn": metrics} and results["thresholds"] == {"knn": 1.0}
+    targets, saved = read_scores(tmp_path)
+    assert targets.tolist() == [0, 1] and saved["knn"].tolist() == [0.5, 1.5]
+
+
+DAMAGES = {"truncated": lambda text: text[:100], "a list": lambda text: "[]",
+           "no metrics": lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "metrics"})}
+READERS = ["--table", "--eval-only", "--resume", "--figures", "--export", "--compare", "score.py"]
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+@pytest.mark.parametrize("reader", READERS)
+def test_a_damaged_results_json_is_one_clear_error_for_every_reader(finished_run, tmp_path, reader, damage):
+    run_dir = copy_run(finished_run, tmp_path / "runs")
+    results = run_dir / "class0_seed0" / "results.json"
+    results.write_text(DAMAGES[damage](results.read_text()))
+    before = files_in(tmp_path)
+    with pytest.raises(UserError) as error:
+        if reader == "score.py":
+            score.run(["--checkpoint", str(run_dir / "class0_seed0"), str(tmp_path), "--device", "cpu"])
+        elif reader == "--export":
+            report.export(run_dir, tmp_path / "results")  # main.py --export, into tmp_path
+        else:
+            main.run([reader, str(run_dir)])
+    assert str(error.value).startswith(f"{results} ")
+    assert "Delete it and run the trial again" in str(error.value)
+    assert files_in(tmp_path) == before  # nothing written, nothing half-written
+
+
+def test_a_damaged_results_json_on_the_command_line(finished_run, tmp_path):
+    run_dir = copy_run(finished_run, tmp_path)
+    (run_dir / "class0_seed0" / "results.json").write_text("[]")
+    one_error(command("main.py", "--table", run_dir), "results.json is not a trial's results")

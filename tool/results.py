@@ -1,0 +1,104 @@
+"""A trial's result files: results.json (every score's metrics and threshold, the training
+history; written last, so its presence marks the trial finished) and scores.npz (every score of
+every test image, float16), written and read back checked."""
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from tool.classical import CLASSICAL
+from tool.errors import UserError
+from tool.evaluation import METRICS
+from tool.io import atomic_write_bytes, atomic_write_text, read_json
+
+
+def results_text(results):
+    """results.json: the small fields indented, the training history one epoch a line."""
+    head = json.dumps({k: v for k, v in results.items() if k != "history"}, indent=2)
+    if "history" not in results:
+        return head + "\n"
+    epochs = ",\n".join("    " + json.dumps(h) for h in results["history"])
+    return head[:-2] + f',\n  "history": [\n{epochs}\n  ]\n}}\n'
+
+
+def write_results(folder, results, targets, test_scores):
+    """scores.npz (the test split's targets and every score of every test image), then
+    results.json, written last: its presence marks the trial finished. Scores are stored as
+    float16 (3 significant digits: enough for figures and fusions; the metrics in results.json
+    come from the full-precision scores), or float32 where a value is beyond float16's range."""
+    arrays = {"targets": np.asarray(targets, dtype=np.uint8)}
+    for name, values in test_scores.items():
+        values = np.asarray(values, dtype=np.float64)
+        arrays[name] = values.astype(np.float16 if np.abs(values).max(initial=0) < 6e4 else np.float32)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(Path(folder) / "scores.npz", buffer.getvalue())
+    atomic_write_text(Path(folder) / "results.json", results_text(results))
+
+
+def read_results(folder):
+    """A finished trial's results.json, checked; a damaged one is a UserError saying what to do.
+    "metrics" maps each score's name to its metrics, "thresholds" each score's to its threshold."""
+    path = Path(folder) / "results.json"
+    what_to_do = (f"Delete it and run the trial again (python main.py --resume {Path(folder).parent}), "
+                  f"or restore it from a copy.")
+    results = read_json(path, what_to_do)
+    if isinstance(results, dict) and isinstance(results.get("metrics"), dict) and "auroc" in results["metrics"]:
+        # written before trials computed several scores: its one score is recon (or the detector's)
+        name = results.get("model") if results.get("model") in CLASSICAL else "recon"
+        results["metrics"] = {name: results["metrics"]}
+        threshold = results.pop("threshold", None)
+        threshold = threshold if isinstance(threshold, dict) else {}
+        results["thresholds"] = {name: threshold.get("value")}
+        results["threshold_percentile"] = threshold.get("percentile_of_validation_scores")
+        results.pop("scores", None), results.pop("targets", None)  # per-image lists: read_scores reads them
+    if not (isinstance(results, dict) and isinstance(results.get("metrics"), dict) and results["metrics"]
+            and all(isinstance(m, dict) and all(isinstance(m.get(k), (int, float)) for k in METRICS)
+                    for m in results["metrics"].values())
+            and isinstance(results.get("thresholds"), dict)
+            and all(isinstance(results["thresholds"].get(name), (int, float, type(None)))
+                    for name in results["metrics"])
+            and isinstance(results.get("class"), int) and isinstance(results.get("seed"), int)):
+        raise UserError(f"{path} is not a trial's results (metrics, thresholds, class or seed missing or malformed). "
+                        f"{what_to_do}")
+    return results
+
+
+def read_scores(folder):
+    """(targets, {score: per-image test scores}) of a finished trial, from scores.npz (or, for a
+    trial written before it existed, the lists in results.json)."""
+    folder = Path(folder)
+    what_to_do = f"Run the trial again, or python main.py --eval-only {folder.parent} to score it again."
+    if not (folder / "scores.npz").is_file():
+        legacy = read_json(folder / "results.json", what_to_do)
+        if isinstance(legacy, dict) and isinstance(legacy.get("scores"), list):
+            name = read_results(folder)["metrics"].popitem()[0]
+            return np.asarray(legacy["targets"]), {name: np.asarray(legacy["scores"], dtype=np.float64)}
+        raise UserError(f"{folder} has no scores.npz. {what_to_do}")
+    try:
+        with np.load(folder / "scores.npz", allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+        targets = arrays.pop("targets").astype(np.int64)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as error:
+        raise UserError(f"{folder / 'scores.npz'} is truncated or corrupt ({type(error).__name__}). "
+                        f"{what_to_do}") from None
+    return targets, {name: values.astype(np.float64) for name, values in arrays.items()}
+
+
+def score_name(results, score):
+    """The score of a trial a table shows for SCORE `score`: that one, or the trial's only score
+    (a classical detector has one), or None."""
+    if score in results["metrics"]:
+        return score
+    return next(iter(results["metrics"])) if len(results["metrics"]) == 1 else None
+
+
+def load_results(run_dir):
+    """{(class, seed): results dict} for every finished trial under `run_dir`."""
+    found = {}
+    for path in sorted(Path(run_dir).glob("class*_seed*/results.json")):
+        result = read_results(path.parent)
+        found[(result["class"], result["seed"])] = result
+    return found
