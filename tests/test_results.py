@@ -65,3 +65,13 @@ def test_a_damaged_results_json_on_the_command_line(finished_run, tmp_path):
     run_dir = copy_run(finished_run, tmp_path)
     (run_dir / "class0_seed0" / "results.json").write_text("[]")
     one_error(command("main.py", "--table", run_dir), "results.json is not a trial's results")
+
+
+def test_the_history_is_kept_to_5_significant_digits_and_the_metrics_to_the_last_bit(tmp_path):
+    metrics = dict.fromkeys(("auroc", "auprc", "f1_oracle", "f1_val_threshold"), 0.123456789012345)
+    results = {"class": 0, "seed": 0, "metrics": {"recon": metrics}, "thresholds": {"recon": 1.0},
+               "history": [{"epoch": 1, "val_loss": 0.0694992813409, "memory": [{"entropy": 2.701853524}]}]}
+    write_results(tmp_path, results, [0, 1], {"recon": [0.0, 1.0]})
+    saved = read_results(tmp_path)
+    assert saved["metrics"]["recon"] == metrics
+    assert saved["history"] == [{"epoch": 1, "val_loss": 0.069499, "memory": [{"entropy": 2.7019}]}]
