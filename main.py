@@ -79,7 +79,8 @@ from tool.protocol import check_trials, make_split  # noqa: E402
 from tool.results import read_results, write_results  # noqa: E402
 from tool.runs import (is_finished, load_trial_model, new_run_dir, open_run_dir, read_run_config,  # noqa: E402
                        trial_dir, trial_lock, write_checkpoint, write_scoring, write_trial_config)
-from tool.settings import check_model_size, describe, make_parser, overrides_from, resolve_device, validate  # noqa: E402
+from tool.settings import (check_model_size, check_score, describe, make_parser, overrides_from,  # noqa: E402
+                           resolve_device, validate)
 from tool.train import TrainConfig, seed_everything, train_model  # noqa: E402
 
 DEFAULTS = {name.lower(): value for name, value in dict(globals()).items() if name.isupper()}
@@ -269,6 +270,8 @@ def refuse(given, allowed, action, run_dir_given=False):
 def run(argv=None):
     """Everything main.py does; returns the run folder (or what the action returns)."""
     args, given = parse(argv)
+    if "score" in given and (args.compare or args.eval_only or args.table or args.figures):
+        check_score(given["score"], allow_all=not args.figures)
     if args.compare or args.export:
         refuse(given, ("score",) if args.compare else (), "--compare" if args.compare else "--export", args.run_dir)
         return report.compare(args.compare, given.get("score", DEFAULTS["score"])) if args.compare else \

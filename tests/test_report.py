@@ -120,3 +120,9 @@ def test_a_setting_an_older_run_lacks_counts_as_its_value_before_it_existed(fini
         (run_dir / "config.json").write_text(json.dumps(saved))
     labels = report.find_runs(tmp_path)[("digits", "one-anomalous-class")]
     assert labels == {"cascade min_steps=0": old, "cascade min_steps=2000": new}
+
+
+@pytest.mark.parametrize("action", ["--table", "--eval-only", "--compare"])
+def test_a_score_that_does_not_exist_is_refused_by_the_table_actions(finished_run, action):
+    with pytest.raises(UserError, match="--score \\(SCORE\\) 'bogus' is not a score: valid are recon, .*, all"):
+        main.run([action, str(finished_run), "--score", "bogus"])

@@ -175,13 +175,19 @@ def validate(config):
     if config["classes"] is not None and not config["classes"]:
         raise UserError("--classes needs at least one class (or 'none' for all)")
     check_ranges(config)
-    from tool.evaluation import SCORES
-
-    if config["score"] not in SCORES and config["score"] not in CLASSICAL:
-        raise UserError(f"--score (SCORE) '{config['score']}' is not a score: valid are {', '.join(SCORES)} "
-                        f"(a classical detector shows its own: {', '.join(CLASSICAL)})")
+    check_score(config["score"])
     resolve_device(config["device"])
     check_model_size(config, (1, 28, 28), memory=False)  # the memory's settings together (lengths, top_k vs slots)
+
+
+def check_score(score, allow_all=False):
+    """SCORE is a score's name (or, for the table actions, "all": every score)."""
+    from tool.classical import CLASSICAL
+    from tool.evaluation import SCORES
+
+    if score not in SCORES and score not in CLASSICAL and not (allow_all and score == "all"):
+        raise UserError(f"--score (SCORE) '{score}' is not a score: valid are {', '.join(SCORES)}"
+                        f"{', all' if allow_all else ''} (a classical detector shows its own: {', '.join(CLASSICAL)})")
 
 
 MODEL_MEMORY_SHARE = 0.5  # a model whose training state needs more than this share of the machine's memory is refused
