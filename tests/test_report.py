@@ -1,4 +1,6 @@
 """Tests of tool/report.py: a run's table by key, every run of a dataset in one table, the export."""
+import json
+
 import numpy as np
 import pytest
 
@@ -111,8 +113,6 @@ def test_score_all_prints_a_table_per_score_and_writes_nothing(finished_run, cap
 
 
 def test_a_setting_an_older_run_lacks_counts_as_its_value_before_it_existed(finished_run, tmp_path):
-    import json
-
     old, new = copy_run(finished_run, tmp_path / "a"), copy_run(finished_run, tmp_path / "b")
     for run_dir, edit in ((old, lambda c: c.pop("min_steps")), (new, lambda c: c.update(min_steps=2000))):
         saved = json.loads((run_dir / "config.json").read_text())
