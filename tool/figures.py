@@ -29,6 +29,7 @@ from tool.errors import UserError
 from tool.evaluation import SCORES, reconstruct
 from tool.io import atomic_write_bytes
 from tool.protocol import make_split
+from tool.report import class_label
 from tool.results import load_results, read_scores, score_name
 from tool.runs import load_trial_model, read_run_config
 from tool.train import validation_pass
@@ -136,7 +137,7 @@ def roc_all_figure(views, class_names, title, path):
     figure = _figure(6.5, 6.5)
     ax = figure.add_subplot()
     for c, trial in views.items():
-        _roc_curve(ax, trial, f"{c} {class_names[c]} (seed {trial['seed']}): ")
+        _roc_curve(ax, trial, f"{class_label(c, class_names[c])} (seed {trial['seed']}): ")
     _roc_axes(ax, f"{title}\none curve per class, from its first seed")
     _save(figure, path)
 

@@ -110,6 +110,12 @@ def _csv_text(rows):
     return buffer.getvalue()
 
 
+def class_label(index, name):
+    """A class as tables name it: "2 Pullover", or "2" alone where the name is the index (digits)."""
+    name = str(name).strip()
+    return str(index) if name in ("", str(index)) else f"{index} {name}"
+
+
 # ---------------------------------------------------------------------------------------------
 # One run: a row per class, then the mean
 # ---------------------------------------------------------------------------------------------
@@ -119,7 +125,7 @@ def table_rows(results, classes, class_names, seeds, decimals=2, score="recon"):
     rows = []
     for c in [*classes, "mean"]:
         n = max((cell[2] for cell in summary[c].values() if cell), default=0)
-        name = "mean" if c == "mean" else f"{c} {class_names[c]}"
+        name = "mean" if c == "mean" else class_label(c, class_names[c])
         rows.append([name, *(format_cell(summary[c][m], decimals) for m in METRICS), str(n)])
     return ["class", *METRICS.values(), "seeds"], rows
 
@@ -256,7 +262,7 @@ def compare(root, score="recon"):
         print(render_table(header, summary_rows, published))
         markdown += [f"## {title}", "", to_markdown(header, summary_rows + published)]
         classes = sorted({c for cells in per_class.values() for c in cells})
-        class_rows = [[f"{c} {class_names.get(c, '')}".strip(), *(format_cell(per_class[m].get(c)) for m in models)]
+        class_rows = [[class_label(c, class_names.get(c, "")), *(format_cell(per_class[m].get(c)) for m in models)]
                       for c in classes]
         leakage_label, leakage = next(((label, read_leakage(labelled[label])) for label in sorted(labelled, key=_order)
                                        if (labelled[label] / "leakage.json").is_file()), (None, {}))
