@@ -230,3 +230,9 @@ def load_dataset(name, root=None):
                 and (len(labels) == 0 or 0 <= int(labels.min()) <= int(labels.max()) < len(classes))):
             raise UserError(f"{folder} holds tensors of the wrong format. {again}")
     return Dataset(name, classes, *tensors, meta=meta)
+
+
+def class_label(index, name):
+    """A class as tables name it: "2 Pullover", or "2" alone where the name is the index (digits)."""
+    name = str(name).strip()
+    return str(index) if name in ("", str(index)) else f"{index} {name}"

@@ -24,12 +24,11 @@ import torch
 from sklearn.metrics import roc_curve
 from tqdm import tqdm
 
-from tool.datasets import load_dataset, scale_images
+from tool.datasets import class_label, load_dataset, scale_images
 from tool.errors import UserError
 from tool.evaluation import SCORES, reconstruct
 from tool.io import atomic_write_bytes
 from tool.protocol import make_split
-from tool.report import class_label
 from tool.results import load_results, read_scores, score_name
 from tool.runs import load_trial_model, read_run_config
 from tool.train import validation_pass

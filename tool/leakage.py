@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tool.datasets import load_dataset, scale_images
+from tool.datasets import class_label, load_dataset, scale_images
 from tool.errors import UserError
 from tool.evaluation import network_outputs
 from tool.io import atomic_write_json
@@ -79,7 +79,7 @@ def run_leakage(run_dir, device="cpu"):
             codes = network_outputs(load_trial_model(folder, device)[1], scale_images(images, device))["code"]
             row.update(latent=round(class_leakage(codes, labels, c), 4), latent_seed=first[c])
         table[c] = row
-        print(f"class {c} {ds.classes[c]}: leakage pixels {row['pixels']:.3f}"
+        print(f"class {class_label(c, ds.classes[c])}: leakage pixels {row['pixels']:.3f}"
               + (f", latent {row['latent']:.3f}" if "latent" in row else ""))
     atomic_write_json(run_dir / "leakage.json", {
         "what": f"neighbourhood class leakage: share of class c among the {LEAKAGE_K} nearest neighbours of the other "

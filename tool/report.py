@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from prettytable import PrettyTable
 
+from tool.datasets import class_label
 from tool.errors import UserError
 from tool.evaluation import METRICS, SCORES
 from tool.io import REPO, WriteError, atomic_write_bytes, atomic_write_text, make_dir, write_reason
@@ -108,12 +109,6 @@ def _csv_text(rows):
     buffer = io.StringIO()
     csv.writer(buffer).writerows(rows)
     return buffer.getvalue()
-
-
-def class_label(index, name):
-    """A class as tables name it: "2 Pullover", or "2" alone where the name is the index (digits)."""
-    name = str(name).strip()
-    return str(index) if name in ("", str(index)) else f"{index} {name}"
 
 
 # ---------------------------------------------------------------------------------------------
