@@ -166,12 +166,14 @@ def train_epoch(model, optimizer, images, order, batch_size, precision="fp32"):
 
 
 def train_model(model, train_images, val_images, config, checkpoint_path, generator_seed, writer=None,
-                desc="train", log_every=1, channels_last=None):
+                desc="train", log_every=1, channels_last=None, on_epoch=None):
     """Train `model` on `train_images` (float, on the model's device), stop early on `val_images`.
 
     Resumes from `checkpoint_path` when it exists. Returns a TrainResult; the model ends holding
     its best weights (lowest validation loss), in eval mode and the usual memory layout. One log
     line every `log_every` epochs (None: none). channels_last: None = uses_channels_last.
+    on_epoch(epoch, model), when given, is called after each epoch's validation pass with the
+    model in eval mode (diagnostics, e.g. scripts/epoch_oracle.py; it must not draw random numbers).
     """
     device = train_images.device
     channels_last = uses_channels_last(model, device) if channels_last is None else channels_last
@@ -222,6 +224,8 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
         with autocast(config.precision, device):
             val_loss, usage = validation_pass(model, val_images)
         memory = [{"slots_used": float((u["hits"] > 0).float().mean()), "entropy": u["entropy"]} for u in usage]
+        if on_epoch is not None:
+            on_epoch(epoch, model)
         if not np.isfinite(val_loss):
             raise TrainingDiverged(f"{desc}: the validation loss became {val_loss} in epoch {epoch}. "
                                    f"{_kept(saved[0], checkpoint_path)}")

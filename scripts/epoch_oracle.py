@@ -1,0 +1,126 @@
+"""Diagnostic: how much choosing the epoch on the test split would add (docs/method.md, departure 4).
+
+The authors' code computes the test AUROC after every epoch. A figure read off such a log (the
+best epoch's, or the epoch a run was stopped at by eye) is chosen on the test labels. This script
+measures what that choice is worth: it trains the trials exactly as main.py does (same seed, same
+settings, same early stopping) and, after each epoch, also scores the test split with the
+reconstruction error. Per trial it reports
+
+    val-chosen    the AUROC of the epoch with the lowest validation loss: what main.py reports
+                  (it equals that trial's results.json, same seed and settings)
+    last          the AUROC of the last epoch trained
+    test-chosen   the highest AUROC of any epoch: an oracle, chosen on the test labels
+
+Nothing here feeds a table of this project: the output goes to its own folder, and main.py never
+looks at the test split before training has ended.
+
+    python scripts/epoch_oracle.py --dataset mnist --model cascade-released --epochs 20 \\
+        --precision bf16 --seeds 0 --out runs/diagnostics/mnist-released-e20
+"""
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from main import DEFAULTS  # noqa: E402
+from models import ModelConfig, build_model  # noqa: E402
+from tool.datasets import scale_images  # noqa: E402
+from tool.errors import UserError, cli  # noqa: E402
+from tool.evaluation import anomaly_scores, compute_metrics  # noqa: E402
+from tool.io import atomic_write_json, atomic_write_text, environment, git_commit, make_dir, read_json  # noqa: E402
+from tool.parallel import run_trials  # noqa: E402
+from tool.prepare import ensure_prepared  # noqa: E402
+from tool.protocol import make_split  # noqa: E402
+from tool.settings import resolve_device, validate  # noqa: E402
+from tool.train import TrainConfig, seed_everything, train_model  # noqa: E402
+
+
+def oracle_trial(config, ds, target_class, seed, out_dir, device, quiet=False):
+    """Train one trial as main.py does, scoring the test split after every epoch; write and
+    return its record ({"metrics": {"val-chosen" | "last" | "test-chosen": {"auroc": ...}}, ...})."""
+    out_dir = Path(out_dir)
+    seed_everything(seed)
+    split = make_split(ds, config["protocol"], target_class, config["val_fraction"], seed)
+    model = build_model(config["model"], ds.shape, ModelConfig.from_settings(config)).to(device)
+    test_images, targets = scale_images(split.test, device), split.test_targets.numpy()
+    per_epoch = {}
+
+    def on_epoch(epoch, trained):  # eval mode, no random numbers drawn: training goes on unchanged
+        per_epoch[epoch] = compute_metrics(anomaly_scores(trained, test_images), targets)["auroc"]
+
+    with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
+        result = train_model(model, scale_images(split.train, device), scale_images(split.val, device),
+                             TrainConfig.from_settings(config), Path(scratch) / "last.pt", seed,
+                             desc=f"class {target_class} seed {seed}", log_every=10 if quiet else 1,
+                             on_epoch=on_epoch)
+    best_test = max(per_epoch, key=per_epoch.get)
+    record = {"class": target_class, "class_name": ds.classes[target_class], "seed": seed,
+              "metrics": {"val-chosen": {"auroc": per_epoch[result.best_epoch]},
+                          "last": {"auroc": per_epoch[result.epochs_trained]},
+                          "test-chosen": {"auroc": per_epoch[best_test]}},
+              "val_chosen_epoch": result.best_epoch, "test_chosen_epoch": best_test,
+              "epochs_trained": result.epochs_trained, "stopped_early": result.stopped_early,
+              "epochs": [{"epoch": h["epoch"], "val_loss": h["val_loss"], "test_auroc": per_epoch[h["epoch"]]}
+                         for h in result.history]}
+    atomic_write_json(out_dir / f"class{target_class}_seed{seed}.json", record)
+    return record
+
+
+def summary(records):
+    """A Markdown table: per class, the mean over seeds of each AUROC (%) and of the epochs."""
+    rows = ["| class | val-chosen (main.py) | last epoch | test-chosen (oracle) | val-chosen epoch | "
+            "test-chosen epoch |", "|---|---:|---:|---:|---:|---:|"]
+    classes = sorted({r["class"] for r in records})
+    for c in classes:
+        mine = [r for r in records if r["class"] == c]
+        rows.append(f"| {mine[0]['class_name']} | " + " | ".join(
+            f"{100 * np.mean([r['metrics'][k]['auroc'] for r in mine]):.2f}" for k in ("val-chosen", "last", "test-chosen"))
+            + f" | {np.mean([r['val_chosen_epoch'] for r in mine]):.1f} | "
+              f"{np.mean([r['test_chosen_epoch'] for r in mine]):.1f} |")
+    rows.append("| mean | " + " | ".join(
+        f"**{100 * np.mean([r['metrics'][k]['auroc'] for r in records]):.2f}**"
+        for k in ("val-chosen", "last", "test-chosen")) + " | | |")
+    return "\n".join(rows) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
+    parser.add_argument("--min-steps", type=int, default=DEFAULTS["min_steps"])
+    parser.add_argument("--precision", default=DEFAULTS["precision"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--classes", nargs="+", default=None)
+    parser.add_argument("--jobs", type=int, default=0, help="trials at once (0: one per CPU core)")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--out", required=True, help="a new folder for the per-trial records and summary.md")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if out.exists():
+        raise UserError(f"{out} exists; give a new folder with --out (nothing is overwritten).")
+    config = {**DEFAULTS, "dataset": args.dataset, "model": args.model, "epochs": args.epochs,
+              "min_steps": args.min_steps, "precision": args.precision, "seeds": args.seeds, "jobs": args.jobs,
+              "data_dir": args.data_dir, "draw_figures": False}
+    validate(config)
+    if config["protocol"] != "one-anomalous-class":
+        raise UserError("this diagnostic follows the paper's protocol only")
+    ds = ensure_prepared(config["dataset"], config["data_dir"])
+    classes = ds.class_list(args.classes)
+    make_dir(out)
+    atomic_write_json(out / "config.json", {"settings": config, "commit": git_commit(),
+                                            "environment": environment()})
+    run_trials(oracle_trial, config, ds, [(c, s) for s in args.seeds for c in classes], out,
+               resolve_device(config["device"]))
+    records = [read_json(out / f"class{c}_seed{s}.json", "Run this diagnostic again into a new folder.")
+               for s in args.seeds for c in classes]
+    table = summary(records)
+    atomic_write_text(out / "summary.md", table)
+    print(table + f"\nwritten: {out / 'summary.md'}")
+
+
+if __name__ == "__main__":
+    cli(main)(sys.argv[1:])

@@ -1,0 +1,27 @@
+"""scripts/epoch_oracle.py: scoring the test split after every epoch changes nothing in training."""
+import json
+
+from conftest import command, one_error, run_main
+from tool.results import read_results
+
+
+def test_val_chosen_epoch_is_what_main_reports(tmp_path, data_dir):
+    run = run_main(data_dir, tmp_path / "runs", "--classes", "0", "--seeds", "0", "--epochs", "3")
+    out = tmp_path / "oracle"
+    done = command("scripts/epoch_oracle.py", "--dataset", "digits", "--model", "cascade", "--classes", "0",
+                   "--seeds", "0", "--epochs", "3", "--min-steps", "0", "--jobs", "1", "--data-dir", data_dir,
+                   "--out", out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((out / "class0_seed0.json").read_text())
+    saved = read_results(run / "class0_seed0")
+    assert record["val_chosen_epoch"] == saved["best_epoch"]
+    assert record["metrics"]["val-chosen"]["auroc"] == saved["metrics"]["recon"]["auroc"]
+    assert [e["epoch"] for e in record["epochs"]] == [1, 2, 3]
+    aurocs = [e["test_auroc"] for e in record["epochs"]]
+    assert record["metrics"]["test-chosen"]["auroc"] == max(aurocs)
+    assert record["metrics"]["last"]["auroc"] == aurocs[-1]
+    assert "| mean |" in (out / "summary.md").read_text()
+    assert not list(out.glob("tmp*"))  # the checkpoint's scratch folder is gone
+
+    one_error(command("scripts/epoch_oracle.py", "--dataset", "digits", "--model", "cascade", "--data-dir", data_dir,
+                      "--out", out), "exists", "--out")
