@@ -11,8 +11,9 @@ reconstruction error. Per trial it reports
     last          the AUROC of the last epoch trained
     test-chosen   the highest AUROC of any epoch: an oracle, chosen on the test labels
 
-Nothing here feeds a table of this project: the output goes to its own folder, and main.py never
-looks at the test split before training has ended.
+Nothing here feeds a table of this project: the output goes to its own folder (settings, commit
+and versions in diagnostic.json, not config.json, so that no run-folder tool mistakes it for a
+run), and main.py never looks at the test split before training has ended.
 
     python scripts/epoch_oracle.py --dataset mnist --model cascade-released --epochs 20 \\
         --precision bf16 --seeds 0 --out runs/diagnostics/mnist-released-e20
@@ -111,7 +112,7 @@ def main(argv=None):
     ds = ensure_prepared(config["dataset"], config["data_dir"])
     classes = ds.class_list(args.classes)
     make_dir(out)
-    atomic_write_json(out / "config.json", {"settings": config, "commit": git_commit(),
+    atomic_write_json(out / "diagnostic.json", {"settings": config, "commit": git_commit(),
                                             "environment": environment()})
     run_trials(oracle_trial, config, ds, [(c, s) for s in args.seeds for c in classes], out,
                resolve_device(config["device"]))

@@ -21,6 +21,7 @@ def test_val_chosen_epoch_is_what_main_reports(tmp_path, data_dir):
     assert record["metrics"]["test-chosen"]["auroc"] == max(aurocs)
     assert record["metrics"]["last"]["auroc"] == aurocs[-1]
     assert "| mean |" in (out / "summary.md").read_text()
+    assert (out / "diagnostic.json").is_file() and not (out / "config.json").exists()  # --compare skips it
     assert not list(out.glob("tmp*"))  # the checkpoint's scratch folder is gone
 
     one_error(command("scripts/epoch_oracle.py", "--dataset", "digits", "--model", "cascade", "--data-dir", data_dir,
