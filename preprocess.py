@@ -19,12 +19,14 @@ from tool.datasets import DATASETS, is_prepared
 from tool.prepare import find_raw, how_to_get, prepare, prepare_tuning_split
 from tool.errors import UserError, cli
 from tool.folder import prepare_folder
+from tool.settings import OneLineParser
 
 FOLDER_FLAGS = ("path", "name", "size", "grayscale", "test_fraction", "seed")  # --dataset folder's own flags
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="preprocess.py", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", nargs="+", metavar="NAME",
                         help=f"datasets to prepare: {', '.join(DATASETS)}, or folder for your own images "
                              f"(default: every one found locally)")

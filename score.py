@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from prettytable import PrettyTable
 
-from tool.settings import resolve_device
+from tool.settings import OneLineParser, resolve_device
 from tool.datasets import scale_images
 from tool.errors import UserError, cli
 from tool.evaluation import fused, image_scores
@@ -38,7 +38,8 @@ from tool.runs import load_trial_model, trial_bank
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="score.py", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, metavar="UNIT_DIR",
                         help="a finished trial of a run: RUN_DIR/class<c>_seed<s> (holds best.pt and results.json)")
     parser.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders of images")

@@ -13,7 +13,6 @@ an idea is judged on training images only, never on a test split.
 
     python scripts/ablate_scores.py runs/fmnist-tune/cascade/RUN [--draws 8]
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from tool.errors import UserError, cli  # noqa: E402
 from tool.evaluation import batches, fused, fusion_stats, image_scores  # noqa: E402
 from tool.protocol import make_split  # noqa: E402
 from tool.runs import is_finished, load_trial_model, read_run_config, trial_bank  # noqa: E402
+from tool.settings import OneLineParser  # noqa: E402
 
 
 @torch.inference_mode()
@@ -81,7 +81,7 @@ def ablate(run_dir, draws):
 
 @cli
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="scripts/ablate_scores.py", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--draws", type=int, default=8, help="forgetting draws per image (default 8)")
     args = parser.parse_args(argv)

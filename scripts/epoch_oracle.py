@@ -35,7 +35,7 @@ from tool.io import atomic_write_json, atomic_write_text, environment, git_commi
 from tool.parallel import run_trials  # noqa: E402
 from tool.prepare import ensure_prepared  # noqa: E402
 from tool.protocol import make_split  # noqa: E402
-from tool.settings import resolve_device, validate  # noqa: E402
+from tool.settings import OneLineParser, resolve_device, validate  # noqa: E402
 from tool.train import TrainConfig, seed_everything, train_model  # noqa: E402
 
 
@@ -88,7 +88,8 @@ def summary(records):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="scripts/epoch_oracle.py", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])

@@ -26,3 +26,8 @@ def test_val_chosen_epoch_is_what_main_reports(tmp_path, data_dir):
 
     one_error(command("scripts/epoch_oracle.py", "--dataset", "digits", "--model", "cascade", "--data-dir", data_dir,
                       "--out", out), "exists", "--out")
+    one_error(command("scripts/epoch_oracle.py", "--dataset", "digits", "--model", "cascade", "--seeds", "x",
+                      "--out", tmp_path / "new"), "--seeds", "scripts/epoch_oracle.py --help")
+    one_error(command("scripts/epoch_oracle.py", "--dataset", "digits", "--model", "cascade", "--epochs", "0",
+                      "--out", tmp_path / "new"), "--epochs")
+    assert not (tmp_path / "new").exists()

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import main
-from conftest import run_main
+from conftest import command, one_error, run_main
 from tool.errors import UserError
 from tool.io import REPO
 from tool.settings import LIST_TYPES, RULES, SCALAR_TYPES, check_ranges
@@ -67,3 +67,10 @@ def test_a_run_config_with_a_wrong_type_is_refused(key, value):
     """--resume reads settings from a run's config.json: types are checked too, not only ranges."""
     with pytest.raises(UserError, match=f"--{key.replace('_', '-')} \\({key.upper()}\\) must be"):
         check_ranges({**main.DEFAULTS, key: value})
+
+
+@pytest.mark.parametrize("script", ["main.py", "preprocess.py", "score.py", "scripts/ablate_scores.py",
+                                    "scripts/epoch_oracle.py"])
+def test_every_command_line_error_is_one_line(script):
+    """A flag argparse rejects is one 'error: ...' line naming the script's --help, no usage dump."""
+    one_error(command(script, "--no-such-flag"), f"python {script} --help")

@@ -26,9 +26,10 @@ RENAMED = {  # old flag -> (new flag, why)
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit code 2, no usage dump
-        raise UserError(f"{message} (see python main.py --help)")
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one UserError line (exit code 2), not a usage dump."""
+    def error(self, message):
+        raise UserError(f"{message} (see python {self.prog} --help)")
 
 
 def _none_or(kind):
@@ -69,7 +70,7 @@ def add_setting_flags(parser, defaults, help_texts=None):
 
 
 def make_parser(defaults, description, help_texts=None):
-    parser = _Parser(description=description, allow_abbrev=False,
+    parser = OneLineParser(prog="main.py", description=description, allow_abbrev=False,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_setting_flags(parser.add_argument_group("settings (main.py's constants)"), defaults, help_texts)
     for old, (new, why) in RENAMED.items():
