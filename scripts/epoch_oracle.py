@@ -102,7 +102,7 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="a new folder for the per-trial records and summary.md")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if out.exists():
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # an empty folder (a failed start) is reused
         raise UserError(f"{out} exists; give a new folder with --out (nothing is overwritten).")
     config = {**DEFAULTS, "dataset": args.dataset, "model": args.model, "epochs": args.epochs,
               "min_steps": args.min_steps, "precision": args.precision, "seeds": args.seeds, "jobs": args.jobs,

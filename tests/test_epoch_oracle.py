@@ -31,3 +31,7 @@ def test_val_chosen_epoch_is_what_main_reports(tmp_path, data_dir):
     one_error(command("scripts/epoch_oracle.py", "--dataset", "digits", "--model", "cascade", "--epochs", "0",
                       "--out", tmp_path / "new"), "--epochs")
     assert not (tmp_path / "new").exists()
+    (tmp_path / "empty").mkdir()  # what a start that failed on a full disk leaves: used, not refused
+    done = command("scripts/epoch_oracle.py", "--dataset", "digits", "--model", "cascade", "--classes", "0",
+                   "--epochs", "1", "--min-steps", "0", "--jobs", "1", "--data-dir", data_dir, "--out", tmp_path / "empty")
+    assert done.returncode == 0 and (tmp_path / "empty" / "summary.md").is_file(), done.stderr[-2000:]
