@@ -70,20 +70,22 @@ def oracle_trial(config, ds, target_class, seed, out_dir, device, quiet=False):
     return record
 
 
+CHOICES = ("val-chosen", "last", "test-chosen")
+
+
 def summary(records):
     """A Markdown table: per class, the mean over seeds of each AUROC (%) and of the epochs."""
+    def auroc(rs, choice):
+        return 100 * np.mean([r["metrics"][choice]["auroc"] for r in rs])
+
     rows = ["| class | val-chosen (main.py) | last epoch | test-chosen (oracle) | val-chosen epoch | "
             "test-chosen epoch |", "|---|---:|---:|---:|---:|---:|"]
-    classes = sorted({r["class"] for r in records})
-    for c in classes:
+    for c in sorted({r["class"] for r in records}):
         mine = [r for r in records if r["class"] == c]
-        rows.append(f"| {mine[0]['class_name']} | " + " | ".join(
-            f"{100 * np.mean([r['metrics'][k]['auroc'] for r in mine]):.2f}" for k in ("val-chosen", "last", "test-chosen"))
-            + f" | {np.mean([r['val_chosen_epoch'] for r in mine]):.1f} | "
-              f"{np.mean([r['test_chosen_epoch'] for r in mine]):.1f} |")
-    rows.append("| mean | " + " | ".join(
-        f"**{100 * np.mean([r['metrics'][k]['auroc'] for r in records]):.2f}**"
-        for k in ("val-chosen", "last", "test-chosen")) + " | | |")
+        rows.append(f"| {mine[0]['class_name']} | " + " | ".join(f"{auroc(mine, k):.2f}" for k in CHOICES)
+                    + f" | {np.mean([r['val_chosen_epoch'] for r in mine]):.1f}"
+                      f" | {np.mean([r['test_chosen_epoch'] for r in mine]):.1f} |")
+    rows.append("| mean | " + " | ".join(f"**{auroc(records, k):.2f}**" for k in CHOICES) + " | | |")
     return "\n".join(rows) + "\n"
 
 

@@ -71,7 +71,7 @@ def add_setting_flags(parser, defaults, help_texts=None):
 
 def make_parser(defaults, description, help_texts=None):
     parser = OneLineParser(prog="main.py", description=description, allow_abbrev=False,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     add_setting_flags(parser.add_argument_group("settings (main.py's constants)"), defaults, help_texts)
     for old, (new, why) in RENAMED.items():
         parser.add_argument(old, nargs="*", action=_Renamed, help=argparse.SUPPRESS, new=new, why=why)
