@@ -81,6 +81,16 @@ def test_export_copies_results_without_checkpoints(data_dir, tmp_path):
         report.export(run_dir, tmp_path / "results")
 
 
+def test_export_of_a_run_on_a_tuning_split_lands_under_tuning(finished_run, tmp_path):
+    run_dir = copy_run(finished_run, tmp_path / "runs")
+    config = json.loads((run_dir / "config.json").read_text())
+    config["config"]["dataset"] = "digits-tune"
+    (run_dir / "config.json").write_text(json.dumps(config))
+    target = report.export(run_dir, tmp_path / "results")
+    assert target == tmp_path / "results" / "tuning" / "digits-tune" / "cascade" / run_dir.name
+    assert results_of(target) == results_of(run_dir)
+
+
 def test_export_of_a_run_with_a_bad_results_json_writes_nothing_then_works_once_repaired(finished_run, tmp_path):
     run_dir = copy_run(finished_run, tmp_path / "runs")
     results = run_dir / "class0_seed0" / "results.json"

@@ -280,12 +280,14 @@ def compare(root, score="recon"):
 # Export: what a table is built from, without checkpoints, logs or per-trial figures
 # ---------------------------------------------------------------------------------------------
 def export(run_dir, dest=None):
-    """Copy a run's results to results/<dataset>/<model>/<timestamp>/ (or below `dest`). The copy
-    is made in a hidden folder beside the target and renamed into place when complete, so a
-    failed export leaves nothing behind."""
+    """Copy a run's results to results/<dataset>/<model>/<timestamp>/ (or below `dest`); a run on
+    a tuning split (a "-tune" dataset) to results/tuning/<dataset>/..., beside the others that chose
+    the settings. The copy is made in a hidden folder beside the target and renamed into place when
+    complete, so a failed export leaves nothing behind."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
-    target = Path(dest or REPO / "results") / config["dataset"] / config["model"] / run_dir.name
+    tuning = ("tuning",) if config["dataset"].endswith("-tune") else ()
+    target = Path(dest or REPO / "results").joinpath(*tuning, config["dataset"], config["model"], run_dir.name)
     if target.exists():
         raise UserError(f"{target} exists; an export never overwrites one.")
     load_results(run_dir)  # every results.json must be readable before anything is written
