@@ -254,6 +254,9 @@ def parse(argv=None):
                       help="draw a run's figures again from its results and checkpoints")
     what.add_argument("--leakage", metavar="RUN_DIR",
                       help="per class, how much it mixes with the other classes: in pixels and in the run's latent space")
+    actions.add_argument("--ensemble", action="store_true",
+                         help="with --compare: after each network row of several seeds, their seed ensemble "
+                              "(the mean of the seeds' standardised scores)")
     actions.add_argument("--run-dir", metavar="DIR",
                          help="use DIR as the sweep folder (shared by cluster jobs; finished trials are skipped)")
     args = parser.parse_args(argv)
@@ -272,10 +275,12 @@ def run(argv=None):
     args, given = parse(argv)
     if "score" in given and (args.compare or args.eval_only or args.table or args.figures):
         check_score(given["score"], allow_all=not args.figures)
+    if args.ensemble and not args.compare:
+        raise UserError("--ensemble goes with --compare DIR (a row more per network run of several seeds).")
     if args.compare or args.export:
         refuse(given, ("score",) if args.compare else (), "--compare" if args.compare else "--export", args.run_dir)
-        return report.compare(args.compare, given.get("score", DEFAULTS["score"])) if args.compare else \
-            report.export(args.export)
+        return report.compare(args.compare, given.get("score", DEFAULTS["score"]), args.ensemble) if args.compare \
+            else report.export(args.export)
     if args.leakage:
         refuse(given, ("device",), "--leakage", args.run_dir)
         return run_leakage(args.leakage, resolve_device(given.get("device", "auto")))

@@ -17,6 +17,7 @@ import numpy as np
 from prettytable import PrettyTable
 
 from tool.datasets import class_label
+from tool.ensemble import ensemble_summary
 from tool.errors import UserError
 from tool.evaluation import METRICS, SCORES
 from tool.io import REPO, WriteError, atomic_write_bytes, atomic_write_text, make_dir, write_reason
@@ -218,9 +219,10 @@ def _order(label):
     return (ROW_ORDER.index(model) if model in ROW_ORDER else len(ROW_ORDER), label)
 
 
-def compare(root, score="recon"):
+def compare(root, score="recon", ensemble=False):
     """Print and write comparison.md / comparison.csv of every run below `root`, of SCORE `score`
-    ("all": a row per score of every run); return the Markdown."""
+    ("all": a row per score of every run), with `ensemble` a row more after each network row of
+    several seeds: their seed ensemble (tool/ensemble.py); return the Markdown."""
     root = Path(root)
     runs = find_runs(root)
     markdown, rows_csv = [], [["dataset", "protocol", "model", "score", "metric", "mean", "std"]]
@@ -231,8 +233,7 @@ def compare(root, score="recon"):
             names = sorted({n for r in loaded[label].values() for n in r["metrics"]}, key=_score_order)
             shown = names if score == "all" else [n for n in names if n == score] or names[:1] * (len(names) == 1)
             rows += [(label if score != "all" else f"{label} [{name}]", label, name) for name in shown]
-        models = [row for row, _, _ in rows]
-        summary_rows, per_class, class_names = [], {}, {}
+        models, summary_rows, per_class, class_names = [], [], {}, {}
         for model, label, name in rows:
             run_dir, results = labelled[label], loaded[label]
             config = read_run_config(run_dir)
@@ -245,9 +246,20 @@ def compare(root, score="recon"):
             seeds_text = f"{complete}" if complete == len(seeds) else f"{complete} of {len(seeds)}"
             summary_rows.append([model, *cells, f"{seeds_text} ({len(results)}/{len(classes) * len(seeds)} trials)",
                                  str(run_dir.relative_to(root))])
+            models.append(model)
             per_class[model] = {c: summary[c]["auroc"] for c in classes}
             rows_csv += [[dataset, protocol, label, name, m, *(f"{v:.6f}" for v in summary["mean"][m][:2])]
                          for m in METRICS if summary["mean"][m]]
+            together = ensemble_summary(run_dir, results, classes, seeds, name) if ensemble else None
+            if together:
+                members = " ".join(map(str, together["seeds"]))
+                model = f"{model}, ensemble of seeds {members}"
+                summary_rows.append([model, *(format_cell(together["mean"].get(m)) for m in METRICS),
+                                     f"1 ({len(together['seeds'])} seeds averaged)", str(run_dir.relative_to(root))])
+                models.append(model)
+                per_class[model] = {c: together[c]["auroc"] for c in classes}
+                rows_csv += [[dataset, protocol, f"{label} ensemble of seeds {members}", name, m,
+                              f"{together['mean'][m][0]:.6f}", ""] for m in METRICS if m in together["mean"]]
         header = ["model (settings that differ)", *METRICS.values(), "seeds", "run"]
         published = [row[:-1] + ["-", "docs/method.md"] for row in published_rows(dataset)] \
             if protocol == "one-anomalous-class" else []

@@ -1,0 +1,67 @@
+"""Tests of tool/ensemble.py: a seed ensemble from the results files, standardised per trial, and
+its rows in --compare."""
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+import main
+from conftest import command, one_error, run_main
+from tool.ensemble import ensemble_scores
+from tool.errors import UserError
+from tool.results import read_results, read_scores, write_results
+
+METRICS = dict.fromkeys(("auroc", "auprc", "f1_oracle", "f1_val_threshold"), 0.5)
+
+
+def trial(folder, seed, targets, scores, fusion):
+    folder.mkdir(parents=True)
+    write_results(folder, {"class": 0, "seed": seed, "metrics": {n: METRICS for n in scores},
+                           "thresholds": dict.fromkeys(scores, 1.0), "fusion": fusion}, targets, scores)
+    return folder, read_results(folder)
+
+
+def test_each_seed_is_standardised_by_its_own_validation_statistics_before_the_mean(tmp_path):
+    rng = np.random.default_rng(0)
+    targets = np.repeat([0, 1], 500)
+    signal = targets * 1.0
+    a = signal + rng.normal(0, 1.0, 1000)  # two noisy detectors of the same signal...
+    b = 1000 * (signal + rng.normal(0, 1.0, 1000)) + 5000  # ...the second on a scale 1000 times larger
+    folders, results = zip(trial(tmp_path / "s0", 0, targets, {"recon": a}, {"recon": [0.0, 1.0]}),
+                           trial(tmp_path / "s1", 1, targets, {"recon": b}, {"recon": [5000.0, 1000.0]}))
+    got_targets, together = ensemble_scores(folders, results, "recon")
+    assert got_targets.tolist() == targets.tolist()
+    stored_a, stored_b = (read_scores(folder)[1]["recon"] for folder in folders)  # as scores.npz keeps them
+    np.testing.assert_allclose(together, (stored_a + (stored_b - 5000) / 1000) / 2)
+    auroc = [roc_auc_score(targets, x) for x in (a, b, together)]
+    assert auroc[2] > max(auroc[:2]) + 0.01  # independent errors average out
+    naive = roc_auc_score(targets, (stored_a + stored_b) / 2)  # without standardising: b alone
+    assert abs(naive - auroc[1]) < 0.005
+
+
+def test_fused_is_averaged_as_it_is_and_a_missing_statistic_or_other_test_split_is_refused(tmp_path):
+    targets = np.array([0, 0, 1, 1])
+    one = trial(tmp_path / "s0", 0, targets, {"fused": np.array([0.0, 1.0, 2.0, 3.0])}, {})
+    two = trial(tmp_path / "s1", 1, targets, {"fused": np.array([1.0, 1.0, 3.0, 3.0])}, {})
+    assert ensemble_scores(*zip(one, two), "fused")[1].tolist() == [0.5, 1.0, 2.5, 3.0]
+    with pytest.raises(UserError, match="no validation statistics for recon"):
+        ensemble_scores(*zip(trial(tmp_path / "s2", 2, targets, {"recon": np.ones(4)}, {}), one), "recon")
+    other = trial(tmp_path / "s3", 3, np.array([1, 0, 1, 0]), {"fused": np.ones(4)}, {})
+    with pytest.raises(UserError, match="test images differ"):
+        ensemble_scores(*zip(one, other), "fused")
+
+
+def test_compare_with_ensemble_adds_a_row_per_network_run_of_several_seeds(data_dir, tmp_path):
+    out = tmp_path / "runs"
+    run_main(data_dir, out, "--model", "ae", "--classes", "0", "1", "--seeds", "0", "1", "--epochs", "1")
+    run_main(data_dir, out, "--model", "knn", "--classes", "0", "1", "--seeds", "0", "1")
+    text = main.run(["--compare", str(out), "--score", "fused", "--ensemble"])
+    labels = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")]
+    assert "ae, ensemble of seeds 0 1" in labels
+    assert not any(label.startswith("knn, ensemble") for label in labels)  # a classical detector is not ensembled
+    row = next(line for line in text.splitlines() if line.startswith("| ae, ensemble"))
+    assert "2 seeds averaged" in row and row.split("|")[5].strip() == "-"  # no F1 at a validation threshold
+    assert "ensemble" not in main.run(["--compare", str(out), "--score", "fused"])  # only when asked
+
+
+def test_ensemble_without_compare_is_one_error():
+    one_error(command("main.py", "--ensemble", "--dataset", "digits"), "--ensemble goes with --compare")
