@@ -35,7 +35,7 @@ from tool.io import atomic_write_json, atomic_write_text, environment, git_commi
 from tool.parallel import run_trials  # noqa: E402
 from tool.prepare import ensure_prepared  # noqa: E402
 from tool.protocol import make_split  # noqa: E402
-from tool.settings import OneLineParser, resolve_device, validate  # noqa: E402
+from tool.settings import OneLineParser, add_setting_flags, overrides_from, resolve_device, validate  # noqa: E402
 from tool.train import TrainConfig, seed_everything, train_model  # noqa: E402
 
 
@@ -92,35 +92,25 @@ def summary(records):
 def main(argv=None):
     parser = OneLineParser(prog="scripts/epoch_oracle.py", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
-    parser.add_argument("--min-steps", type=int, default=DEFAULTS["min_steps"])
-    parser.add_argument("--precision", default=DEFAULTS["precision"])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--classes", nargs="+", default=None)
-    parser.add_argument("--jobs", type=int, default=0, help="trials at once (0: one per CPU core)")
-    parser.add_argument("--data-dir", default=None)
+    add_setting_flags(parser.add_argument_group("settings (main.py's, with the same flags; seeds: 0)"), DEFAULTS)
     parser.add_argument("--out", required=True, help="a new folder for the per-trial records and summary.md")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):  # an empty folder (a failed start) is reused
         raise UserError(f"{out} exists; give a new folder with --out (nothing is overwritten).")
-    config = {**DEFAULTS, "dataset": args.dataset, "model": args.model, "epochs": args.epochs,
-              "min_steps": args.min_steps, "precision": args.precision, "seeds": args.seeds, "jobs": args.jobs,
-              "data_dir": args.data_dir, "draw_figures": False}
+    config = {**DEFAULTS, "seeds": [0], **overrides_from(args, DEFAULTS), "draw_figures": False}
     validate(config)
     if config["protocol"] != "one-anomalous-class":
         raise UserError("this diagnostic follows the paper's protocol only")
     ds = ensure_prepared(config["dataset"], config["data_dir"])
-    classes = ds.class_list(args.classes)
+    classes = ds.class_list(config["classes"])
     make_dir(out)
     atomic_write_json(out / "diagnostic.json", {"settings": config, "commit": git_commit(),
                                             "environment": environment()})
-    run_trials(oracle_trial, config, ds, [(c, s) for s in args.seeds for c in classes], out,
+    run_trials(oracle_trial, config, ds, [(c, s) for s in config["seeds"] for c in classes], out,
                resolve_device(config["device"]))
     records = [read_json(out / f"class{c}_seed{s}.json", "Run this diagnostic again into a new folder.")
-               for s in args.seeds for c in classes]
+               for s in config["seeds"] for c in classes]
     table = summary(records)
     atomic_write_text(out / "summary.md", table)
     print(table + f"\nwritten: {out / 'summary.md'}")
