@@ -48,6 +48,13 @@ def test_fused_is_averaged_as_it_is_and_a_missing_statistic_or_other_test_split_
     other = trial(tmp_path / "s3", 3, np.array([1, 0, 1, 0]), {"fused": np.ones(4)}, {})
     with pytest.raises(UserError, match="test images differ"):
         ensemble_scores(*zip(one, other), "fused")
+    for name, fusion in (("s4", {"recon": "abc"}), ("s5", {"recon": [0.0, 0.0]}), ("s6", {"recon": [float("nan"), 1.0]}),
+                         ("s7", [1, 2])):  # forged or damaged statistics: one clear error, not a traceback
+        with pytest.raises(UserError, match="no validation statistics for recon"):
+            ensemble_scores(*zip(trial(tmp_path / name, 4, targets, {"recon": np.ones(4)}, fusion), one), "recon")
+    broken = trial(tmp_path / "s8", 8, targets, {"fused": np.array([0.0, np.inf, 1.0, 2.0])}, {})
+    with pytest.raises(UserError, match="not one finite number per test image"):
+        ensemble_scores(*zip(one, broken), "fused")
 
 
 def test_compare_with_ensemble_adds_a_row_per_network_run_of_several_seeds(data_dir, tmp_path):

@@ -32,14 +32,23 @@ def ensemble_scores(folders, results, score):
             raise UserError(f"{folder}: its test images differ from those of the other seeds of its class "
                             f"(scores.npz targets); an ensemble needs the same test split for every seed.")
         values = scores[score]
+        if len(values) != len(targets) or not np.isfinite(values).all():
+            raise UserError(f"{folder / 'scores.npz'}: its {score} scores are not one finite number per test image; "
+                            f"score it again: python main.py --eval-only {folder.parent}")
         if score != "fused":
-            mean, spread = result.get("fusion", {}).get(score, (None, None))
+            stats = result.get("fusion") if isinstance(result.get("fusion"), dict) else {}
+            mean, spread = stats.get(score) if _is_mean_and_spread(stats.get(score)) else (None, None)
             if mean is None:
                 raise UserError(f"{folder} has no validation statistics for {score} (results.json \"fusion\"); "
                                 f"score it again: python main.py --eval-only {folder.parent}")
             values = (values - mean) / spread
         members.append(values)
     return targets, np.mean(members, axis=0)
+
+
+def _is_mean_and_spread(value):
+    return (isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                              and np.isfinite(v) for v in value) and value[1] > 0)
 
 
 def ensemble_summary(run_dir, results, classes, seeds, score):
