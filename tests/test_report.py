@@ -1,5 +1,6 @@
 """Tests of tool/report.py: a run's table by key, every run of a dataset in one table, the export."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,6 +90,17 @@ def test_export_of_a_run_on_a_tuning_split_lands_under_tuning(finished_run, tmp_
     target = report.export(run_dir, tmp_path / "results")
     assert target == tmp_path / "results" / "tuning" / "digits-tune" / "cascade" / run_dir.name
     assert results_of(target) == results_of(run_dir)
+
+
+@pytest.mark.parametrize("key, value", [("dataset", "../../escaped"), ("model", "/tmp/escaped"), ("dataset", "..")])
+def test_a_forged_dataset_or_model_name_cannot_lead_an_export_outside_results(finished_run, tmp_path, key, value):
+    run_dir = copy_run(finished_run, tmp_path / "runs")
+    config = json.loads((run_dir / "config.json").read_text())
+    config["config"][key] = value
+    (run_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="plain folder name"):
+        report.export(run_dir, tmp_path / "deep" / "results")
+    assert not (tmp_path / "deep").exists() and not Path("/tmp/escaped").exists()
 
 
 def test_export_of_a_run_with_a_bad_results_json_writes_nothing_then_works_once_repaired(finished_run, tmp_path):

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from models import ModelConfig, build_model
+from tool.datasets import NAME_PATTERN
 from tool.errors import UserError
 from tool.io import (REPO, WriteError, atomic_torch_save, atomic_write_json, environment, file_lock, load_checkpoint,
                      make_dir, read_json, remove_temp_files, write_reason)
@@ -39,8 +40,8 @@ RENAMED_KEYS = {"threshold": "addressing_threshold"}  # run configs written befo
 ADDED_KEYS = {"patience_steps": 0, "min_steps": 0, "precision": "fp32", "compile": False}  # settings added
 # later, with the value that runs made before them had
 RUN_CONFIG_KEYS = {  # what every reader of a run's config.json needs: key -> (check, what it must be)
-    "dataset": (lambda v: isinstance(v, str) and v != "", "a dataset name"),
-    "model": (lambda v: isinstance(v, str) and v != "", "a preset name"),
+    "dataset": (lambda v: isinstance(v, str) and NAME_PATTERN.fullmatch(v) is not None, "a dataset name (a plain folder name)"),
+    "model": (lambda v: isinstance(v, str) and NAME_PATTERN.fullmatch(v) is not None, "a preset name (a plain folder name)"),
     "protocol": (lambda v: isinstance(v, str) and v != "", "a protocol name"),
     "classes": (lambda v: v is None or isinstance(v, list), "a list of classes, or null for all"),
     "seeds": (lambda v: isinstance(v, list) and v != [] and all(type(s) is int for s in v), "a list of integer seeds"),
