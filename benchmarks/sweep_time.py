@@ -28,6 +28,7 @@ from prettytable import PrettyTable  # noqa: E402
 from benchmarks.throughput import _tree_of  # noqa: E402
 from tool.datasets import DATA_ROOT, is_prepared  # noqa: E402
 from tool.errors import UserError, cli  # noqa: E402
+from tool.results import history_column  # noqa: E402
 
 
 def measure(tree, preset, precision, data_dir, workdir, epochs):
@@ -43,8 +44,8 @@ def measure(tree, preset, precision, data_dir, workdir, epochs):
     if done.returncode != 0:
         raise UserError(f"{' '.join(command)} failed in {tree}: {done.stderr.strip()[-500:]}")
     trials = [json.loads(p.read_text()) for p in out.rglob("results.json")]
-    epoch = statistics.mean(t["history"][-1]["seconds"] for t in trials)
-    overhead = statistics.mean(t["total_seconds"] - sum(h["seconds"] for h in t["history"]) for t in trials)
+    epoch = statistics.mean(history_column(t["history"], "seconds")[-1] for t in trials)  # either layout (--against)
+    overhead = statistics.mean(t["total_seconds"] - sum(history_column(t["history"], "seconds")) for t in trials)
     return epoch, overhead
 
 

@@ -18,7 +18,6 @@ run), and main.py never looks at the test split before training has ended.
     python scripts/epoch_oracle.py --dataset mnist --model cascade-released --epochs 20 \\
         --precision bf16 --seeds 0 --out runs/diagnostics/mnist-released-e20
 """
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -35,7 +34,9 @@ from tool.io import atomic_write_json, atomic_write_text, environment, git_commi
 from tool.parallel import run_trials  # noqa: E402
 from tool.prepare import ensure_prepared  # noqa: E402
 from tool.protocol import make_split  # noqa: E402
-from tool.settings import OneLineParser, add_setting_flags, overrides_from, resolve_device, validate  # noqa: E402
+from tool.classical import CLASSICAL  # noqa: E402
+from tool.protocol import check_trials  # noqa: E402
+from tool.settings import check_model_size, make_parser, overrides_from, resolve_device, validate  # noqa: E402
 from tool.train import TrainConfig, seed_everything, train_model  # noqa: E402
 
 
@@ -90,20 +91,31 @@ def summary(records):
 
 
 def main(argv=None):
-    parser = OneLineParser(prog="scripts/epoch_oracle.py", description=__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_setting_flags(parser.add_argument_group("settings (main.py's, with the same flags; seeds: 0)"), DEFAULTS)
+    parser = make_parser(DEFAULTS, __doc__, prog="scripts/epoch_oracle.py")  # main.py's flags (no abbreviations)
     parser.add_argument("--out", required=True, help="a new folder for the per-trial records and summary.md")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # an empty folder (a failed start) is reused
-        raise UserError(f"{out} exists; give a new folder with --out (nothing is overwritten).")
-    config = {**DEFAULTS, "seeds": [0], **overrides_from(args, DEFAULTS), "draw_figures": False}
+    given = overrides_from(args, DEFAULTS)
+    ignored = sorted(set(given) & {"draw_figures", "output_dir", "checkpoint_seconds", "score"})
+    if ignored:
+        raise UserError(f"this diagnostic writes only to --out and scores recon: drop "
+                        f"{', '.join('--' + k.replace('_', '-') for k in ignored)}")
+    config = {**DEFAULTS, "seeds": [0], **given, "draw_figures": False}
     validate(config)
     if config["protocol"] != "one-anomalous-class":
         raise UserError("this diagnostic follows the paper's protocol only")
+    if config["model"] in CLASSICAL:
+        raise UserError(f"--model {config['model']} is a classical detector: it has no epochs to choose")
     ds = ensure_prepared(config["dataset"], config["data_dir"])
     classes = ds.class_list(config["classes"])
+    check_trials(ds, config["protocol"], classes, config["val_fraction"])  # as main.py: before anything is written
+    check_model_size(config, ds.shape)
+    try:
+        taken = out.exists() and (not out.is_dir() or any(out.iterdir()))  # an empty folder (a failed start) is reused
+    except OSError as error:
+        raise UserError(f"cannot read {out} ({error.strerror}); give another folder with --out.") from None
+    if taken:
+        raise UserError(f"{out} exists; give a new folder with --out (nothing is overwritten).")
     make_dir(out)
     atomic_write_json(out / "diagnostic.json", {"settings": config, "commit": git_commit(),
                                             "environment": environment()})

@@ -1,12 +1,14 @@
 """Tests of tool/ensemble.py: a seed ensemble from the results files, standardised per trial, and
 its rows in --compare."""
+import shutil
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
 import main
 from conftest import command, one_error, run_main
-from tool.ensemble import ensemble_scores
+from tool.ensemble import ensemble_scores, ensemble_summary
 from tool.errors import UserError
 from tool.results import read_results, read_scores, write_results
 
@@ -49,12 +51,19 @@ def test_fused_is_averaged_as_it_is_and_a_missing_statistic_or_other_test_split_
     with pytest.raises(UserError, match="test images differ"):
         ensemble_scores(*zip(one, other), "fused")
     for name, fusion in (("s4", {"recon": "abc"}), ("s5", {"recon": [0.0, 0.0]}), ("s6", {"recon": [float("nan"), 1.0]}),
-                         ("s7", [1, 2])):  # forged or damaged statistics: one clear error, not a traceback
+                         ("s7", [1, 2]), ("s9", {"recon": [1, 2 ** 64 * 10 ** 400]})):  # forged or damaged statistics: one clear error, not a traceback
         with pytest.raises(UserError, match="no validation statistics for recon"):
             ensemble_scores(*zip(trial(tmp_path / name, 4, targets, {"recon": np.ones(4)}, fusion), one), "recon")
     broken = trial(tmp_path / "s8", 8, targets, {"fused": np.array([0.0, np.inf, 1.0, 2.0])}, {})
     with pytest.raises(UserError, match="not one finite number per test image"):
         ensemble_scores(*zip(one, broken), "fused")
+    tiny = trial(tmp_path / "s10", 10, targets, {"recon": np.ones(4)}, {"recon": [0.0, 5e-324]})  # overflows
+    with pytest.raises(UserError, match="standardised by the validation statistics .* are not finite"):
+        ensemble_scores(*zip(tiny, tiny), "recon")
+    normal_only = [trial(tmp_path / f"n{s}", s, np.zeros(4, dtype=int), {"fused": np.ones(4)}, {}) for s in (0, 1)]
+    with pytest.raises(UserError, match="no anomalous or no normal image"):
+        ensemble_scores(*zip(*normal_only), "fused")
+    assert ensemble_summary(tmp_path, {}, [], [0, 1], "fused") is None  # no classes: no row
 
 
 def test_compare_with_ensemble_adds_a_row_per_network_run_of_several_seeds(data_dir, tmp_path):
@@ -68,6 +77,17 @@ def test_compare_with_ensemble_adds_a_row_per_network_run_of_several_seeds(data_
     row = next(line for line in text.splitlines() if line.startswith("| ae, ensemble"))
     assert "2 seeds averaged" in row and row.split("|")[5].strip() == "-"  # no F1 at a validation threshold
     assert "ensemble" not in main.run(["--compare", str(out), "--score", "fused"])  # only when asked
+
+
+def test_a_trial_folder_whose_results_name_another_trial_is_one_clear_error(data_dir, tmp_path):
+    run_dir = run_main(data_dir, tmp_path / "runs", "--model", "knn", "--classes", "0", "--seeds", "0", "1")
+    shutil.copytree(run_dir / "class0_seed0", run_dir / "class0_seed0.bak")  # a stray copy inside the run
+    one_error(command("main.py", "--compare", tmp_path / "runs", "--ensemble"),
+              "class0_seed0.bak/results.json holds the results of class 0, seed 0")
+    shutil.rmtree(run_dir / "class0_seed0.bak")
+    path = run_dir / "class0_seed1" / "results.json"
+    path.write_text(path.read_text().replace('"seed": 1', '"seed": 0'))  # seeds swapped by hand
+    one_error(command("main.py", "--table", run_dir), "but its folder is named class0_seed1")
 
 
 def test_ensemble_without_compare_is_one_error():

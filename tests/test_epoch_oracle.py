@@ -30,6 +30,12 @@ def test_val_chosen_epoch_is_what_main_reports(tmp_path, data_dir):
                       "--out", tmp_path / "new"), "--seeds", "scripts/epoch_oracle.py --help")
     one_error(command("scripts/epoch_oracle.py", "--dataset", "digits", "--model", "cascade", "--epochs", "0",
                       "--out", tmp_path / "new"), "--epochs")
+    for flags, text in ((["--seed", "3"], "unrecognized arguments: --seed"),  # no abbreviation starts a default run
+                        (["--model", "knn"], "classical detector"),
+                        (["--val-fraction", "0.999"], "--val-fraction"),  # found before anything is written
+                        (["--draw-figures", "true"], "drop --draw-figures")):
+        one_error(command("scripts/epoch_oracle.py", "--dataset", "digits", "--data-dir", data_dir, *flags,
+                          "--out", tmp_path / "new"), text)
     assert not (tmp_path / "new").exists()
     (tmp_path / "empty").mkdir()  # what a start that failed on a full disk leaves: used, not refused
     done = command("scripts/epoch_oracle.py", "--dataset", "digits", "--model", "cascade", "--classes", "0",

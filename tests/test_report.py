@@ -1,5 +1,6 @@
 """Tests of tool/report.py: a run's table by key, every run of a dataset in one table, the export."""
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,7 @@ def test_export_copies_results_without_checkpoints(data_dir, tmp_path):
         report.export(run_dir, tmp_path / "results")
 
 
-def test_export_of_a_run_on_a_tuning_split_lands_under_tuning(finished_run, tmp_path):
+def test_export_of_a_run_on_a_tuning_split_lands_under_tuning(finished_run, tmp_path, monkeypatch):
     run_dir = copy_run(finished_run, tmp_path / "runs")
     config = json.loads((run_dir / "config.json").read_text())
     config["config"]["dataset"] = "digits-tune"
@@ -90,9 +91,13 @@ def test_export_of_a_run_on_a_tuning_split_lands_under_tuning(finished_run, tmp_
     target = report.export(run_dir, tmp_path / "results")
     assert target == tmp_path / "results" / "tuning" / "digits-tune" / "cascade" / run_dir.name
     assert results_of(target) == results_of(run_dir)
+    shutil.rmtree(target)
+    monkeypatch.chdir(run_dir)
+    assert report.export(".", tmp_path / "results") == target  # named by the run folder's own name
 
 
-@pytest.mark.parametrize("key, value", [("dataset", "../../escaped"), ("model", "/tmp/escaped"), ("dataset", "..")])
+@pytest.mark.parametrize("key, value", [("dataset", "../../escaped"), ("model", "/tmp/escaped"), ("dataset", ".."),
+                                        ("model", "m" * 300)])
 def test_a_forged_dataset_or_model_name_cannot_lead_an_export_outside_results(finished_run, tmp_path, key, value):
     run_dir = copy_run(finished_run, tmp_path / "runs")
     config = json.loads((run_dir / "config.json").read_text())

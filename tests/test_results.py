@@ -10,19 +10,19 @@ import score
 from conftest import command, copy_run, files_in, one_error
 from tool import report
 from tool.errors import UserError
-from tool.results import read_results, read_scores, write_results
+from tool.results import history_column, history_columns, read_results, read_scores, write_results
 
 
 def test_results_and_scores_round_trip_with_scores_in_float16(tmp_path):
     results = {"class": 3, "seed": 1, "metrics": {"recon": dict.fromkeys(("auroc", "auprc", "f1_oracle",
                                                                            "f1_val_threshold"), 0.5)},
                "thresholds": {"recon": 1.25}, "history": [{"epoch": 1, "val_loss": 0.5}]}
-    scores = np.array([0.1234567, 2.5, 70000.0])
-    write_results(tmp_path, results, [0, 1, 1], {"recon": scores[:2], "big": scores})
+    scores, small = np.array([0.1234567, 2.5, 70000.0]), np.array([0.1234567, 2.5, 1.0])
+    write_results(tmp_path, results, [0, 1, 1], {"recon": small, "big": scores})
     assert read_results(tmp_path) == {**results, "history": {"epoch": [1], "val_loss": [0.5]}}
     targets, saved = read_scores(tmp_path)
     assert targets.tolist() == [0, 1, 1]
-    assert saved["recon"].tolist() == scores[:2].astype(np.float16).astype(float).tolist()
+    assert saved["recon"].tolist() == small.astype(np.float16).astype(float).tolist()
     assert saved["big"][2] == 70000.0  # beyond float16's range: kept in float32
 
 
@@ -81,3 +81,33 @@ def test_the_history_is_kept_by_columns_to_5_significant_digits_and_the_metrics_
     assert '\n    "val_loss": [0.069499,0.05],\n' in (tmp_path / "results.json").read_text()  # a line a quantity
     write_results(tmp_path, saved, [0, 1], {"recon": [0.0, 1.0]})  # written again as read: unchanged
     assert read_results(tmp_path)["history"] == saved["history"]
+
+
+def test_a_history_written_is_read_back_whatever_its_keys_and_a_malformed_one_is_refused(tmp_path):
+    results = {"class": 0, "seed": 0, "metrics": {"recon": dict.fromkeys(("auroc", "auprc", "f1_oracle",
+                                                                          "f1_val_threshold"), 0.5)},
+               "thresholds": {"recon": 1.0}, "history": [{"epoch": 1, 7: 1.5}]}  # a key that is no string
+    write_results(tmp_path, results, [0, 1], {"recon": [0.0, 1.0]})
+    assert read_results(tmp_path)["history"] == {"epoch": [1], "7": [1.5]}
+    for history in ("abc", None, [5, {"epoch": 1}]):  # damaged or forged: one clear error, before any write
+        (tmp_path / "results.json").write_text(json.dumps({**results, "history": history}))
+        with pytest.raises(UserError, match="history or evaluations"):
+            read_results(tmp_path)
+
+
+def test_one_quantity_of_the_history_reads_from_either_layout():
+    rows = [{"epoch": 1, "seconds": 2.0}, {"epoch": 2, "seconds": 3.0}]
+    assert history_column(rows, "seconds") == history_column(history_columns(rows), "seconds") == [2.0, 3.0]
+
+
+@pytest.mark.parametrize("arrays", [
+    {"targets": np.array([0, 1]), "recon": np.ones((2, 2))},       # not one score per image
+    {"targets": np.array([0, 1]), "recon": np.array(1.0)},         # a scalar
+    {"targets": np.array([0, 1]), "recon": np.array(["a", "b"])},  # not numbers
+    {"targets": np.array([[0, 1]]), "recon": np.ones((1, 2))},     # 2-D targets
+    {"targets": np.array([0, 7]), "recon": np.ones(2)},            # targets that are not 0 / 1
+])
+def test_scores_of_the_wrong_shape_or_type_are_one_clear_error(tmp_path, arrays):
+    np.savez(tmp_path / "scores.npz", **arrays)
+    with pytest.raises(UserError, match="holds no readable test scores"):
+        read_scores(tmp_path)

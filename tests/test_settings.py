@@ -35,6 +35,7 @@ from tool.settings import LIST_TYPES, RULES, SCALAR_TYPES, check_ranges
     (["--output-dir", ""], "--output-dir (OUTPUT_DIR) must be a folder (not empty)"),
     (["--data-dir", ""], "--data-dir (DATA_DIR) must be a folder (not empty), or none"),
     (["--dataset", "../datasets/digits"], "--dataset '../datasets/digits' is not a dataset name but a path"),
+    (["--dataset", "a" * 300], "an empty name or one over 100 characters"),
     (["--threads", "100000"], "--threads (THREADS) must be an integer in 0..1024"),
     (["--score", "nope"], "--score (SCORE) 'nope' is not a score: valid are recon"),
     (["--latent-dim", "1000000000"], "the cascade model for 1 x 8 x 8 images would have"),

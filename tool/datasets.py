@@ -22,7 +22,7 @@ from tool.io import (REPO, WriteError, atomic_torch_save, atomic_write_json, loa
                      write_reason)
 
 DATA_ROOT = REPO / "datasets"
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a dataset name is a plain folder name
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a dataset name is a plain folder name, <= 100 chars
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,9 @@ def is_prepared(name, root=None):
 def check_dataset_name(name, root=None):
     """A known dataset, or a folder dataset someone prepared under datasets/<name>/."""
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        raise UserError(f"--dataset '{name}' is not a dataset name but a path or an empty name: give the name "
-                        f"of a dataset in {Path(root or DATA_ROOT)} (e.g. digits, fmnist, or your folder dataset's "
-                        f"--name), and --data-dir for another datasets folder.")
+        raise UserError(f"--dataset '{name}' is not a dataset name but a path, an empty name or one over 100 "
+                        f"characters: give the name of a dataset in {Path(root or DATA_ROOT)} (e.g. digits, fmnist, "
+                        f"or your folder dataset's --name), and --data-dir for another datasets folder.")
     if name in DATASETS or is_prepared(name, root):
         return name
     raise UserError(f"unknown dataset '{name}'. Valid: {', '.join(DATASETS)} "

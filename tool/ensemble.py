@@ -41,21 +41,37 @@ def ensemble_scores(folders, results, score):
             if mean is None:
                 raise UserError(f"{folder} has no validation statistics for {score} (results.json \"fusion\"); "
                                 f"score it again: python main.py --eval-only {folder.parent}")
-            values = (values - mean) / spread
+            with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+                values = (values - float(mean)) / float(spread)
+            if not np.isfinite(values).all():
+                raise UserError(f"{folder}: its {score} scores standardised by the validation statistics in "
+                                f"results.json (\"fusion\") are not finite; score it again: python main.py "
+                                f"--eval-only {folder.parent}")
         members.append(values)
+    if len(np.unique(targets)) != 2:
+        raise UserError(f"{folders[0]}: its test split has no anomalous or no normal image (scores.npz targets); "
+                        f"an ensemble's AUROC needs both. Score the trials again: python main.py --eval-only "
+                        f"{folders[0].parent}")
     return targets, np.mean(members, axis=0)
 
 
 def _is_mean_and_spread(value):
-    return (isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                              and np.isfinite(v) for v in value) and value[1] > 0)
+    """[mean, spread] of finite floats, the spread above 0 (a results.json may be damaged or forged)."""
+    if not (isinstance(value, list) and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        return False
+    try:
+        mean, spread = float(value[0]), float(value[1])
+    except OverflowError:  # an integer beyond float's range
+        return False
+    return bool(np.isfinite(mean) and np.isfinite(spread) and spread > 0)
 
 
 def ensemble_summary(run_dir, results, classes, seeds, score):
     """The seed ensemble of `score` as a row in the form of report.summarise: {class: {metric:
     (value, 0.0, 1)}, "mean": {metric: (mean over classes, 0.0, 1)}}, from the seeds of `seeds`
     that finished every class; None when fewer than two did, or `score` is not a network's."""
-    if score not in SCORES:
+    if score not in SCORES or not classes:
         return None
     complete = [s for s in seeds if all((c, s) in results and score in results[(c, s)]["metrics"] for c in classes)]
     if len(complete) < 2:

@@ -101,7 +101,7 @@ def list_images(folder, skipped):
 def check_name(name):
     """A dataset name for a folder: a plain folder name that no built-in dataset uses."""
     if not name or not NAME_PATTERN.fullmatch(name):
-        raise UserError(f"--name '{name}' is not a plain folder name (letters, digits, '.', '_', '-').")
+        raise UserError(f"--name '{name}' is not a plain folder name (letters, digits, '.', '_', '-'; at most 100 characters).")
     if name == "folder" or name in DATASETS or name.removesuffix("-tune") in DATASETS:
         raise UserError(f"--name '{name}' is taken by a built-in dataset ({', '.join(DATASETS)}, their -tune "
                         f"splits, and 'folder'); choose another name.")

@@ -296,7 +296,7 @@ def export(run_dir, dest=None):
     a tuning split (a "-tune" dataset) to results/tuning/<dataset>/..., beside the others that chose
     the settings. The copy is made in a hidden folder beside the target and renamed into place when
     complete, so a failed export leaves nothing behind."""
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()  # "--export ." names the run by its folder's own name
     config = read_run_config(run_dir)
     tuning = ("tuning",) if config["dataset"].endswith("-tune") else ()
     target = Path(dest or REPO / "results").joinpath(*tuning, config["dataset"], config["model"], run_dir.name)

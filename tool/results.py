@@ -23,9 +23,19 @@ def results_text(results):
         return head + "\n"
     history = results["history"]
     columns = history_columns(history) if isinstance(history, list) else history
-    lines = ",\n".join(f"    {json.dumps(name)}: {json.dumps(_rounded(values), separators=(',', ':'))}"
+    if not isinstance(columns, dict):
+        raise ValueError(f"a training history is a list of epochs or a dict of columns, not {type(history).__name__}")
+    lines = ",\n".join(f"    {json.dumps(str(name))}: {json.dumps(_rounded(values), separators=(',', ':'))}"
                         for name, values in columns.items())
     return head[:-2] + (f',\n  "history": {{\n{lines}\n  }}\n}}\n' if lines else ',\n  "history": {}\n}\n')
+
+
+def history_column(history, name):
+    """One quantity of a training history, per epoch, from either layout: the columns of today's
+    results.json or the list of epochs of one written before (and of TrainResult.history)."""
+    if isinstance(history, dict):
+        return list(history.get(name, []))
+    return [epoch.get(name) for epoch in history if isinstance(epoch, dict)]
 
 
 def history_columns(epochs):
@@ -34,6 +44,8 @@ def history_columns(epochs):
     lacks is null there. An empty history is {}."""
     if not epochs:
         return {}
+    if not all(isinstance(epoch, dict) for epoch in epochs):
+        raise ValueError("a training history's epochs are dicts")
     columns = {}
     for name in dict.fromkeys(name for epoch in epochs for name in epoch):  # every key, first seen first
         values = [epoch.get(name) for epoch in epochs]
@@ -92,31 +104,43 @@ def read_results(folder):
             and isinstance(results.get("thresholds"), dict)
             and all(isinstance(results["thresholds"].get(name), (int, float, type(None)))
                     for name in results["metrics"])
-            and isinstance(results.get("class"), int) and isinstance(results.get("seed"), int)):
-        raise UserError(f"{path} is not a trial's results (metrics, thresholds, class or seed missing or malformed). "
-                        f"{what_to_do}")
+            and isinstance(results.get("class"), int) and isinstance(results.get("seed"), int)
+            and _is_history(results.get("history", [])) and isinstance(results.get("evaluations", []), list)):
+        raise UserError(f"{path} is not a trial's results (metrics, thresholds, class, seed, history or evaluations "
+                        f"missing or malformed). {what_to_do}")
     return results
+
+
+def _is_history(history):
+    """A training history in either layout: a list of epochs (dicts) or a dict of columns."""
+    return isinstance(history, dict) or (isinstance(history, list) and all(isinstance(e, dict) for e in history))
 
 
 def read_scores(folder):
     """(targets, {score: per-image test scores}) of a finished trial, from scores.npz (or, for a
-    trial written before it existed, the lists in results.json)."""
+    trial written before it existed, the lists in results.json), checked: targets of 0 and 1 and
+    every score one finite-or-not number per target, all 1-D."""
     folder = Path(folder)
     what_to_do = f"Run the trial again, or python main.py --eval-only {folder.parent} to score it again."
-    if not (folder / "scores.npz").is_file():
-        legacy = read_json(folder / "results.json", what_to_do)
-        if isinstance(legacy, dict) and isinstance(legacy.get("scores"), list):
-            name = read_results(folder)["metrics"].popitem()[0]
-            return np.asarray(legacy["targets"]), {name: np.asarray(legacy["scores"], dtype=np.float64)}
-        raise UserError(f"{folder} has no scores.npz. {what_to_do}")
     try:
-        with np.load(folder / "scores.npz", allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-        targets = arrays.pop("targets").astype(np.int64)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as error:
-        raise UserError(f"{folder / 'scores.npz'} is truncated or corrupt ({type(error).__name__}). "
-                        f"{what_to_do}") from None
-    return targets, {name: values.astype(np.float64) for name, values in arrays.items()}
+        if not (folder / "scores.npz").is_file():
+            legacy = read_json(folder / "results.json", what_to_do)
+            if not (isinstance(legacy, dict) and isinstance(legacy.get("scores"), list)):
+                raise UserError(f"{folder} has no scores.npz. {what_to_do}")
+            name = read_results(folder)["metrics"].popitem()[0]
+            targets, arrays = np.asarray(legacy.get("targets")), {name: np.asarray(legacy["scores"], dtype=np.float64)}
+        else:
+            with np.load(folder / "scores.npz", allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files}
+            targets = arrays.pop("targets")
+        arrays = {name: values.astype(np.float64) for name, values in arrays.items()}
+        if not (targets.ndim == 1 and np.isin(targets, (0, 1)).all()
+                and all(values.shape == targets.shape for values in arrays.values())):
+            raise ValueError("shapes or targets")
+        return targets.astype(np.int64), arrays
+    except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile, EOFError) as error:
+        raise UserError(f"{folder} holds no readable test scores (scores.npz truncated, corrupt or of the wrong "
+                        f"shape: {type(error).__name__}). {what_to_do}") from None
 
 
 def score_name(results, score):
@@ -132,5 +156,9 @@ def load_results(run_dir):
     found = {}
     for path in sorted(Path(run_dir).glob("class*_seed*/results.json")):
         result = read_results(path.parent)
+        if path.parent.name != f"class{result['class']}_seed{result['seed']}":
+            raise UserError(f"{path} holds the results of class {result['class']}, seed {result['seed']}, but its "
+                            f"folder is named {path.parent.name}: a trial's folder is class<c>_seed<s>. Move a "
+                            f"copy out of the run folder, or restore the trial from a copy.")
         found[(result["class"], result["seed"])] = result
     return found

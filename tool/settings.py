@@ -69,8 +69,8 @@ def add_setting_flags(parser, defaults, help_texts=None):
                                 metavar=kind.__name__.upper())
 
 
-def make_parser(defaults, description, help_texts=None):
-    parser = OneLineParser(prog="main.py", description=description, allow_abbrev=False,
+def make_parser(defaults, description, help_texts=None, prog="main.py"):
+    parser = OneLineParser(prog=prog, description=description, allow_abbrev=False,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     add_setting_flags(parser.add_argument_group("settings (main.py's constants)"), defaults, help_texts)
     for old, (new, why) in RENAMED.items():
