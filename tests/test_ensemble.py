@@ -92,3 +92,14 @@ def test_a_trial_folder_whose_results_name_another_trial_is_one_clear_error(data
 
 def test_ensemble_without_compare_is_one_error():
     one_error(command("main.py", "--ensemble", "--dataset", "digits"), "--ensemble goes with --compare")
+
+
+def test_trials_scored_before_the_statistics_were_kept_get_no_ensemble_row_and_no_error(tmp_path):
+    targets = np.array([0, 0, 1, 1])
+    results = {}
+    for seed in (0, 1):
+        folder, results[(0, seed)] = trial(tmp_path / f"class0_seed{seed}", seed, targets,
+                                           {"recon": np.arange(4.0), "fused": np.arange(4.0)}, {})
+        del results[(0, seed)]["fusion"]
+    assert ensemble_summary(tmp_path, results, [0], [0, 1], "recon") is None
+    assert ensemble_summary(tmp_path, results, [0], [0, 1], "fused")["mean"]["auroc"][0] == 1.0

@@ -76,6 +76,10 @@ def ensemble_summary(run_dir, results, classes, seeds, score):
     complete = [s for s in seeds if all((c, s) in results and score in results[(c, s)]["metrics"] for c in classes)]
     if len(complete) < 2:
         return None
+    missing = [key for key in ((c, s) for c in classes for s in complete)
+               if isinstance(results[key].get("fusion", {}), dict) and score not in results[key].get("fusion", {})]
+    if score != "fused" and missing:
+        return None  # trials scored before the validation statistics were kept: no ensemble row (not an error)
     rows = {}
     for c in classes:
         folders = [run_dir / f"class{c}_seed{s}" for s in complete]
