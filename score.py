@@ -7,8 +7,8 @@ Every image gets the preprocessing the trial's dataset recorded (folder datasets
 interpolation; see tool/folder.py; built-in datasets: none, the image must already have the
 model's channels), then training's pixel scaling, and the score evaluation computes (--score,
 default the run's SCORE: recon, the L2 norm of the reconstruction error; latent-knn, with the
-normal training codes the trial kept in bank.pt; memory; fused, standardised with the trial's
-validation statistics). An image is "anomalous" when its score is above the trial's validation
+normal training codes the trial kept in bank.pt; latent-lof, the local outlier factor among those
+codes; memory; fused and fused-lof, standardised with the trial's validation statistics). An image is "anomalous" when its score is above the trial's validation
 threshold for that score (results.json: thresholds, a percentile of the scores of normal
 validation images). Folders are searched recursively for PNG, JPEG and BMP files.
 
@@ -30,7 +30,7 @@ from prettytable import PrettyTable
 from tool.settings import OneLineParser, resolve_device
 from tool.datasets import scale_images
 from tool.errors import UserError, cli
-from tool.evaluation import fused, image_scores
+from tool.evaluation import FUSIONS, fit_lof, fusions, image_scores
 from tool.folder import INTERPOLATION, INTERPOLATIONS, list_images, read_image, shown, to_chw
 from tool.io import atomic_write_bytes
 from tool.results import read_results
@@ -46,7 +46,7 @@ def parse_args(argv=None):
     parser.add_argument("--output", metavar="CSV", help="write the scores here (must not exist; default: "
                                                        "scores.csv in the trial folder, or the next free scores-N.csv)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    parser.add_argument("--score", help="the score to give (default: the run's SCORE): recon, latent-knn, memory, fused")
+    parser.add_argument("--score", help="the score to give (default: the run's SCORE): recon, latent-knn, latent-lof, memory, fused, fused-lof")
     return parser.parse_args(argv)
 
 
@@ -139,9 +139,14 @@ def run(argv=None):
     files = find_images(args.images)
     output = output_path(args.output, args.checkpoint)
     images = load_images(files, trial["input_shape"], trial.get("preprocessing"))
-    scores = image_scores(model, scale_images(images, device), trial_bank(args.checkpoint, device))  # as evaluation
-    if name == "fused":
-        scores["fused"] = fused(results["fusion"], {k: v for k, v in scores.items() if k in results["fusion"]})
+    bank = trial_bank(args.checkpoint, device)
+    lof = fit_lof(bank) if name in ("latent-lof", "fused-lof") else None  # a few seconds: only when asked for
+    scores = image_scores(model, scale_images(images, device), bank, lof)  # as evaluation
+    if name in FUSIONS:
+        scores.update(fusions(results["fusion"], scores))
+    if name not in scores:  # results.json names the score, but what it needs is gone (bank.pt, its statistics)
+        raise UserError(f"{args.checkpoint}: cannot give {name} (its bank.pt or validation statistics are missing). "
+                        f"Score the trial again: python main.py --eval-only {Path(args.checkpoint).parent}")
     threshold = results["thresholds"][name]
     rows = [(str(path), float(value), "anomalous" if value > threshold else "normal")
             for path, value in zip(files, scores[name])]

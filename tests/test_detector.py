@@ -37,7 +37,8 @@ def test_the_detector_is_a_trial_of_main(digits, fitted, tmp_path):
     run_dir = main.run(["--data-dir", str(root), "--output-dir", str(tmp_path), "--classes", "0", "--seeds", "0",
                         "--epochs", "3", "--patience", "3", "--min-steps", "0", "--jobs", "1", "--draw-figures", "false"])
     trial = results_of(run_dir)["class0_seed0"]
-    assert set(fitted.thresholds) == set(trial["metrics"]) == {"recon", "latent-knn", "memory", "fused"}
+    assert set(fitted.thresholds) == set(trial["metrics"]) == {"recon", "latent-knn", "latent-lof", "memory",
+                                                                 "fused", "fused-lof"}
     for name in fitted.thresholds:
         scores = fitted.decision_function(ds.test_images, score=name)
         assert scores.astype(np.float16).astype(float).tolist() == trial["test_scores"][name]  # stored as float16
@@ -52,7 +53,7 @@ def test_save_and_load_give_the_same_scores(digits, fitted, tmp_path):
     _, ds = digits
     fitted.save(tmp_path / "detector.pt")
     loaded = CascadeMemoryDetector.load(tmp_path / "detector.pt", device="cpu")
-    for name in ("recon", "fused"):
+    for name in ("recon", "latent-lof", "fused", "fused-lof"):
         assert (loaded.decision_function(ds.test_images, name) == fitted.decision_function(ds.test_images, name)).all()
     assert loaded.thresholds == fitted.thresholds and loaded.settings == fitted.settings
     floats = ds.test_images.numpy()[:, 0] / 255.0  # (N, H, W) floats in [0, 1] read as the same pixels

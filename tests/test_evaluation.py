@@ -88,10 +88,48 @@ def test_fused_standardises_with_the_validation_statistics():
     assert evaluation.fused(stats, val) == pytest.approx([-1.0, 1.0])
 
 
-@pytest.mark.parametrize("preset, names", [("cascade", {"recon", "latent-knn", "memory", "fused"}),
-                                           ("memae", {"recon", "latent-knn", "memory", "fused"}),
-                                           ("ae", {"recon", "latent-knn", "fused"}),
-                                           ("vae", {"recon", "latent-knn", "fused"})])
+def test_latent_lof_is_the_local_outlier_factor_and_tells_density_apart_where_knn_cannot():
+    """Two clusters of the bank: one tight (spacing 0.1), one loose (spacing 1). A code 1 away
+    from each has the same kNN distance, but it is an outlier only beside the tight cluster."""
+    from sklearn.neighbors import LocalOutlierFactor
+
+    tight = torch.tensor([[0.1 * i, 0.0] for i in range(10)])
+    loose = torch.tensor([[100.0 + i, 0.0] for i in range(10)])
+    bank = torch.cat([tight, loose])
+    codes = torch.tensor([[0.4, 1.0], [104.0, 1.0]])
+    knn = evaluation.knn_distance(codes, bank, k=1)
+    assert knn[0] == pytest.approx(knn[1], rel=0.02)
+    lof = evaluation.lof_score(evaluation.fit_lof(bank, k=3), codes)
+    assert lof[0] > 5 and lof[1] < 2  # about 1 for an inlier
+    reference = LocalOutlierFactor(n_neighbors=3, novelty=True).fit(bank.double().numpy())
+    assert lof == pytest.approx(-reference.score_samples(codes.double().numpy()))
+    assert evaluation.fit_lof(bank[:1]) is None and evaluation.fit_lof(None) is None
+    assert evaluation.fit_lof(bank[:3]).n_neighbors_ == 2  # k at most the bank's size - 1
+    duplicates = evaluation.lof_score(evaluation.fit_lof(torch.zeros(8, 2)), codes)
+    assert np.isfinite(duplicates).all()  # a bank of one repeated code: finite, no warning printed
+
+
+def test_each_fusion_sums_its_own_members_and_none_is_made_without_the_score_it_needs():
+    val = {"recon": np.array([1.0, 3.0]), "latent-knn": np.array([0.0, 2.0]), "latent-lof": np.array([1.0, 1.5]),
+           "memory": np.array([2.0, 4.0])}
+    stats = evaluation.fusion_stats(val)
+    z = {name: (values - stats[name][0]) / stats[name][1] for name, values in val.items()}
+    made = evaluation.fusions(stats, val)
+    assert made["fused"] == pytest.approx(z["recon"] + z["latent-knn"] + z["memory"])
+    assert made["fused-lof"] == pytest.approx(z["recon"] + z["latent-knn"] + z["latent-lof"] + z["memory"])
+    older = {k: v for k, v in val.items() if k != "latent-lof"}  # a trial scored before latent-lof existed
+    assert set(evaluation.fusions(stats, older)) == {"fused"}
+    no_memory = {k: v for k, v in val.items() if k != "memory"}
+    assert evaluation.fusions(stats, no_memory)["fused"] == pytest.approx(z["recon"] + z["latent-knn"])
+
+
+NETWORK_SCORES = {"recon", "latent-knn", "latent-lof", "fused", "fused-lof"}
+
+
+@pytest.mark.parametrize("preset, names", [("cascade", NETWORK_SCORES | {"memory"}),
+                                           ("memae", NETWORK_SCORES | {"memory"}),
+                                           ("ae", NETWORK_SCORES),
+                                           ("vae", NETWORK_SCORES)])
 def test_every_network_gets_every_score_that_applies(preset, names):
     torch.manual_seed(0)
     model = build_model(preset, (1, 8, 8), model_config()).eval()
@@ -100,10 +138,12 @@ def test_every_network_gets_every_score_that_applies(preset, names):
     assert bank.shape == (40, 128) and torch.equal(bank, evaluation.latent_bank(model, train, seed=0, size=40))
     assert bank.dtype == torch.float32 and torch.equal(bank, bank.half().float())  # what bank.pt stores, exactly
     scores, stats = evaluation.network_scores(model, scale_images(val), scale_images(test), bank)
-    assert set(scores) == names and set(stats) == names - {"fused"}
+    assert set(scores) == names and set(stats) == names - {"fused", "fused-lof"}
     for name, (val_scores, test_scores) in scores.items():
         assert val_scores.shape == (20,) and test_scores.shape == (30,) and np.isfinite(test_scores).all()
     # recon is exactly anomaly_scores; the fused validation scores are centred
     assert (scores["recon"][1] == evaluation.anomaly_scores(model, scale_images(test))).all()
     assert scores["fused"][0].mean() == pytest.approx(0.0, abs=1e-9)
     assert (evaluation.image_scores(model, scale_images(test), bank)["latent-knn"] == scores["latent-knn"][1]).all()
+    refitted = evaluation.image_scores(model, scale_images(test), bank, evaluation.fit_lof(bank))["latent-lof"]
+    assert (refitted == scores["latent-lof"][1]).all()  # the LOF fitted again on the same bank: the same scores

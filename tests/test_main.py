@@ -106,7 +106,7 @@ def test_eval_only_adds_the_scores_an_older_trial_lacks(data_dir, tmp_path, caps
     assert again["metrics"] == now["metrics"] and again["test_scores"] == now["test_scores"]
     assert again["history"] == now["history"] and (trial / "bank.pt").is_file()
     (entry,) = again["evaluations"]
-    assert entry["scores"] == ["latent-knn", "memory", "fused"] and entry["previous"] == {}
+    assert entry["scores"] == ["latent-knn", "latent-lof", "memory", "fused", "fused-lof"] and entry["previous"] == {}
     # nothing differs any more: a second --eval-only writes nothing
     main.run(["--eval-only", str(run_dir)])
     assert "matches its saved results.json exactly (1 trials)" in capsys.readouterr().out

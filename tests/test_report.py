@@ -134,8 +134,9 @@ def test_score_all_prints_a_table_per_score_and_writes_nothing(finished_run, cap
     before = {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()}
     tables = report.run_table(finished_run, write=False, score="all")
     titles = [line for line in capsys.readouterr().out.splitlines() if line.startswith("digits / cascade")]
-    assert [t.split("score ")[1].split(":")[0] for t in titles] == ["recon", "latent-knn", "memory", "fused"]
-    assert len(tables) == 4 and tables[0][1] != tables[3][1]  # each score's own rows
+    assert [t.split("score ")[1].split(":")[0] for t in titles] == ["recon", "latent-knn", "latent-lof", "memory",
+                                                                    "fused", "fused-lof"]
+    assert len(tables) == 6 and tables[0][1] != tables[4][1]  # each score's own rows
     assert {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()} == before
 
 

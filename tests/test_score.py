@@ -94,7 +94,7 @@ def test_command_line_errors_exit_2_without_a_traceback(tmp_path, own_images):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", ["latent-knn", "memory", "fused"])
+@pytest.mark.parametrize("name", ["latent-knn", "latent-lof", "memory", "fused", "fused-lof"])
 def test_every_score_of_new_images_is_the_one_evaluation_gave(own_trial, own_images, own_prepared, tmp_path, name):
     output, rows = score_run(own_trial, own_images / "test", "--score", name, "--output", tmp_path / f"{name}.csv")
     meta = json.loads((own_prepared[0] / NAME / "processed" / "meta.json").read_text())

@@ -26,7 +26,8 @@ import torch
 from models import PRESETS, ModelConfig, build_model
 from tool.datasets import scale_images
 from tool.errors import UserError
-from tool.evaluation import SCORES, fused, fusion_stats, image_scores, latent_bank, validation_threshold
+from tool.evaluation import (FUSIONS, SCORES, fit_lof, fusion_stats, fusions, image_scores, latent_bank,
+                             validation_threshold)
 from tool.io import atomic_torch_save, load_checkpoint
 from tool.protocol import validation_holdout
 from tool.settings import check_ranges, resolve_device
@@ -60,6 +61,7 @@ class CascadeMemoryDetector:
         if self.settings["score"] not in SCORES:
             raise UserError(f"unknown score '{self.settings['score']}'. Valid: {', '.join(SCORES)}")
         self.model, self.input_shape, self.bank, self.fusion, self.thresholds = None, None, None, None, None
+        self.lof = None  # refitted from the bank (fit, load), never stored
 
     @property
     def threshold(self):
@@ -79,16 +81,18 @@ class CascadeMemoryDetector:
             train_model(self.model, train_x, val_x, TrainConfig.from_settings(self.settings), Path(tmp) / "last.pt",
                         self.seed, desc="fit", log_every=1 if self.verbose else None)
         self.bank = latent_bank(self.model, images[torch.from_numpy(train_idx)], self.seed, self.device)
-        val_scores = image_scores(self.model, val_x, self.bank)
+        self.lof = fit_lof(self.bank)
+        val_scores = image_scores(self.model, val_x, self.bank, self.lof)
         self.fusion = fusion_stats(val_scores)
-        val_scores["fused"] = fused(self.fusion, val_scores)
+        val_scores.update(fusions(self.fusion, val_scores))
         self.thresholds = {name: validation_threshold(values, self.settings["threshold_percentile"])
                            for name, values in val_scores.items()}
         return self
 
     def decision_function(self, images, score=None):
         """Anomaly scores (float64 numpy array, higher = more anomalous) of `score` (default: the
-        detector's SCORE): recon, latent-knn, memory (models with a memory) or fused."""
+        detector's SCORE): recon, latent-knn, latent-lof, memory (models with a memory), fused or
+        fused-lof."""
         self._check_fitted()
         score = score or self.settings["score"]
         if score not in self.thresholds:
@@ -97,8 +101,10 @@ class CascadeMemoryDetector:
         if tuple(images.shape[1:]) != self.input_shape:
             raise UserError(f"images of shape {tuple(images.shape[1:])}, but the detector was fitted on "
                             f"{self.input_shape}")
-        scores = image_scores(self.model, scale_images(images, self.device), self.bank)
-        return fused(self.fusion, scores) if score == "fused" else scores[score]
+        scores = image_scores(self.model, scale_images(images, self.device), self.bank, self.lof)
+        if score in FUSIONS:
+            scores.update(fusions(self.fusion, scores))
+        return scores[score]
 
     def predict(self, images):
         """1 where the score is above the threshold fixed on the held-out normal images, else 0."""
@@ -116,6 +122,7 @@ class CascadeMemoryDetector:
         try:
             detector = cls(saved["preset"], saved["seed"], device, **saved["settings"])
             detector.input_shape, detector.bank = tuple(saved["input_shape"]), saved["bank"].float()
+            detector.lof = fit_lof(detector.bank)
             detector.fusion = {name: [float(v) for v in pair] for name, pair in saved["fusion"].items()}
             detector.thresholds = {name: float(v) for name, v in saved["thresholds"].items()}
             detector.model = detector._build()

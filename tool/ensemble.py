@@ -4,7 +4,7 @@ detector (python main.py --compare DIR --ensemble; an option beside the tables, 
 The ensemble's score of an image is the mean of the trials' scores of it, each standardised by the
 mean and spread of its own trial's scores on the normal validation images (results.json "fusion").
 Standardising first matters: each seed learns a code and a reconstruction of its own scale. `fused`
-is a sum of such standardised scores already and is averaged as it is. Classical detectors are not
+and `fused-lof` are sums of such standardised scores already and are averaged as they are. Classical detectors are not
 ensembled (knn gives the same scores for every seed).
 
 Every trial keeps its test scores in scores.npz (float16), so an ensemble is computed from the
@@ -14,7 +14,7 @@ over to the mean, so an ensemble has no "F1 @ val. threshold".
 import numpy as np
 
 from tool.errors import UserError
-from tool.evaluation import SCORES, compute_metrics
+from tool.evaluation import FUSIONS, SCORES, compute_metrics
 from tool.results import read_scores
 
 
@@ -35,7 +35,7 @@ def ensemble_scores(folders, results, score):
         if len(values) != len(targets) or not np.isfinite(values).all():
             raise UserError(f"{folder / 'scores.npz'}: its {score} scores are not one finite number per test image; "
                             f"score it again: python main.py --eval-only {folder.parent}")
-        if score != "fused":
+        if score not in FUSIONS:
             stats = result.get("fusion") if isinstance(result.get("fusion"), dict) else {}
             mean, spread = stats.get(score) if _is_mean_and_spread(stats.get(score)) else (None, None)
             if mean is None:
@@ -78,7 +78,7 @@ def ensemble_summary(run_dir, results, classes, seeds, score):
         return None
     missing = [key for key in ((c, s) for c in classes for s in complete)
                if isinstance(results[key].get("fusion", {}), dict) and score not in results[key].get("fusion", {})]
-    if score != "fused" and missing:
+    if score not in FUSIONS and missing:
         return None  # trials scored before the validation statistics were kept: no ensemble row (not an error)
     rows = {}
     for c in classes:

@@ -3,6 +3,8 @@
 One score convention everywhere: higher = more anomalous, target 1 = anomaly. AUROC below 0.5 is
 reported as it is, never flipped.
 """
+import warnings
+
 import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve, roc_auc_score
@@ -12,10 +14,18 @@ from tool.datasets import scale_images
 SCORES = {  # every score a trained network gets (a classical detector has one: its own, named after it)
     "recon": "L2 norm of the reconstruction error, the paper's score",
     "latent-knn": "mean Euclidean distance of the encoder's code to its nearest codes of normal training images",
+    "latent-lof": "local outlier factor of the encoder's code among the same codes: its neighbours' distance "
+                  "relative to their own neighbours'",
     "memory": "1 - mean cosine similarity of each memory stage's input to the slots it chose, summed over stages",
-    "fused": "the other scores, each standardised by its mean and spread on the normal validation images, summed",
+    "fused": "recon, latent-knn and memory, each standardised by its mean and spread on the normal validation "
+             "images, summed",
+    "fused-lof": "fused with latent-lof in the sum",
 }
 LATENT_KNN = {"k": 5, "bank": 16384}  # neighbours, and the normal training codes kept (fmnist-tune, results/tuning.md)
+FUSIONS = {  # a fused score: the scores it sums (those the model has), and the one it cannot be without
+    "fused": (("recon", "latent-knn", "memory"), None),
+    "fused-lof": (("recon", "latent-knn", "latent-lof", "memory"), "latent-lof"),
+}
 METRICS = {  # key in results.json -> column title
     "auroc": "AUROC",
     "auprc": "AUPRC",
@@ -84,6 +94,30 @@ def knn_distance(codes, bank, k=None):
     return torch.cat(distances).mean(dim=1).double().numpy()
 
 
+def fit_lof(bank, k=None):
+    """scikit-learn's LocalOutlierFactor (novelty mode, exact neighbours) fitted on the codes of a
+    latent-knn bank, or None for a bank of fewer than 2 codes. k = LATENT_KNN's, at most the bank's
+    size - 1. One thread: the scores do not depend on the core count. Refitted from the bank
+    wherever it is needed (a few seconds at 16,384 codes), so nothing but the bank is stored."""
+    from sklearn.neighbors import LocalOutlierFactor
+    from threadpoolctl import threadpool_limits
+
+    if bank is None or len(bank) < 2:
+        return None
+    k = min(LATENT_KNN["k"] if k is None else k, len(bank) - 1)
+    with threadpool_limits(limits=1), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # duplicate codes: LOF stays finite (scikit-learn adds 1e-10)
+        return LocalOutlierFactor(n_neighbors=k, novelty=True, algorithm="brute").fit(bank.double().numpy())
+
+
+def lof_score(lof, codes):
+    """The local outlier factor of each code (about 1 for an inlier, higher = more anomalous)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return -lof.score_samples(codes.double().numpy())
+
+
 def fusion_stats(val_scores):
     """{score: [mean, std]} of each score's normal validation scores: what `fused` standardises with."""
     return {name: [float(np.mean(values)), float(np.std(values)) or 1.0] for name, values in val_scores.items()}
@@ -94,13 +128,26 @@ def fused(stats, scores):
     return sum((np.asarray(values) - stats[name][0]) / stats[name][1] for name, values in scores.items())
 
 
-def image_scores(model, images, bank):
-    """{score: per-image scores} of every score but the fused one (latent-knn: given a bank;
-    memory: models with a memory)."""
+def fusions(stats, scores):
+    """{fused score: per-image values} of every fusion of FUSIONS that `scores` ({score: values})
+    allows: each sums the members it has standardised with `stats` (a model without a memory has
+    no memory score), and none is made without the score it needs."""
+    made = {}
+    for name, (members, needs) in FUSIONS.items():
+        if needs is None or (needs in scores and needs in stats):
+            made[name] = fused(stats, {m: scores[m] for m in members if m in scores and m in stats})
+    return made
+
+
+def image_scores(model, images, bank, lof=None):
+    """{score: per-image scores} of every score but the fused ones (latent-knn: given a bank;
+    latent-lof: given the LOF fitted on it, fit_lof; memory: models with a memory)."""
     out = network_outputs(model, images)
     scores = {"recon": out["recon"]}
     if bank is not None:
         scores["latent-knn"] = knn_distance(out["code"], bank)
+    if lof is not None:
+        scores["latent-lof"] = lof_score(lof, out["code"])
     if out["memory"] is not None:
         scores["memory"] = out["memory"]
     return scores
@@ -108,10 +155,12 @@ def image_scores(model, images, bank):
 
 def network_scores(model, val_images, test_images, bank):
     """({score: (validation scores, test scores)}, fusion stats) of a trained network: every
-    score of SCORES that applies, the fused one standardised on the validation scores."""
-    val, test = image_scores(model, val_images, bank), image_scores(model, test_images, bank)
+    score of SCORES that applies, the fused ones standardised on the validation scores."""
+    lof = fit_lof(bank)
+    val, test = image_scores(model, val_images, bank, lof), image_scores(model, test_images, bank, lof)
     stats = fusion_stats(val)
-    val["fused"], test["fused"] = fused(stats, val), fused(stats, test)
+    val.update(fusions(stats, val))
+    test.update(fusions(stats, test))
     return {name: (val[name], test[name]) for name in val}, stats
 
 
