@@ -139,13 +139,15 @@ def run(argv=None):
     files = find_images(args.images)
     output = output_path(args.output, args.checkpoint)
     images = load_images(files, trial["input_shape"], trial.get("preprocessing"))
-    bank = trial_bank(args.checkpoint, device)
+    needs_bank = name not in ("recon", "memory")  # a damaged bank.pt does not stop these two
+    bank = trial_bank(args.checkpoint, device, width=trial["config"].get("latent_dim")) if needs_bank else None
     lof = fit_lof(bank) if name in ("latent-lof", "fused-lof") else None  # a few seconds: only when asked for
     scores = image_scores(model, scale_images(images, device), bank, lof)  # as evaluation
     if name in FUSIONS:
         scores.update(fusions(results["fusion"], scores))
     if name not in scores:  # results.json names the score, but what it needs is gone (bank.pt, its statistics)
-        raise UserError(f"{args.checkpoint}: cannot give {name} (its bank.pt or validation statistics are missing). "
+        raise UserError(f"{args.checkpoint}: cannot give {name} (it needs bank.pt and the score's validation "
+                        f"statistics in results.json, and one of them is missing). "
                         f"Score the trial again: python main.py --eval-only {Path(args.checkpoint).parent}")
     threshold = results["thresholds"][name]
     rows = [(str(path), float(value), "anomalous" if value > threshold else "normal")

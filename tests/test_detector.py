@@ -93,3 +93,12 @@ def test_loading_a_forged_file_runs_nothing(tmp_path):
     with pytest.raises(UserError, match="forged.pt is not a checkpoint this code wrote"):
         CascadeMemoryDetector.load(tmp_path / "forged.pt")
     assert not marker.exists()
+
+
+def test_a_saved_detector_with_a_damaged_bank_is_refused(fitted, tmp_path):
+    fitted.save(tmp_path / "detector.pt")
+    saved = torch.load(tmp_path / "detector.pt", weights_only=True)
+    saved["bank"][0, 0] = float("nan")
+    torch.save(saved, tmp_path / "nan.pt")
+    with pytest.raises(UserError, match="nan.pt is not a detector saved by CascadeMemoryDetector.save"):
+        CascadeMemoryDetector.load(tmp_path / "nan.pt")

@@ -156,3 +156,23 @@ def test_a_damaged_results_json_is_one_error(own_trial, own_images, tmp_path, da
                    "--device", "cpu")
     one_error(done, f"{results} ", "Delete it and run the trial again")
     assert not (tmp_path / "s.csv").exists()
+
+
+@pytest.mark.parametrize("damage", ["nan", "wide", "one", "empty"])
+def test_a_damaged_bank_is_one_error_for_the_scores_that_need_it_and_none_for_the_others(own_trial, own_images,
+                                                                                          tmp_path, damage):
+    """A bank.pt of non-finite codes, of codes of another width, or of fewer than 2 codes gave NaN
+    or meaningless latent-knn scores, or a traceback (latent-lof), before it was checked."""
+    import torch
+
+    trial = tmp_path / own_trial.name
+    shutil.copytree(own_trial, trial)
+    bank = torch.load(trial / "bank.pt", weights_only=True)["bank"]
+    bank = {"nan": bank.index_fill(0, torch.tensor([0]), float("nan")), "wide": bank[:, :3],
+            "one": bank[:1], "empty": bank[:0]}[damage]
+    torch.save({"bank": bank}, trial / "bank.pt")
+    for name in ("latent-knn", "latent-lof", "fused", "fused-lof"):
+        with pytest.raises(UserError, match="bank.pt is damaged: its bank of codes is"):
+            score_run(trial, own_images / "test", "--score", name, "--output", tmp_path / f"{name}.csv")
+        assert not (tmp_path / f"{name}.csv").exists()
+    score_run(trial, own_images / "test", "--score", "recon", "--output", tmp_path / "recon.csv")  # no bank needed

@@ -122,6 +122,9 @@ class CascadeMemoryDetector:
         try:
             detector = cls(saved["preset"], saved["seed"], device, **saved["settings"])
             detector.input_shape, detector.bank = tuple(saved["input_shape"]), saved["bank"].float()
+            if (detector.bank.ndim != 2 or len(detector.bank) < 2 or not torch.isfinite(detector.bank).all()
+                    or detector.bank.shape[1] != detector.settings["latent_dim"]):
+                raise ValueError("a damaged bank of codes")
             detector.lof = fit_lof(detector.bank)
             detector.fusion = {name: [float(v) for v in pair] for name, pair in saved["fusion"].items()}
             detector.thresholds = {name: float(v) for name, v in saved["thresholds"].items()}

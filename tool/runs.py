@@ -226,15 +226,24 @@ def write_scoring(folder, bank):
     atomic_torch_save({"bank": bank.half().contiguous()}, Path(folder) / "bank.pt")  # exact: latent_bank rounds
 
 
-def trial_bank(folder, device="cpu"):
-    """A trial's latent-knn bank (bank.pt), or None for a trial written before latent-knn existed."""
+def trial_bank(folder, device="cpu", width=None):
+    """A trial's latent-knn bank (bank.pt), or None for a trial written before latent-knn existed.
+    A bank that is not at least 2 finite codes (of `width` numbers each, when given) is refused:
+    it would give silent NaN or meaningless scores."""
     path = Path(folder) / "bank.pt"
     if not path.is_file():
         return None
-    saved = load_checkpoint(path, device, "Score the trial again: python main.py --eval-only RUN_DIR.")
-    if not isinstance(saved, dict) or not isinstance(saved.get("bank"), torch.Tensor) or saved["bank"].ndim != 2:
-        raise UserError(f"{path} holds no bank of codes. Score the trial again: python main.py --eval-only RUN_DIR.")
-    return saved["bank"].float()
+    again = f"Score the trial again: python main.py --eval-only {Path(folder).parent}"
+    saved = load_checkpoint(path, device, again + ".")
+    bank = saved.get("bank") if isinstance(saved, dict) else None
+    if not isinstance(bank, torch.Tensor) or bank.ndim != 2 or not bank.is_floating_point():
+        raise UserError(f"{path} holds no bank of codes. {again}.")
+    bank = bank.float()
+    if len(bank) < 2 or (width is not None and bank.shape[1] != width) or not torch.isfinite(bank).all():
+        raise UserError(f"{path} is damaged: its bank of codes is {tuple(bank.shape)}"
+                        f"{'' if width in (None, bank.shape[1]) else f' (the model gives codes of {width})'}"
+                        f"{'' if torch.isfinite(bank).all() else ', with values that are not finite'}. {again}.")
+    return bank
 
 
 def load_trial_model(folder, device):
