@@ -48,7 +48,7 @@ CHECKPOINT_SECONDS = 60  # last.pt after the first epoch, then at most every thi
 COMPILE = False  # torch.compile the encoder and decoder for training (on a CPU it costs more than it saves; see README, Speed)
 VAL_FRACTION = 0.1  # share of the normal training images held out for validation (paper: 10%)
 THRESHOLD_PERCENTILE = 95.0  # decision threshold = this percentile of the validation scores (for F1 @ val.)
-SCORE = "recon"  # the score tables and figures show: recon (the paper's) | the detector's own for knn, iforest, ocsvm; --compare: all = a row per score
+SCORE = "recon"  # the score tables and figures show: recon (the paper's) | latent-knn | latent-lof | memory | fused | fused-lof (docs/method.md); knn, iforest, ocsvm show their own; --compare: all = a row per score
 DEVICE = "auto"  # auto = CUDA, then Apple MPS, then CPU; or cpu, cuda, cuda:1, mps
 JOBS = 0  # trials run at once; 0 = auto: one per CPU core / THREADS on a CPU, one per GPU on GPUs
 THREADS = 1  # torch CPU threads per trial; 1 keeps scores independent of JOBS and of the core count; 0 = torch default
