@@ -269,3 +269,19 @@ def test_checkpoint_seconds_spares_the_writes_of_short_epochs_and_resume_stays_e
     again = train_model(Tiny(), x, x[:8], config, tmp_path / "last.pt", generator_seed=0, log_every=None)
     losses = [h["train_loss"] for h in done.history]
     assert [h["train_loss"] for h in again.history] == losses and len(set(losses)) == 4  # replayed, bit for bit
+
+
+def test_cpu_lacks_bf16_reads_the_cpu_flags(tmp_path):
+    from tool.train import cpu_lacks_bf16
+
+    avx2, bf16, amx = (tmp_path / n for n in ("avx2", "bf16", "amx"))
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n")
+    bf16.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    amx.write_text("flags\t: avx2 amx_bf16 amx_tile\n")
+    assert cpu_lacks_bf16("cpu", avx2)
+    assert not cpu_lacks_bf16("cpu", bf16)
+    assert not cpu_lacks_bf16("cpu", amx)
+    assert not cpu_lacks_bf16("cpu", tmp_path / "absent")  # cannot tell: no warning
+    (tmp_path / "noflags").write_text("processor\t: 0\n")
+    assert not cpu_lacks_bf16("cpu", tmp_path / "noflags")
+    assert not cpu_lacks_bf16("cuda", avx2)  # a GPU's autocast does not depend on the CPU

@@ -52,6 +52,21 @@ def autocast(precision, device):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def cpu_lacks_bf16(device, cpuinfo="/proc/cpuinfo"):
+    """True when `device` is a CPU that reports neither AVX-512 bf16 nor AMX bf16 (Linux's
+    /proc/cpuinfo): there bf16 matrix products are emulated, and `cascade` trained 8.6x slower in
+    bf16 than in fp32 side by side (an AVX2-only EPYC: 67 against 570 img/s,
+    benchmarks/throughput.py). False when it cannot tell."""
+    if torch.device(device).type != "cpu":
+        return False
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        return False
+    return flags is not None and not {"avx512_bf16", "amx_bf16"} & set(flags)
+
+
 def uses_channels_last(model, device):
     """oneDNN's convolutions are faster on channels-last tensors on a CPU (~1.15x for the conv
     presets): training converts conv models to it (scores are computed in the usual layout)."""
