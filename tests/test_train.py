@@ -56,15 +56,16 @@ def lean_training(preset, images, seed, tmp_path, channels_last=False, **setting
 
 @pytest.mark.parametrize("preset", ["cascade", "cascade-released", "memae", "vae"])
 def test_lean_loop_matches_a_plain_loop(preset, tmp_path):
-    images = torch.rand(100, 1, 8, 8) * 2 - 1
+    images = torch.rand(100, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
     lean_losses, lean_scores = lean_training(preset, images, 3, tmp_path)
     # the same Adam arithmetic (fused, as the lean loop uses on CPU): equal to float rounding
     plain_losses, plain_scores = plain_training(preset, images, 3, fused=True)
     assert lean_losses == pytest.approx(plain_losses, rel=1e-6)
     assert lean_scores == pytest.approx(plain_scores, rel=1e-6)
-    # the textbook unfused Adam rounds differently; top-k choices amplify that a little
+    # the textbook unfused Adam rounds differently; top-k choices amplify that a little, MemAE's
+    # hard shrinkage more (seen: 6e-4 in the third loss on an AVX-512 CPU, under 1e-4 on AVX2)
     plain_losses, plain_scores = plain_training(preset, images, 3, fused=False)
-    assert lean_losses == pytest.approx(plain_losses, rel=1e-4)
+    assert lean_losses == pytest.approx(plain_losses, rel=5e-3 if preset == "memae" else 1e-4)
     assert lean_scores == pytest.approx(plain_scores, rel=5e-3)
 
 
