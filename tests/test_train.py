@@ -54,6 +54,11 @@ def lean_training(preset, images, seed, tmp_path, channels_last=False, **setting
     return [h["train_loss"] for h in result.history], anomaly_scores(model, images)
 
 
+# MemAE's hard shrinkage (relu(w - lambda)) is discontinuous: it amplifies float rounding (seen: 6e-4
+# in the third loss against the unfused Adam on an AVX-512 CPU), where the others stay within 1e-4
+SHRINKAGE_REL = 5e-3
+
+
 @pytest.mark.parametrize("preset", ["cascade", "cascade-released", "memae", "vae"])
 def test_lean_loop_matches_a_plain_loop(preset, tmp_path):
     images = torch.rand(100, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -63,9 +68,9 @@ def test_lean_loop_matches_a_plain_loop(preset, tmp_path):
     assert lean_losses == pytest.approx(plain_losses, rel=1e-6)
     assert lean_scores == pytest.approx(plain_scores, rel=1e-6)
     # the textbook unfused Adam rounds differently; top-k choices amplify that a little, MemAE's
-    # hard shrinkage more (seen: 6e-4 in the third loss on an AVX-512 CPU, under 1e-4 on AVX2)
+    # shrinkage more
     plain_losses, plain_scores = plain_training(preset, images, 3, fused=False)
-    assert lean_losses == pytest.approx(plain_losses, rel=5e-3 if preset == "memae" else 1e-4)
+    assert lean_losses == pytest.approx(plain_losses, rel=SHRINKAGE_REL if preset == "memae" else 1e-4)
     assert lean_scores == pytest.approx(plain_scores, rel=5e-3)
 
 
@@ -76,9 +81,8 @@ def test_channels_last_changes_only_float_rounding(preset, tmp_path):
     images = torch.rand(100, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
     usual = lean_training(preset, images, 3, tmp_path / "usual")
     channels_last = lean_training(preset, images, 3, tmp_path / "cl", channels_last=True)
-    # MemAE's hard shrinkage (relu(w - lambda)) is discontinuous: it amplifies rounding, as it does
-    # for the unfused Adam above; the cascade's and VAE's arithmetic stays within 1e-5
-    loss_rel, score_rel = (5e-3, 5e-3) if preset == "memae" else (1e-5, 1e-4)
+    # MemAE's shrinkage amplifies the rounding (SHRINKAGE_REL); the cascade's and VAE's stays within 1e-5
+    loss_rel, score_rel = (SHRINKAGE_REL, SHRINKAGE_REL) if preset == "memae" else (1e-5, 1e-4)
     assert channels_last[0] == pytest.approx(usual[0], rel=loss_rel)
     assert channels_last[1] == pytest.approx(usual[1], rel=score_rel)
     assert train.uses_channels_last(build_model(preset, (1, 8, 8), model_config()), "cpu")
