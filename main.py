@@ -48,7 +48,7 @@ CHECKPOINT_SECONDS = 60  # last.pt after the first epoch, then at most every thi
 COMPILE = False  # torch.compile the encoder and decoder for training (on a CPU it costs more than it saves; see README, Speed)
 VAL_FRACTION = 0.1  # share of the normal training images held out for validation (paper: 10%)
 THRESHOLD_PERCENTILE = 95.0  # decision threshold = this percentile of the validation scores (for F1 @ val.)
-SCORE = "recon"  # the score tables and figures show: recon (the paper's) | latent-knn | latent-lof | memory | fused | fused-lof (docs/method.md); knn, iforest, ocsvm show their own; --compare: all = a row per score
+SCORE = "recon"  # the score tables and figures show: recon (the paper's) | latent-knn | latent-lof | memory | fused | fused-lof | hidden-knn | hidden-lof | fused-hidden (MLP encoders; docs/method.md); knn, iforest, ocsvm show their own; --compare: all = a row per score
 DEVICE = "auto"  # auto = CUDA, then Apple MPS, then CPU; or cpu, cuda, cuda:1, mps
 JOBS = 0  # trials run at once; 0 = auto: one per CPU core / THREADS on a CPU, one per GPU on GPUs
 THREADS = 1  # torch CPU threads per trial; 1 keeps scores independent of JOBS and of the core count; 0 = torch default
@@ -70,7 +70,7 @@ from tool import figures, report  # noqa: E402
 from tool.classical import CLASSICAL, fit_and_score  # noqa: E402
 from tool.datasets import load_dataset, scale_images  # noqa: E402
 from tool.errors import UserError, cli  # noqa: E402
-from tool.evaluation import compute_metrics, latent_bank, network_scores, validation_threshold  # noqa: E402
+from tool.evaluation import compute_metrics, hidden_bank, latent_bank, network_scores, validation_threshold  # noqa: E402
 from tool.io import git_commit  # noqa: E402
 from tool.leakage import run_leakage  # noqa: E402
 from tool.parallel import run_trials, trial_threads  # noqa: E402
@@ -127,7 +127,7 @@ def _run_trial(config, ds, target_class, seed, run_dir, device, quiet):
     else:  # a network: trained on the normal training images, stopped early on the validation images
         trained = fit(config, model, split, seed, folder, device, log_every=10 if quiet else 1)
         scores, kept = score(model, split, seed, device)
-        write_scoring(folder, kept["bank"])  # bank.pt: what latent-knn needs to score new images
+        write_scoring(folder, kept["bank"], kept["hidden"])  # bank.pt: what latent-knn needs for new images
         trained["fusion"] = kept["fusion"]
     results = {**evaluate(config, scores, split), **trained, **about,
                "dataset": config["dataset"], "protocol": config["protocol"], "model": config["model"],
@@ -173,10 +173,12 @@ def fit_classical(config, split, seed):
 def score(model, split, seed, device):
     """Every score of a trained network (tool.evaluation.SCORES) on the normal validation images
     and on the test split: ({score: (validation scores, test scores)}, what scoring keeps: the
-    latent-knn bank of normal training codes, drawn with the seed, and the fusion stats)."""
-    bank = latent_bank(model, split.train, seed, device)
-    scores, stats = network_scores(model, scale_images(split.val, device), scale_images(split.test, device), bank)
-    return scores, {"bank": bank, "fusion": stats}
+    latent-knn bank of normal training codes, drawn with the seed, the hidden-knn bank of an MLP
+    encoder's hidden features, and the fusion stats)."""
+    bank, hidden = latent_bank(model, split.train, seed, device), hidden_bank(model, split.train, seed, device)
+    scores, stats = network_scores(model, scale_images(split.val, device), scale_images(split.test, device), bank,
+                                   hidden)
+    return scores, {"bank": bank, "hidden": hidden, "fusion": stats}
 
 
 def evaluate(config, scores, split):
@@ -217,7 +219,7 @@ def reevaluate(run_dir, device_name="auto", score_choice=None):
             changed[folder.name] = differ
             entry = {"commit": git_commit(), "written": datetime.now().isoformat(), "scores": differ,
                      "previous": {name: saved["metrics"][name] for name in differ if name in saved["metrics"]}}
-            write_scoring(folder, kept["bank"])
+            write_scoring(folder, kept["bank"], kept["hidden"])
             write_results(folder, {**saved, **evaluated, "fusion": kept["fusion"],
                                    "evaluations": [*saved.get("evaluations", []), entry]},
                           split.test_targets, {name: test for name, (_, test) in scores.items()})

@@ -8,7 +8,8 @@ interpolation; see tool/folder.py; built-in datasets: none, the image must alrea
 model's channels), then training's pixel scaling, and the score evaluation computes (--score,
 default the run's SCORE: recon, the L2 norm of the reconstruction error; latent-knn, with the
 normal training codes the trial kept in bank.pt; latent-lof, the local outlier factor among those
-codes; memory; fused and fused-lof, standardised with the trial's validation statistics). An image is "anomalous" when its score is above the trial's validation
+codes; memory; fused and fused-lof, standardised with the trial's validation statistics; for an
+MLP encoder hidden-knn, hidden-lof and fused-hidden, with the hidden features kept in bank.pt). An image is "anomalous" when its score is above the trial's validation
 threshold for that score (results.json: thresholds, a percentile of the scores of normal
 validation images). Folders are searched recursively for PNG, JPEG and BMP files.
 
@@ -46,7 +47,7 @@ def parse_args(argv=None):
     parser.add_argument("--output", metavar="CSV", help="write the scores here (must not exist; default: "
                                                        "scores.csv in the trial folder, or the next free scores-N.csv)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    parser.add_argument("--score", help="the score to give (default: the run's SCORE): recon, latent-knn, latent-lof, memory, fused, fused-lof")
+    parser.add_argument("--score", help="the score to give (default: the run's SCORE): recon, latent-knn, latent-lof, memory, fused, fused-lof; MLP encoders also hidden-knn, hidden-lof, fused-hidden")
     return parser.parse_args(argv)
 
 
@@ -139,10 +140,14 @@ def run(argv=None):
     files = find_images(args.images)
     output = output_path(args.output, args.checkpoint)
     images = load_images(files, trial["input_shape"], trial.get("preprocessing"))
-    needs_bank = name not in ("recon", "memory")  # a damaged bank.pt does not stop these two
+    needs_bank = name in ("latent-knn", "latent-lof") or name in ("fused", "fused-lof")  # recon, memory: no bank.pt
+    needs_hidden = name.startswith("hidden-") or name == "fused-hidden"
     bank = trial_bank(args.checkpoint, device, width=trial["config"].get("latent_dim")) if needs_bank else None
+    hidden = trial_bank(args.checkpoint, device, width=getattr(model.encoder, "hidden_width", None),
+                        part="hidden") if needs_hidden else None
     lof = fit_lof(bank) if name in ("latent-lof", "fused-lof") else None  # a few seconds: only when asked for
-    scores = image_scores(model, scale_images(images, device), bank, lof)  # as evaluation
+    hidden_lof = fit_lof(hidden) if name in ("hidden-lof", "fused-hidden") else None
+    scores = image_scores(model, scale_images(images, device), bank, lof, hidden, hidden_lof)  # as evaluation
     if name in FUSIONS:
         scores.update(fusions(results["fusion"], scores))
     if name not in scores:  # results.json names the score, but what it needs is gone (bank.pt, its statistics)

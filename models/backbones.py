@@ -21,9 +21,15 @@ class MLPEncoder(nn.Module):
         for n_in, n_out in zip(sizes[:-1], sizes[1:]):
             layers += _block(nn.Linear(n_in, n_out), n_out, nn.BatchNorm1d)
         self.net = nn.Sequential(*layers)
+        self.hidden_width = sizes[1]  # the features hidden_layer gives per image
 
     def forward(self, x):
         return self.net(x)
+
+    def hidden_layer(self):
+        """The module whose output is the first hidden layer (512 features after Linear, BatchNorm
+        and LeakyReLU): the features hidden-knn compares."""
+        return self.net[3]
 
 
 class MLPDecoder(nn.Module):

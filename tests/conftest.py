@@ -288,6 +288,16 @@ def own_trial(own_prepared, tmp_path_factory):
     return Path(run_dir) / "class0_seed0"
 
 
+@pytest.fixture(scope="session")
+def own_mlp_trial(own_prepared, tmp_path_factory):
+    """The same trial with the MLP encoder (cascade-mlp): it has the hidden-knn scores too."""
+    run_dir = main.run(["--dataset", NAME, "--data-dir", str(own_prepared[0]), "--output-dir",
+                        str(tmp_path_factory.mktemp("runs")), "--model", "cascade-mlp", "--epochs", "2",
+                        "--min-steps", "0", "--seeds", "0", "--classes", "bright", "--protocol", "one-normal-class",
+                        "--device", "cpu", "--draw-figures", "false"])
+    return Path(run_dir) / "class0_seed0"
+
+
 def _broken(*args, **kwargs):
     raise RuntimeError("no ink")
 

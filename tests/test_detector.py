@@ -102,3 +102,24 @@ def test_a_saved_detector_with_a_damaged_bank_is_refused(fitted, tmp_path):
     torch.save(saved, tmp_path / "nan.pt")
     with pytest.raises(UserError, match="nan.pt is not a detector saved by CascadeMemoryDetector.save"):
         CascadeMemoryDetector.load(tmp_path / "nan.pt")
+
+
+def test_an_mlp_detector_keeps_its_hidden_bank_through_save_and_load(digits, tmp_path):
+    _, ds = digits
+    images = ds.train_images[ds.train_labels != 0].numpy()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        detector = CascadeMemoryDetector(preset="cascade-mlp", seed=0, **SETTINGS).fit(images)
+    finally:
+        torch.set_num_threads(threads)
+    assert {"hidden-knn", "hidden-lof", "fused-hidden"} <= set(detector.thresholds)
+    detector.save(tmp_path / "mlp.pt")
+    loaded = CascadeMemoryDetector.load(tmp_path / "mlp.pt", device="cpu")
+    for name in ("hidden-knn", "hidden-lof", "fused-hidden"):
+        assert (loaded.decision_function(ds.test_images, name) == detector.decision_function(ds.test_images, name)).all()
+    saved = torch.load(tmp_path / "mlp.pt", weights_only=True)
+    for damaged in (saved["hidden"][:, :5], saved["hidden"].index_fill(0, torch.tensor([0]), float("nan"))):
+        torch.save({**saved, "hidden": damaged}, tmp_path / "bad.pt")
+        with pytest.raises(UserError, match="bad.pt is not a detector saved by CascadeMemoryDetector.save"):
+            CascadeMemoryDetector.load(tmp_path / "bad.pt")

@@ -124,12 +124,15 @@ def test_each_fusion_sums_its_own_members_and_none_is_made_without_the_score_it_
 
 
 NETWORK_SCORES = {"recon", "latent-knn", "latent-lof", "fused", "fused-lof"}
+HIDDEN_SCORES = {"hidden-knn", "hidden-lof", "fused-hidden"}  # MLP encoders only
 
 
 @pytest.mark.parametrize("preset, names", [("cascade", NETWORK_SCORES | {"memory"}),
                                            ("memae", NETWORK_SCORES | {"memory"}),
                                            ("ae", NETWORK_SCORES),
-                                           ("vae", NETWORK_SCORES)])
+                                           ("vae", NETWORK_SCORES),
+                                           ("cascade-mlp", NETWORK_SCORES | HIDDEN_SCORES | {"memory"}),
+                                           ("ae-mlp", NETWORK_SCORES | HIDDEN_SCORES)])
 def test_every_network_gets_every_score_that_applies(preset, names):
     torch.manual_seed(0)
     model = build_model(preset, (1, 8, 8), model_config()).eval()
@@ -137,8 +140,22 @@ def test_every_network_gets_every_score_that_applies(preset, names):
     bank = evaluation.latent_bank(model, train, seed=0, size=40)
     assert bank.shape == (40, 128) and torch.equal(bank, evaluation.latent_bank(model, train, seed=0, size=40))
     assert bank.dtype == torch.float32 and torch.equal(bank, bank.half().float())  # what bank.pt stores, exactly
-    scores, stats = evaluation.network_scores(model, scale_images(val), scale_images(test), bank)
-    assert set(scores) == names and set(stats) == names - {"fused", "fused-lof"}
+    hidden = evaluation.hidden_bank(model, train, seed=0, size=30)
+    if "hidden-knn" in names:  # the first hidden layer of the MLP encoder, of the first 30 images of the same draw
+        assert hidden.shape == (30, 512) and torch.equal(hidden, hidden.half().float())
+        drawn = np.sort(np.random.default_rng(0).permutation(50)[:30])
+        first = evaluation.network_outputs(model, scale_images(train[torch.from_numpy(drawn)]))["hidden"]
+        assert torch.equal(hidden, first.half().float())
+    else:
+        assert hidden is None
+    scores, stats = evaluation.network_scores(model, scale_images(val), scale_images(test), bank, hidden)
+    assert set(scores) == names and set(stats) == names - {"fused", "fused-lof", "fused-hidden"}
+    if hidden is not None:
+        z = {n: (scores[n][1] - stats[n][0]) / stats[n][1] for n in ("recon", "hidden-knn", "hidden-lof", "memory")
+             if n in stats}
+        assert scores["fused-hidden"][1] == pytest.approx(sum(z.values()))
+        alone = evaluation.image_scores(model, scale_images(test), None, None, hidden, evaluation.fit_lof(hidden))
+        assert (alone["hidden-knn"] == scores["hidden-knn"][1]).all() and (alone["hidden-lof"] == scores["hidden-lof"][1]).all()
     for name, (val_scores, test_scores) in scores.items():
         assert val_scores.shape == (20,) and test_scores.shape == (30,) and np.isfinite(test_scores).all()
     # recon is exactly anomaly_scores; the fused validation scores are centred

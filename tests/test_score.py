@@ -176,3 +176,36 @@ def test_a_damaged_bank_is_one_error_for_the_scores_that_need_it_and_none_for_th
             score_run(trial, own_images / "test", "--score", name, "--output", tmp_path / f"{name}.csv")
         assert not (tmp_path / f"{name}.csv").exists()
     score_run(trial, own_images / "test", "--score", "recon", "--output", tmp_path / "recon.csv")  # no bank needed
+
+
+@pytest.mark.parametrize("name", ["hidden-knn", "hidden-lof", "fused-hidden"])
+def test_an_mlp_trial_scores_new_images_in_its_hidden_layer_as_evaluation_did(own_mlp_trial, own_images,
+                                                                               own_prepared, tmp_path, name):
+    output, rows = score_run(own_mlp_trial, own_images / "test", "--score", name, "--output", tmp_path / "s.csv")
+    meta = json.loads((own_prepared[0] / NAME / "processed" / "meta.json").read_text())
+    saved = dict(zip(meta["files"]["test"], read_scores(own_mlp_trial)[1][name]))
+    for path, value, _ in rows:  # scores.npz keeps float16
+        assert value == pytest.approx(saved[Path(path).relative_to(own_images).as_posix()], rel=2e-3, abs=2e-3)
+
+
+def test_hidden_scores_are_refused_for_a_conv_trial_and_a_damaged_hidden_bank_is_one_error(own_trial, own_mlp_trial,
+                                                                                          own_images, tmp_path):
+    import torch
+
+    assert "hidden-knn" not in read_results(own_trial)["metrics"]  # the conv encoder has no hidden bank
+    with pytest.raises(UserError, match="--score hidden-knn: this trial has the scores recon, latent-knn"):
+        score_run(own_trial, own_images / "test", "--score", "hidden-knn")
+    trial = tmp_path / own_mlp_trial.name
+    shutil.copytree(own_mlp_trial, trial)
+    saved = torch.load(trial / "bank.pt", weights_only=True)
+    assert saved["hidden"].dtype == torch.float16 and saved["hidden"].shape[1] == 512
+    torch.save({**saved, "hidden": saved["hidden"][:, :7]}, trial / "bank.pt")
+    for name in ("hidden-knn", "fused-hidden"):
+        with pytest.raises(UserError, match="bank.pt is damaged: its bank of hidden features is"):
+            score_run(trial, own_images / "test", "--score", name, "--output", tmp_path / f"{name}.csv")
+        assert not (tmp_path / f"{name}.csv").exists()
+    score_run(trial, own_images / "test", "--score", "latent-knn", "--output", tmp_path / "codes.csv")  # codes intact
+    del saved["hidden"]  # a trial scored before hidden-knn existed: told how to score it again
+    torch.save(saved, trial / "bank.pt")
+    with pytest.raises(UserError, match="cannot give hidden-knn .* python main.py --eval-only"):
+        score_run(trial, own_images / "test", "--score", "hidden-knn", "--output", tmp_path / "old.csv")

@@ -26,8 +26,8 @@ import torch
 from models import PRESETS, ModelConfig, build_model
 from tool.datasets import scale_images
 from tool.errors import UserError
-from tool.evaluation import (FUSIONS, SCORES, fit_lof, fusion_stats, fusions, image_scores, latent_bank,
-                             validation_threshold)
+from tool.evaluation import (FUSIONS, SCORES, fit_lof, fusion_stats, fusions, hidden_bank, image_scores,
+                             latent_bank, validation_threshold)
 from tool.io import atomic_torch_save, load_checkpoint
 from tool.protocol import validation_holdout
 from tool.settings import check_ranges, resolve_device
@@ -61,7 +61,8 @@ class CascadeMemoryDetector:
         if self.settings["score"] not in SCORES:
             raise UserError(f"unknown score '{self.settings['score']}'. Valid: {', '.join(SCORES)}")
         self.model, self.input_shape, self.bank, self.fusion, self.thresholds = None, None, None, None, None
-        self.lof = None  # refitted from the bank (fit, load), never stored
+        self.hidden = None  # the hidden-knn bank (MLP encoders)
+        self.lof = self.hidden_lof = None  # refitted from the banks (fit, load), never stored
 
     @property
     def threshold(self):
@@ -80,9 +81,11 @@ class CascadeMemoryDetector:
         with tempfile.TemporaryDirectory() as tmp:  # train_model's resumable checkpoint, not kept
             train_model(self.model, train_x, val_x, TrainConfig.from_settings(self.settings), Path(tmp) / "last.pt",
                         self.seed, desc="fit", log_every=1 if self.verbose else None)
-        self.bank = latent_bank(self.model, images[torch.from_numpy(train_idx)], self.seed, self.device)
-        self.lof = fit_lof(self.bank)
-        val_scores = image_scores(self.model, val_x, self.bank, self.lof)
+        train_images = images[torch.from_numpy(train_idx)]
+        self.bank = latent_bank(self.model, train_images, self.seed, self.device)
+        self.hidden = hidden_bank(self.model, train_images, self.seed, self.device)
+        self.lof, self.hidden_lof = fit_lof(self.bank), fit_lof(self.hidden)
+        val_scores = self._scores(val_x)
         self.fusion = fusion_stats(val_scores)
         val_scores.update(fusions(self.fusion, val_scores))
         self.thresholds = {name: validation_threshold(values, self.settings["threshold_percentile"])
@@ -91,8 +94,8 @@ class CascadeMemoryDetector:
 
     def decision_function(self, images, score=None):
         """Anomaly scores (float64 numpy array, higher = more anomalous) of `score` (default: the
-        detector's SCORE): recon, latent-knn, latent-lof, memory (models with a memory), fused or
-        fused-lof."""
+        detector's SCORE): recon, latent-knn, latent-lof, memory (models with a memory), fused,
+        fused-lof; for an MLP encoder hidden-knn, hidden-lof, fused-hidden."""
         self._check_fitted()
         score = score or self.settings["score"]
         if score not in self.thresholds:
@@ -101,7 +104,7 @@ class CascadeMemoryDetector:
         if tuple(images.shape[1:]) != self.input_shape:
             raise UserError(f"images of shape {tuple(images.shape[1:])}, but the detector was fitted on "
                             f"{self.input_shape}")
-        scores = image_scores(self.model, scale_images(images, self.device), self.bank, self.lof)
+        scores = self._scores(scale_images(images, self.device))
         if score in FUSIONS:
             scores.update(fusions(self.fusion, scores))
         return scores[score]
@@ -114,7 +117,7 @@ class CascadeMemoryDetector:
         self._check_fitted()
         atomic_torch_save({"model": self.model.state_dict(), "preset": self.preset, "seed": self.seed,
                            "settings": self.settings, "input_shape": list(self.input_shape), "bank": self.bank,
-                           "fusion": self.fusion, "thresholds": self.thresholds}, path)
+                           "hidden": self.hidden, "fusion": self.fusion, "thresholds": self.thresholds}, path)
 
     @classmethod
     def load(cls, path, device="auto"):
@@ -125,16 +128,28 @@ class CascadeMemoryDetector:
             if (detector.bank.ndim != 2 or len(detector.bank) < 2 or not torch.isfinite(detector.bank).all()
                     or detector.bank.shape[1] != detector.settings["latent_dim"]):
                 raise ValueError("a damaged bank of codes")
-            detector.lof = fit_lof(detector.bank)
+            hidden = saved.get("hidden")
+            if hidden is not None:
+                hidden = hidden.float()
+                if hidden.ndim != 2 or len(hidden) < 2 or not torch.isfinite(hidden).all():
+                    raise ValueError("a damaged bank of hidden features")
+            detector.hidden = hidden
+            detector.lof, detector.hidden_lof = fit_lof(detector.bank), fit_lof(hidden)
             detector.fusion = {name: [float(v) for v in pair] for name, pair in saved["fusion"].items()}
             detector.thresholds = {name: float(v) for name, v in saved["thresholds"].items()}
             detector.model = detector._build()
             detector.model.load_state_dict(saved["model"])
+            if hidden is not None and hidden.shape[1] != getattr(detector.model.encoder, "hidden_width", None):
+                raise ValueError("a bank of hidden features that is not the model's")
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
             raise UserError(f"{path} is not a detector saved by CascadeMemoryDetector.save "
                             f"({type(error).__name__}).") from None
         detector.model.to(detector.device).eval()
         return detector
+
+    def _scores(self, images):
+        """{score: values} of every score but the fused ones, for scaled `images`."""
+        return image_scores(self.model, images, self.bank, self.lof, self.hidden, self.hidden_lof)
 
     def _build(self):
         try:

@@ -20,11 +20,16 @@ SCORES = {  # every score a trained network gets (a classical detector has one: 
     "fused": "recon, latent-knn and memory, each standardised by its mean and spread on the normal validation "
              "images, summed",
     "fused-lof": "fused with latent-lof in the sum",
+    "hidden-knn": "latent-knn in the MLP encoder's first hidden layer (512 features) instead of its code",
+    "hidden-lof": "latent-lof in the same layer, among the same training features",
+    "fused-hidden": "fused-lof with hidden-knn and hidden-lof in place of latent-knn and latent-lof",
 }
 LATENT_KNN = {"k": 5, "bank": 16384}  # neighbours, and the normal training codes kept (fmnist-tune, results/tuning.md)
+HIDDEN_KNN = {"bank": 8192}  # the training features hidden-knn and hidden-lof keep (float16: 8 MB; fmnist-tune, results/tuning.md)
 FUSIONS = {  # a fused score: the scores it sums (those the model has), and the one it cannot be without
     "fused": (("recon", "latent-knn", "memory"), None),
     "fused-lof": (("recon", "latent-knn", "latent-lof", "memory"), "latent-lof"),
+    "fused-hidden": (("recon", "hidden-knn", "hidden-lof", "memory"), "hidden-lof"),
 }
 METRICS = {  # key in results.json -> column title
     "auroc": "AUROC",
@@ -61,20 +66,43 @@ def anomaly_scores(model, images, batch_size=None):
     return torch.cat(scores).double().cpu().numpy()
 
 
+def hidden_layer(model):
+    """The module whose output is the encoder's first hidden layer (hidden-knn's features), or
+    None for an encoder that names none (the conv encoders: 64 x 14 x 14 numbers would make a bank
+    of hundreds of MB)."""
+    named = getattr(model.encoder, "hidden_layer", None)
+    return named() if named is not None else None
+
+
 @torch.inference_mode()
 def network_outputs(model, images, batch_size=None):
     """One evaluation pass: per image the reconstruction error (as anomaly_scores computes it),
-    the encoder's code, and for a model with memory how poorly the code matches the slots."""
+    the encoder's code, its first hidden layer's features (an MLP encoder; else None), and for a
+    model with memory how poorly the code matches the slots."""
     model.eval()
-    recon, codes, memory = [], [], []
-    for xb in batches(images, batch_size):
-        out = model(xb)
-        recon.append(torch.linalg.vector_norm((out["recon"] - xb).flatten(1), dim=1))
-        codes.append(out["latent"].float())
-        if out["memory"]:
-            memory.append(sum(1 - info["similarity"].mean(dim=1) for info in out["memory"]))
+    recon, codes, memory, hidden = [], [], [], []
+    layer = hidden_layer(model)
+    hook = layer.register_forward_hook(lambda module, inputs, output: hidden.append(output.flatten(1).float())) \
+        if layer is not None else None
+    try:
+        for xb in batches(images, batch_size):
+            out = model(xb)
+            recon.append(torch.linalg.vector_norm((out["recon"] - xb).flatten(1), dim=1))
+            codes.append(out["latent"].float())
+            if out["memory"]:
+                memory.append(sum(1 - info["similarity"].mean(dim=1) for info in out["memory"]))
+    finally:
+        if hook is not None:
+            hook.remove()
     return {"recon": torch.cat(recon).double().cpu().numpy(), "code": torch.cat(codes).cpu(),
+            "hidden": torch.cat(hidden).cpu() if hidden else None,
             "memory": torch.cat(memory).double().cpu().numpy() if memory else None}
+
+
+def _training_subset(train_images, seed, size):
+    """The `size` training images a bank is made of, drawn with `seed` (all when there are fewer),
+    in their order; a smaller bank's images are the first of a larger one's draw."""
+    return train_images[torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(len(train_images))[:size]))]
 
 
 def latent_bank(model, train_images, seed, device="cpu", size=None):
@@ -82,9 +110,19 @@ def latent_bank(model, train_images, seed, device="cpu", size=None):
     uint8 `train_images` drawn with `seed` (all of them when there are fewer), rounded to float16
     (as bank.pt stores them), as float32 on the CPU."""
     size = LATENT_KNN["bank"] if size is None else size
-    chosen = torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(len(train_images))[:size]))
-    codes = network_outputs(model, scale_images(train_images[chosen], device))["code"]
+    codes = network_outputs(model, scale_images(_training_subset(train_images, seed, size), device))["code"]
     return codes.half().float()  # bank.pt keeps float16 (4 MB at 16,384 codes); scores use exactly those values
+
+
+def hidden_bank(model, train_images, seed, device="cpu", size=None):
+    """The normal training features hidden-knn compares with: the first hidden layer's features of
+    `size` (HIDDEN_KNN) training images drawn as latent_bank draws them, float16-rounded, float32 on
+    the CPU; None for a model without such a layer (hidden_layer)."""
+    if hidden_layer(model) is None:
+        return None
+    size = HIDDEN_KNN["bank"] if size is None else size
+    features = network_outputs(model, scale_images(_training_subset(train_images, seed, size), device))["hidden"]
+    return features.half().float()
 
 
 def knn_distance(codes, bank, k=None):
@@ -139,25 +177,30 @@ def fusions(stats, scores):
     return made
 
 
-def image_scores(model, images, bank, lof=None):
+def image_scores(model, images, bank, lof=None, hidden=None, hidden_lof=None):
     """{score: per-image scores} of every score but the fused ones (latent-knn: given a bank;
-    latent-lof: given the LOF fitted on it, fit_lof; memory: models with a memory)."""
+    latent-lof: given the LOF fitted on it, fit_lof; hidden-knn and hidden-lof: the same, given the
+    bank of hidden features, hidden_bank; memory: models with a memory)."""
     out = network_outputs(model, images)
     scores = {"recon": out["recon"]}
     if bank is not None:
         scores["latent-knn"] = knn_distance(out["code"], bank)
     if lof is not None:
         scores["latent-lof"] = lof_score(lof, out["code"])
+    if hidden is not None and out["hidden"] is not None:
+        scores["hidden-knn"] = knn_distance(out["hidden"], hidden)
+        if hidden_lof is not None:
+            scores["hidden-lof"] = lof_score(hidden_lof, out["hidden"])
     if out["memory"] is not None:
         scores["memory"] = out["memory"]
     return scores
 
 
-def network_scores(model, val_images, test_images, bank):
+def network_scores(model, val_images, test_images, bank, hidden=None):
     """({score: (validation scores, test scores)}, fusion stats) of a trained network: every
     score of SCORES that applies, the fused ones standardised on the validation scores."""
-    lof = fit_lof(bank)
-    val, test = image_scores(model, val_images, bank, lof), image_scores(model, test_images, bank, lof)
+    lof, hidden_lof = fit_lof(bank), fit_lof(hidden)
+    val, test = (image_scores(model, images, bank, lof, hidden, hidden_lof) for images in (val_images, test_images))
     stats = fusion_stats(val)
     val.update(fusions(stats, val))
     test.update(fusions(stats, test))

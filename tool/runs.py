@@ -9,7 +9,8 @@
             results.json            every score's metrics and threshold, epochs, times (written
                                     last: its presence marks the trial finished)
             best.pt                 the weights with the lowest validation loss
-            bank.pt                 the normal training codes latent-knn compares with
+            bank.pt                 the normal training codes latent-knn compares with (and the
+                                    hidden features hidden-knn compares with, MLP encoders)
             last.pt                 the checkpoint to resume from (epoch 1, then every CHECKPOINT_SECONDS;
                                     deleted once the trial finishes)
             tb/                     tensorboardX logs
@@ -221,27 +222,34 @@ def write_checkpoint(folder, model, preset, input_shape, best_epoch):
                        "best_epoch": best_epoch}, Path(folder) / "best.pt")
 
 
-def write_scoring(folder, bank):
-    """bank.pt: the normal training codes latent-knn compares new images with (score.py)."""
-    atomic_torch_save({"bank": bank.half().contiguous()}, Path(folder) / "bank.pt")  # exact: latent_bank rounds
+def write_scoring(folder, bank, hidden=None):
+    """bank.pt: the normal training codes latent-knn compares new images with (score.py), and for
+    an MLP encoder the first hidden layer's features hidden-knn compares with."""
+    saved = {"bank": bank.half().contiguous()}  # exact: latent_bank and hidden_bank round to float16
+    if hidden is not None:
+        saved["hidden"] = hidden.half().contiguous()
+    atomic_torch_save(saved, Path(folder) / "bank.pt")
 
 
-def trial_bank(folder, device="cpu", width=None):
-    """A trial's latent-knn bank (bank.pt), or None for a trial written before latent-knn existed.
-    A bank that is not at least 2 finite codes (of `width` numbers each, when given) is refused:
-    it would give silent NaN or meaningless scores."""
+def trial_bank(folder, device="cpu", width=None, part="bank"):
+    """A trial's latent-knn bank (bank.pt; part="hidden": its hidden-knn bank), or None for a trial
+    written before that score existed. A bank that is not at least 2 finite codes (of `width`
+    numbers each, when given) is refused: it would give silent NaN or meaningless scores."""
     path = Path(folder) / "bank.pt"
     if not path.is_file():
         return None
     again = f"Score the trial again: python main.py --eval-only {Path(folder).parent}"
     saved = load_checkpoint(path, device, again + ".")
-    bank = saved.get("bank") if isinstance(saved, dict) else None
+    if part != "bank" and isinstance(saved, dict) and part not in saved:
+        return None
+    what = "codes" if part == "bank" else f"{part} features"
+    bank = saved.get(part) if isinstance(saved, dict) else None
     if not isinstance(bank, torch.Tensor) or bank.ndim != 2 or not bank.is_floating_point():
-        raise UserError(f"{path} holds no bank of codes. {again}.")
+        raise UserError(f"{path} holds no bank of {what}. {again}.")
     bank = bank.float()
     if len(bank) < 2 or (width is not None and bank.shape[1] != width) or not torch.isfinite(bank).all():
-        raise UserError(f"{path} is damaged: its bank of codes is {tuple(bank.shape)}"
-                        f"{'' if width in (None, bank.shape[1]) else f' (the model gives codes of {width})'}"
+        raise UserError(f"{path} is damaged: its bank of {what} is {tuple(bank.shape)}"
+                        f"{'' if width in (None, bank.shape[1]) else f' (the model gives {width} numbers per image)'}"
                         f"{'' if torch.isfinite(bank).all() else ', with values that are not finite'}. {again}.")
     return bank
 
