@@ -4,7 +4,7 @@ detector (python main.py --compare DIR --ensemble; an option beside the tables, 
 The ensemble's score of an image is the mean of the trials' scores of it, each standardised by the
 mean and spread of its own trial's scores on the normal validation images (results.json "fusion").
 Standardising first matters: each seed learns a code and a reconstruction of its own scale. `fused`
-and `fused-lof` are sums of such standardised scores already and are averaged as they are.
+and `fused-lof` (and `fused-hidden`) are sums of such standardised scores already and are averaged as they are.
 Classical detectors are not ensembled (knn gives the same scores for every seed).
 
 Every trial keeps its test scores in scores.npz (float16), so an ensemble is computed from the
