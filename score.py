@@ -140,13 +140,13 @@ def run(argv=None):
     files = find_images(args.images)
     output = output_path(args.output, args.checkpoint)
     images = load_images(files, trial["input_shape"], trial.get("preprocessing"))
-    needs_bank = name in ("latent-knn", "latent-lof") or name in ("fused", "fused-lof")  # recon, memory: no bank.pt
-    needs_hidden = name.startswith("hidden-") or name == "fused-hidden"
+    parts = FUSIONS[name][0] if name in FUSIONS else (name,)  # what the score is made of; recon, memory: no bank.pt
+    needs_bank, needs_hidden = (any(part.startswith(prefix) for part in parts) for prefix in ("latent-", "hidden-"))
     bank = trial_bank(args.checkpoint, device, width=trial["config"].get("latent_dim")) if needs_bank else None
     hidden = trial_bank(args.checkpoint, device, width=getattr(model.encoder, "hidden_width", None),
                         part="hidden") if needs_hidden else None
-    lof = fit_lof(bank) if name in ("latent-lof", "fused-lof") else None  # a few seconds: only when asked for
-    hidden_lof = fit_lof(hidden) if name in ("hidden-lof", "fused-hidden") else None
+    lof = fit_lof(bank) if "latent-lof" in parts else None  # a few seconds: only when asked for
+    hidden_lof = fit_lof(hidden) if "hidden-lof" in parts else None
     scores = image_scores(model, scale_images(images, device), bank, lof, hidden, hidden_lof)  # as evaluation
     if name in FUSIONS:
         scores.update(fusions(results["fusion"], scores))

@@ -124,23 +124,16 @@ class CascadeMemoryDetector:
         saved = load_checkpoint(path, "cpu", "Give a file that CascadeMemoryDetector.save wrote.")
         try:
             detector = cls(saved["preset"], saved["seed"], device, **saved["settings"])
-            detector.input_shape, detector.bank = tuple(saved["input_shape"]), saved["bank"].float()
-            if (detector.bank.ndim != 2 or len(detector.bank) < 2 or not torch.isfinite(detector.bank).all()
-                    or detector.bank.shape[1] != detector.settings["latent_dim"]):
-                raise ValueError("a damaged bank of codes")
-            hidden = saved.get("hidden")
-            if hidden is not None:
-                hidden = hidden.float()
-                if hidden.ndim != 2 or len(hidden) < 2 or not torch.isfinite(hidden).all():
-                    raise ValueError("a damaged bank of hidden features")
-            detector.hidden = hidden
-            detector.lof, detector.hidden_lof = fit_lof(detector.bank), fit_lof(hidden)
-            detector.fusion = {name: [float(v) for v in pair] for name, pair in saved["fusion"].items()}
-            detector.thresholds = {name: float(v) for name, v in saved["thresholds"].items()}
+            detector.input_shape = tuple(saved["input_shape"])
             detector.model = detector._build()
             detector.model.load_state_dict(saved["model"])
-            if hidden is not None and hidden.shape[1] != getattr(detector.model.encoder, "hidden_width", None):
-                raise ValueError("a bank of hidden features that is not the model's")
+            detector.bank = _checked_bank(saved["bank"], detector.settings["latent_dim"], "codes")
+            hidden = saved.get("hidden")
+            detector.hidden = None if hidden is None else _checked_bank(
+                hidden, getattr(detector.model.encoder, "hidden_width", None), "hidden features")
+            detector.lof, detector.hidden_lof = fit_lof(detector.bank), fit_lof(detector.hidden)
+            detector.fusion = {name: [float(v) for v in pair] for name, pair in saved["fusion"].items()}
+            detector.thresholds = {name: float(v) for name, v in saved["thresholds"].items()}
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
             raise UserError(f"{path} is not a detector saved by CascadeMemoryDetector.save "
                             f"({type(error).__name__}).") from None
@@ -160,6 +153,15 @@ class CascadeMemoryDetector:
     def _check_fitted(self):
         if self.model is None:
             raise UserError("the detector is not fitted yet: call fit(normal_images) first.")
+
+
+def _checked_bank(bank, width, what):
+    """A saved bank as float32, refused (ValueError) unless it is at least 2 finite rows of `width`
+    numbers: a damaged one would give NaN or meaningless scores."""
+    bank = bank.float()
+    if bank.ndim != 2 or len(bank) < 2 or not torch.isfinite(bank).all() or bank.shape[1] != width:
+        raise ValueError(f"a damaged bank of {what}")
+    return bank
 
 
 def _as_images(images):
