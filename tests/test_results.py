@@ -10,6 +10,8 @@ import score
 from conftest import command, copy_run, files_in, one_error
 from tool import report
 from tool.errors import UserError
+from tool.ensemble import ensemble_scores
+from tool.evaluation import fusions
 from tool.results import history_column, history_columns, read_results, read_scores, write_results
 
 
@@ -111,3 +113,61 @@ def test_scores_of_the_wrong_shape_or_type_are_one_clear_error(tmp_path, arrays)
     np.savez(tmp_path / "scores.npz", **arrays)
     with pytest.raises(UserError, match="holds no readable test scores"):
         read_scores(tmp_path)
+
+
+def _fused_trial(tmp_path, fusion):
+    """A trial folder written with recon, latent-knn, memory and their fusion, under `fusion` stats."""
+    rng = np.random.default_rng(0)
+    members = {"recon": rng.normal(5, 2, 50), "latent-knn": rng.normal(1, 0.3, 50), "memory": rng.normal(0.5, 0.1, 50)}
+    exact = {name: values for name, values in fusions(fusion, members).items()} if fusion else {}
+    metrics = dict.fromkeys(("auroc", "auprc", "f1_oracle", "f1_val_threshold"), 0.5)
+    results = {"class": 0, "seed": 0, "metrics": {name: metrics for name in [*members, *exact]},
+               "thresholds": dict.fromkeys([*members, *exact], 1.0), "fusion": fusion, "history": []}
+    write_results(tmp_path, results, rng.integers(0, 2, 50), {**members, **exact})
+    return members, exact
+
+
+def test_fused_scores_are_not_stored_but_rebuilt_from_their_members(tmp_path):
+    stats = {"recon": [5.0, 2.0], "latent-knn": [1.0, 0.25], "memory": [0.5, 0.125]}
+    members, exact = _fused_trial(tmp_path, stats)
+    with np.load(tmp_path / "scores.npz") as data:
+        assert sorted(data.files) == ["latent-knn", "memory", "recon", "targets"]  # no fused array
+    _, saved = read_scores(tmp_path)
+    assert set(saved) == {"recon", "latent-knn", "memory", "fused"}  # fused-lof needs latent-lof: not made
+    stored = {m: members[m].astype(np.float16).astype(float) for m in members}
+    assert saved["fused"].tolist() == fusions(stats, stored)["fused"].tolist()  # from the float16 members
+    assert np.abs(saved["fused"] - exact["fused"]).max() < 0.01  # and close to the full-precision sum
+
+
+def test_a_scores_npz_that_keeps_its_fused_scores_is_read_as_it_is(tmp_path):
+    stats = {"recon": [5.0, 2.0], "latent-knn": [1.0, 0.25], "memory": [0.5, 0.125]}
+    _fused_trial(tmp_path, stats)
+    with np.load(tmp_path / "scores.npz") as data:
+        arrays = {name: data[name] for name in data.files}
+    np.savez(tmp_path / "scores.npz", **arrays, fused=np.full(50, 7.0, dtype=np.float16))  # written before
+    assert read_scores(tmp_path)[1]["fused"].tolist() == [7.0] * 50
+
+
+@pytest.mark.parametrize("damage", [{"memory": "spread"}, {"memory": [0.5, 0.0]}, {"memory": None}, "not a dict"])
+def test_damaged_fusion_statistics_leave_the_fused_score_out_and_an_ensemble_says_so(tmp_path, damage):
+    stats = {"recon": [5.0, 2.0], "latent-knn": [1.0, 0.25], "memory": [0.5, 0.125]}
+    folders = [tmp_path / "class0_seed0", tmp_path / "class0_seed1"]
+    for folder in folders:
+        folder.mkdir()
+        _fused_trial(folder, stats)
+    results = json.loads((folders[1] / "results.json").read_text())
+    results["fusion"] = {**stats, **damage} if isinstance(damage, dict) else damage
+    (folders[1] / "results.json").write_text(json.dumps(results))
+    assert "fused" in read_scores(folders[0])[1] and "fused" not in read_scores(folders[1])[1]
+    with pytest.raises(UserError, match="has no fused scores; score it again"):
+        ensemble_scores(folders, [read_results(f) for f in folders], "fused")
+
+
+def test_a_fusion_without_its_statistics_is_stored(tmp_path):
+    """A trial written without fusion statistics keeps the fused scores it was given: nothing to
+    rebuild them from."""
+    members = {"recon": np.arange(4.0), "latent-knn": np.arange(4.0), "memory": np.arange(4.0)}
+    metrics = dict.fromkeys(("auroc", "auprc", "f1_oracle", "f1_val_threshold"), 0.5)
+    write_results(tmp_path, {"class": 0, "seed": 0, "metrics": {"fused": metrics}, "thresholds": {"fused": 1.0},
+                             "history": []}, [0, 1, 0, 1], {**members, "fused": np.arange(4.0) * 3})
+    assert read_scores(tmp_path)[1]["fused"].tolist() == [0.0, 3.0, 6.0, 9.0]

@@ -7,15 +7,15 @@ Standardising first matters: each seed learns a code and a reconstruction of its
 and `fused-lof` (and `fused-hidden`) are sums of such standardised scores already and are averaged as they are.
 Classical detectors are not ensembled (knn gives the same scores for every seed).
 
-Every trial keeps its test scores in scores.npz (float16), so an ensemble is computed from the
-results files alone, without the checkpoints. The validation threshold of a trial does not carry
+Every trial keeps its test scores in scores.npz (float16; the fused ones rebuilt from their members),
+so an ensemble is computed from the results files alone, without the checkpoints. The validation threshold of a trial does not carry
 over to the mean, so an ensemble has no "F1 @ val. threshold".
 """
 import numpy as np
 
 from tool.errors import UserError
 from tool.evaluation import FUSIONS, SCORES, compute_metrics
-from tool.results import read_scores
+from tool.results import is_mean_and_spread, read_scores
 
 
 def ensemble_scores(folders, results, score):
@@ -37,7 +37,7 @@ def ensemble_scores(folders, results, score):
                             f"score it again: python main.py --eval-only {folder.parent}")
         if score not in FUSIONS:
             stats = result.get("fusion") if isinstance(result.get("fusion"), dict) else {}
-            mean, spread = stats.get(score) if _is_mean_and_spread(stats.get(score)) else (None, None)
+            mean, spread = stats.get(score) if is_mean_and_spread(stats.get(score)) else (None, None)
             if mean is None:
                 raise UserError(f"{folder} has no validation statistics for {score} (results.json \"fusion\"); "
                                 f"score it again: python main.py --eval-only {folder.parent}")
@@ -53,18 +53,6 @@ def ensemble_scores(folders, results, score):
                         f"an ensemble's AUROC needs both. Score the trials again: python main.py --eval-only "
                         f"{folders[0].parent}")
     return targets, np.mean(members, axis=0)
-
-
-def _is_mean_and_spread(value):
-    """[mean, spread] of finite floats, the spread above 0 (a results.json may be damaged or forged)."""
-    if not (isinstance(value, list) and len(value) == 2
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-        return False
-    try:
-        mean, spread = float(value[0]), float(value[1])
-    except OverflowError:  # an integer beyond float's range
-        return False
-    return bool(np.isfinite(mean) and np.isfinite(spread) and spread > 0)
 
 
 def ensemble_summary(run_dir, results, classes, seeds, score):

@@ -1,6 +1,7 @@
 """A trial's result files: results.json (every score's metrics and threshold, the training
 history; written last, so its presence marks the trial finished) and scores.npz (every score of
-every test image, float16), written and read back checked."""
+every test image, float16, but the fused ones: read_scores rebuilds those from their members and the
+validation statistics in results.json), written and read back checked."""
 import io
 import json
 import zipfile
@@ -10,7 +11,7 @@ import numpy as np
 
 from tool.classical import CLASSICAL
 from tool.errors import UserError
-from tool.evaluation import METRICS
+from tool.evaluation import FUSIONS, METRICS, fusions
 from tool.io import atomic_write_bytes, atomic_write_text, read_json
 
 
@@ -68,18 +69,56 @@ def _rounded(value):
 
 
 def write_results(folder, results, targets, test_scores):
-    """scores.npz (the test split's targets and every score of every test image), then
-    results.json, written last: its presence marks the trial finished. Scores are stored as
-    float16 (3 significant digits: enough for figures and fusions; the metrics in results.json
-    come from the full-precision scores), or float32 where a value is beyond float16's range."""
+    """scores.npz (the test split's targets and every score of every test image but the fused
+    ones), then results.json, written last: its presence marks the trial finished. Scores are
+    stored as float16 (3 significant digits: enough for figures and ensembles; the metrics in
+    results.json come from the full-precision scores), or float32 where a value is beyond float16's
+    range. A fused score is a sum of its members standardised by results.json's "fusion"
+    statistics, so read_scores rebuilds it; storing it would add a third to the file for nothing."""
     arrays = {"targets": np.asarray(targets, dtype=np.uint8)}
     for name, values in test_scores.items():
+        if name in FUSIONS and _rebuildable(name, results.get("fusion"), test_scores):
+            continue
         values = np.asarray(values, dtype=np.float64)
         arrays[name] = values.astype(np.float16 if np.abs(values).max(initial=0) < 6e4 else np.float32)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     atomic_write_bytes(Path(folder) / "scores.npz", buffer.getvalue())
     atomic_write_text(Path(folder) / "results.json", results_text(results))
+
+
+def is_mean_and_spread(value):
+    """[mean, spread] of finite floats, the spread above 0 (a results.json may be damaged or forged)."""
+    if not (isinstance(value, list) and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        return False
+    try:
+        mean, spread = float(value[0]), float(value[1])
+    except OverflowError:  # an integer beyond float's range
+        return False
+    return bool(np.isfinite(mean) and np.isfinite(spread) and spread > 0)
+
+
+def _rebuildable(name, stats, scores):
+    """Whether fused score `name` can be made again from `scores` ({score: values}) and the
+    validation statistics `stats`: it can when every member the trial has comes with its [mean,
+    spread] (what evaluation.fusions summed), and it has at least one member and the one it cannot be
+    without."""
+    members, needs = FUSIONS[name]
+    present = [m for m in members if m in scores]
+    if not isinstance(stats, dict) or not present or (needs is not None and needs not in scores):
+        return False
+    return all(is_mean_and_spread(stats.get(m)) for m in present)
+
+
+def rebuilt_fusions(stats, scores):
+    """{fused score: per-image values} of the fusions `scores` ({score: values}, the members of a
+    scores.npz) and `stats` (results.json "fusion") allow, as evaluation.fusions makes them; none
+    where a statistic is missing or damaged (the reader then reports the score missing)."""
+    usable = {m: v for m, v in scores.items() if m not in FUSIONS}
+    made = fusions({m: stats[m] for m in usable if is_mean_and_spread(stats.get(m))} if isinstance(stats, dict) else {},
+                   usable)
+    return {name: values for name, values in made.items() if _rebuildable(name, stats, usable)}
 
 
 def read_results(folder):
@@ -134,6 +173,9 @@ def read_scores(folder):
                 arrays = {name: data[name] for name in data.files}
             targets = arrays.pop("targets")
         arrays = {name: values.astype(np.float64) for name, values in arrays.items()}
+        if any(name not in arrays for name in FUSIONS) and (folder / "results.json").is_file():
+            stats = read_results(folder).get("fusion")  # a trial written before the fusions were dropped keeps its own
+            arrays = {**rebuilt_fusions(stats, arrays), **arrays}
         if not (targets.ndim == 1 and np.isin(targets, (0, 1)).all()
                 and all(values.shape == targets.shape for values in arrays.values())):
             raise ValueError("shapes or targets")

@@ -5,7 +5,8 @@
         table.md, table.csv         the table, rebuilt from the trials' results.json by key
         class<c>_seed<s>/           one trial: class c as the anomaly (or the normal class), seed s
             config.json             full settings, seed, library versions, git commit
-            scores.npz              every score of every test image, and the test targets
+            scores.npz              every score of every test image (the fused ones are rebuilt
+                                    from their members), and the test targets
             results.json            every score's metrics and threshold, epochs, times (written
                                     last: its presence marks the trial finished)
             best.pt                 the weights with the lowest validation loss
