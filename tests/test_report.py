@@ -11,6 +11,7 @@ import faults
 from conftest import copy_run, files_in, leftovers, results_of, run_main
 from tool import report
 from tool.errors import UserError
+from tool.results import read_scores
 
 
 def _result(auroc, **others):
@@ -81,6 +82,26 @@ def test_export_copies_results_without_checkpoints(data_dir, tmp_path):
     assert results_of(target) == results_of(run_dir)
     with pytest.raises(UserError, match="never overwrites"):
         report.export(run_dir, tmp_path / "results")
+
+
+def test_export_drops_the_fused_scores_an_older_run_stored_and_refuses_a_damaged_scores_npz(finished_run, tmp_path):
+    """A run written while scores.npz still held its fused scores is exported without them (read
+    back rebuilt, the other arrays as they were); a damaged scores.npz is one error, nothing written."""
+    run_dir = copy_run(finished_run, tmp_path / "runs")
+    npz = run_dir / "class0_seed0" / "scores.npz"
+    with np.load(npz) as data:
+        arrays = {name: data[name] for name in data.files}
+    _, rebuilt = read_scores(npz.parent)
+    np.savez_compressed(npz, **arrays, **{name: rebuilt[name].astype(np.float16) for name in ("fused", "fused-lof")})
+    assert {"fused", "fused-lof"} <= set(np.load(npz).files)  # as an older run stored it
+    target = report.export(run_dir, tmp_path / "results")
+    with np.load(target / "class0_seed0" / "scores.npz") as data:
+        assert sorted(data.files) == sorted(arrays) and all((data[n] == arrays[n]).all() for n in arrays)
+    assert results_of(target) == results_of(finished_run)  # the fused ones rebuilt, as the run's own
+    npz.write_bytes(npz.read_bytes()[:200])
+    with pytest.raises(UserError, match="holds no readable test scores"):
+        report.export(run_dir, tmp_path / "results2")
+    assert not (tmp_path / "results2").exists()  # checked before anything is written
 
 
 def test_export_of_a_run_on_a_tuning_split_lands_under_tuning(finished_run, tmp_path, monkeypatch):

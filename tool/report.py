@@ -22,7 +22,7 @@ from tool.errors import UserError
 from tool.evaluation import METRICS, SCORES
 from tool.io import REPO, WriteError, atomic_write_bytes, atomic_write_text, make_dir, write_reason
 from tool.leakage import read_leakage
-from tool.results import load_results, score_name
+from tool.results import compact_scores, load_results, score_name
 from tool.runs import PLACEMENT_KEYS, class_names_of, planned_trials, read_run_config
 
 # Published mean AUROC / AUPRC / best F1 in %, one anomalous class, from the authors' public
@@ -294,15 +294,18 @@ def compare(root, score="recon", ensemble=False):
 def export(run_dir, dest=None):
     """Copy a run's results to results/<dataset>/<model>/<timestamp>/ (or below `dest`); a run on
     a tuning split (a "-tune" dataset) to results/tuning/<dataset>/..., beside the others that chose
-    the settings. The copy is made in a hidden folder beside the target and renamed into place when
-    complete, so a failed export leaves nothing behind."""
+    the settings. scores.npz files are copied without the fused scores read_scores rebuilds (a run
+    trained before they were dropped is exported in today's form). The copy is made in a hidden
+    folder beside the target and renamed into place when complete, so a failed export leaves nothing
+    behind."""
     run_dir = Path(run_dir).resolve()  # "--export ." names the run by its folder's own name
     config = read_run_config(run_dir)
     tuning = ("tuning",) if config["dataset"].endswith("-tune") else ()
     target = Path(dest or REPO / "results").joinpath(*tuning, config["dataset"], config["model"], run_dir.name)
     if target.exists():
         raise UserError(f"{target} exists; an export never overwrites one.")
-    load_results(run_dir)  # every results.json must be readable before anything is written
+    load_results(run_dir)  # every results.json must be readable before anything is written, and every scores.npz
+    compacted = {path: compact_scores(path.parent) for path in run_dir.glob("class*_seed*/scores.npz")}
     make_dir(target.parent)
     staging = None
     try:
@@ -311,7 +314,7 @@ def export(run_dir, dest=None):
             relative = path.relative_to(run_dir)  # the run's own files, and its trials' (class*_seed*/...)
             if not path.is_file() or relative.name not in EXPORTED or len(relative.parts) > 2:
                 continue
-            atomic_write_bytes(staging / relative, path.read_bytes())
+            atomic_write_bytes(staging / relative, compacted.get(path) or path.read_bytes())
         staging.rename(target)
     except (WriteError, OSError) as error:
         reason, fix = (error.reason, error.fix) if isinstance(error, WriteError) else write_reason(error)

@@ -185,6 +185,21 @@ def read_scores(folder):
                         f"shape: {type(error).__name__}). {what_to_do}") from None
 
 
+def compact_scores(folder):
+    """The bytes of `folder`'s scores.npz without the fused scores read_scores can rebuild (what
+    --export copies, so a run trained before they were dropped is exported in today's form), the
+    other arrays as they are; a damaged file is a UserError, as for read_scores."""
+    read_scores(folder)  # checked first: a damaged file is one clear error
+    with np.load(Path(folder) / "scores.npz", allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    members = {name: values for name, values in arrays.items() if name not in FUSIONS and name != "targets"}
+    stats = read_results(folder).get("fusion")
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **{name: values for name, values in arrays.items()
+                                   if not (name in FUSIONS and _rebuildable(name, stats, members))})
+    return buffer.getvalue()
+
+
 def score_name(results, score):
     """The score of a trial a table shows for SCORE `score`: that one, or the trial's only score
     (a classical detector has one), or None."""
