@@ -116,8 +116,9 @@ def rebuilt_fusions(stats, scores):
     scores.npz) and `stats` (results.json "fusion") allow, as evaluation.fusions makes them; none
     where a statistic is missing or damaged (the reader then reports the score missing)."""
     usable = {m: v for m, v in scores.items() if m not in FUSIONS}
-    made = fusions({m: stats[m] for m in usable if is_mean_and_spread(stats.get(m))} if isinstance(stats, dict) else {},
-                   usable)
+    kept = {m: stats[m] for m in usable if is_mean_and_spread(stats.get(m))} if isinstance(stats, dict) else {}
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # a forged tiny spread: infinities,
+        made = fusions(kept, usable)  # which every reader refuses as not finite
     return {name: values for name, values in made.items() if _rebuildable(name, stats, usable)}
 
 
