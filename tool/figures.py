@@ -43,6 +43,10 @@ def trial_view(folder, results, score):
     if name is None:
         raise UserError(f"{folder} has no score '{score}' (it has {', '.join(results['metrics'])}).")
     targets, scores = read_scores(folder)
+    if name not in scores:
+        raise UserError(f"{folder} has no {name} scores of its test images (scores.npz, or the fusion statistics in "
+                        f"results.json to rebuild them, missing or damaged); score it again: python main.py "
+                        f"--eval-only {Path(folder).parent}")
     return {**results, "score": name, "metrics": results["metrics"][name], "scores": scores[name], "targets": targets,
             "threshold": {"value": results["thresholds"][name],
                           "percentile_of_validation_scores": results["threshold_percentile"]}}
