@@ -8,7 +8,7 @@ import pytest
 import main
 import score
 from conftest import command, copy_run, files_in, one_error
-from tool import report
+from tool import figures, report
 from tool.errors import UserError
 from tool.ensemble import ensemble_scores
 from tool.evaluation import fusions
@@ -161,6 +161,8 @@ def test_damaged_fusion_statistics_leave_the_fused_score_out_and_an_ensemble_say
     assert "fused" in read_scores(folders[0])[1] and "fused" not in read_scores(folders[1])[1]
     with pytest.raises(UserError, match="has no fused scores; score it again"):
         ensemble_scores(folders, [read_results(f) for f in folders], "fused")
+    with pytest.raises(UserError, match="has no fused scores of its test images .* score it again"):
+        figures.trial_view(folders[1], read_results(folders[1]), "fused")
 
 
 def test_a_fusion_without_its_statistics_is_stored(tmp_path):
