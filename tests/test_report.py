@@ -84,6 +84,18 @@ def test_export_copies_results_without_checkpoints(data_dir, tmp_path):
         report.export(run_dir, tmp_path / "results")
 
 
+
+def test_export_leaves_out_a_trial_that_has_not_finished(finished_run, tmp_path):
+    run_dir = copy_run(finished_run, tmp_path / "runs")
+    running = run_dir / "class9_seed0"
+    running.mkdir()
+    shutil.copy(run_dir / "class0_seed0" / "config.json", running / "config.json")  # what a trial writes first
+    (running / "last.pt").write_bytes(b"checkpoint")
+    target = report.export(run_dir, tmp_path / "results")
+    assert not (target / "class9_seed0").exists() and (target / "class0_seed0" / "results.json").is_file()
+    assert results_of(target) == results_of(finished_run)
+
+
 def test_export_drops_the_fused_scores_an_older_run_stored_and_refuses_a_damaged_scores_npz(finished_run, tmp_path):
     """A run written while scores.npz still held its fused scores is exported without them (read
     back rebuilt, the other arrays as they were); a damaged scores.npz is one error, nothing written."""

@@ -294,10 +294,10 @@ def compare(root, score="recon", ensemble=False):
 def export(run_dir, dest=None):
     """Copy a run's results to results/<dataset>/<model>/<timestamp>/ (or below `dest`); a run on
     a tuning split (a "-tune" dataset) to results/tuning/<dataset>/..., beside the others that chose
-    the settings. scores.npz files are copied without the fused scores read_scores rebuilds (a run
-    trained before they were dropped is exported in today's form). The copy is made in a hidden
-    folder beside the target and renamed into place when complete, so a failed export leaves nothing
-    behind."""
+    the settings. Only finished trials are copied (a run still training can be exported as far as it
+    got), and scores.npz without the fused scores read_scores rebuilds (a run trained before they
+    were dropped is exported in today's form). The copy is made in a hidden folder beside the target
+    and renamed into place when complete, so a failed export leaves nothing behind."""
     run_dir = Path(run_dir).resolve()  # "--export ." names the run by its folder's own name
     config = read_run_config(run_dir)
     tuning = ("tuning",) if config["dataset"].endswith("-tune") else ()
@@ -314,6 +314,8 @@ def export(run_dir, dest=None):
             relative = path.relative_to(run_dir)  # the run's own files, and its trials' (class*_seed*/...)
             if not path.is_file() or relative.name not in EXPORTED or len(relative.parts) > 2:
                 continue
+            if len(relative.parts) == 2 and not (path.parent / "results.json").is_file():
+                continue  # a trial still running or interrupted: exported once it finishes
             atomic_write_bytes(staging / relative, compacted.get(path) or path.read_bytes())
         staging.rename(target)
     except (WriteError, OSError) as error:
