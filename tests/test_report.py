@@ -91,6 +91,7 @@ def test_export_leaves_out_a_trial_that_has_not_finished(finished_run, tmp_path)
     running.mkdir()
     shutil.copy(run_dir / "class0_seed0" / "config.json", running / "config.json")  # what a trial writes first
     (running / "last.pt").write_bytes(b"checkpoint")
+    shutil.copy(run_dir / "class0_seed0" / "scores.npz", running / "scores.npz")  # killed before results.json
     target = report.export(run_dir, tmp_path / "results")
     assert not (target / "class9_seed0").exists() and (target / "class0_seed0" / "results.json").is_file()
     assert results_of(target) == results_of(finished_run)

@@ -7,9 +7,10 @@ Standardising first matters: each seed learns a code and a reconstruction of its
 and `fused-lof` (and `fused-hidden`) are sums of such standardised scores already and are averaged as they are.
 Classical detectors are not ensembled (knn gives the same scores for every seed).
 
-Every trial keeps its test scores in scores.npz (float16; the fused ones rebuilt from their members),
-so an ensemble is computed from the results files alone, without the checkpoints. The validation threshold of a trial does not carry
-over to the mean, so an ensemble has no "F1 @ val. threshold".
+Every trial keeps its test scores in scores.npz (float16; the fused ones are rebuilt from their
+members), so an ensemble is computed from the results files alone, without the checkpoints. The
+validation threshold of a trial does not carry over to the mean, so an ensemble has no "F1 @ val.
+threshold".
 """
 import numpy as np
 

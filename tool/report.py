@@ -305,7 +305,8 @@ def export(run_dir, dest=None):
     if target.exists():
         raise UserError(f"{target} exists; an export never overwrites one.")
     load_results(run_dir)  # every results.json must be readable before anything is written, and every scores.npz
-    compacted = {path: compact_scores(path.parent) for path in run_dir.glob("class*_seed*/scores.npz")}
+    compacted = {path: compact_scores(path.parent) for path in run_dir.glob("class*_seed*/scores.npz")
+                 if (path.parent / "results.json").is_file()}  # finished trials only: the others are not copied
     make_dir(target.parent)
     staging = None
     try:
