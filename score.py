@@ -33,7 +33,7 @@ from tool.datasets import scale_images
 from tool.errors import UserError, cli
 from tool.evaluation import FUSIONS, fit_lof, fusions, image_scores
 from tool.folder import INTERPOLATION, INTERPOLATIONS, list_images, read_image, shown, to_chw
-from tool.io import atomic_write_bytes
+from tool.io import check_target, create_new_file
 from tool.results import read_results
 from tool.runs import load_trial_model, trial_bank
 
@@ -116,17 +116,38 @@ def load_images(files, input_shape, preprocessing):
     return torch.from_numpy(np.stack(images))
 
 
-def output_path(given, trial_folder):
-    """--output (refused when it exists), or the first free scores[-N].csv in the trial folder."""
-    if given:
-        path = Path(given)
-        if path.exists():
-            raise UserError(f"{path} exists; scores never overwrite a file: give another --output.")
-        return path
+def check_output(given):
+    """--output checked before any image is scored: a file name whose file does not exist yet."""
+    if given is None:
+        return None
+    path = Path(given)
+    if not given.strip() or given.endswith(("/", "\\")) or path.is_dir():
+        raise UserError(f"--output {given!r} is not a file name: give the CSV file to write, e.g. "
+                        f"{Path(given.strip() or '.') / 'scores.csv'}")
+    if path.exists() or path.is_symlink():
+        raise UserError(f"{path} exists; scores never overwrite a file: give another --output.")
+    check_target(path)
+    return path
+
+
+def write_csv(data, output, trial_folder):
+    """Write the CSV to `output` (which must still not exist), or to the first free
+    scores[-N].csv in the trial folder; the name is taken in one step (create_new_file), so two
+    score.py runs at once never overwrite each other's file. Returns the path written."""
+    if output is not None:
+        try:
+            create_new_file(output, data)
+        except FileExistsError:
+            raise UserError(f"{output} appeared while the images were scored; scores never overwrite a file: "
+                            f"give another --output.") from None
+        return output
     for i in itertools.count():
         path = Path(trial_folder) / ("scores.csv" if i == 0 else f"scores-{i}.csv")
-        if not path.exists():
+        try:
+            create_new_file(path, data)
             return path
+        except FileExistsError:
+            continue
 
 
 def run(argv=None):
@@ -138,7 +159,7 @@ def run(argv=None):
     if name not in results["metrics"]:
         raise UserError(f"--score {name}: this trial has the scores {', '.join(results['metrics'])}.")
     files = find_images(args.images)
-    output = output_path(args.output, args.checkpoint)
+    output = check_output(args.output)
     images = load_images(files, trial["input_shape"], trial.get("preprocessing"))
     parts = FUSIONS[name][0] if name in FUSIONS else (name,)  # what the score is made of; recon, memory: no bank.pt
     needs_bank, needs_hidden = (any(part.startswith(prefix) for part in parts) for prefix in ("latent-", "hidden-"))
@@ -164,7 +185,7 @@ def run(argv=None):
     writer.writerows([path, f"{value:.6f}", f"{threshold:.6f}", verdict] for path, value, verdict in rows)
     # written before anything is printed: a folder that cannot take it is one error, not a table and a crash;
     # a file name that is not UTF-8 keeps its own bytes in the CSV
-    atomic_write_bytes(output, buffer.getvalue().encode("utf-8", "surrogateescape"))
+    output = write_csv(buffer.getvalue().encode("utf-8", "surrogateescape"), output, args.checkpoint)
     table = PrettyTable(["image", "anomaly score", "verdict"], align="l")
     table.align["anomaly score"] = "r"
     for path, value, verdict in rows:

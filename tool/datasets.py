@@ -19,7 +19,7 @@ import torch
 
 from tool.errors import UserError
 from tool.io import (REPO, WriteError, atomic_torch_save, atomic_write_json, load_checkpoint, make_dir, read_json,
-                     write_reason)
+                     staging_dir, write_reason)
 
 DATA_ROOT = REPO / "datasets"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a dataset name is a plain folder name, <= 100 chars
@@ -126,7 +126,7 @@ def write_processed(name, splits, meta, root=None):
     staging = None
     try:
         make_dir(folder.parent)
-        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".processed.", suffix=".tmp"))
+        staging = staging_dir(folder.parent, "processed")
         for split, (images, labels) in splits.items():
             atomic_torch_save({"images": images.contiguous(), "labels": labels.contiguous()},
                               staging / f"{split}.pt")

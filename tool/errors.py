@@ -1,4 +1,6 @@
 """User-facing errors: one readable message, a non-zero exit code, no traceback."""
+import os
+import signal
 import sys
 from functools import wraps
 
@@ -11,18 +13,49 @@ class UserError(Exception):
     """
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what Slurm's scancel, systemd and `timeout` send) while a command runs: raised in
+    the main thread like Ctrl-C's KeyboardInterrupt, so the same clean-up runs (worker processes
+    stopped, locks released, no half-written file; an interrupted trial resumes from its last.pt)."""
+
+
+def terminate(signum=None, frame=None):
+    """The SIGTERM handler: raise Terminated where the main thread is."""
+    raise Terminated()
+
+
 def cli(main):
-    """Decorate a command-line entry point so that a UserError ends it cleanly."""
+    """Decorate a command-line entry point so that a UserError ends it cleanly, and SIGTERM ends it
+    as Ctrl-C does (exit code 143 instead of 130)."""
 
     @wraps(main)
     def wrapper(*args, **kwargs):
         try:
-            return main(*args, **kwargs)
+            previous = signal.signal(signal.SIGTERM, terminate)
+        except ValueError:  # not the main thread: signals stay as they are
+            previous = None
+        for stream in (sys.stdout, sys.stderr):  # PYTHONIOENCODING=ascii: '±' printed as '\xb1', not a crash
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(errors="backslashreplace")
+        try:
+            result = main(*args, **kwargs)
+            sys.stdout.flush()  # here, where a closed pipe is caught, not at the interpreter's exit
+            return result
         except UserError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
+        except BrokenPipeError:  # `main.py --table RUN | head -1`: the reader left; say nothing more
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
+        except Terminated:
+            print("terminated (SIGTERM); an interrupted sweep continues with python main.py --resume RUN_DIR",
+                  file=sys.stderr)
+            sys.exit(143)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper

@@ -14,6 +14,8 @@ import os
 import pickle
 import platform
 import re
+import shutil
+import stat
 import subprocess
 import tempfile
 from contextlib import contextmanager
@@ -68,13 +70,35 @@ def make_dir(path):
     return Path(path)
 
 
-def _atomic(path, write, errors=(OSError,)):
-    """Write through `write(file_object)` into a temp file beside `path`, then rename it into place.
+def check_target(path):
+    """Refuse (a UserError) to write `path` when something other than a regular file stands there:
+    a folder, a device node, a FIFO, a socket (a rename would replace it: as root, `/dev/full`
+    itself). A symbolic link counts as what it points to; a dangling one, or no file, is fine."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return path
+    except OSError as error:  # a symlink loop, a name too long, a folder on the way that is a file
+        raise WriteError(path, *write_reason(error)) from None
+    if not stat.S_ISREG(mode):
+        what = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a device, a FIFO or a socket)"
+        raise UserError(f"cannot write {path}: it is {what}, and a write never replaces one. Give the path of a "
+                        f"file (new or an existing regular file).")
+    return path
+
+
+def _atomic(path, write, errors=(OSError,), exclusive=False):
+    """Write through `write(file_object)` into a temp file beside `path`, then rename it into place
+    (exclusive=True: link it into place, which fails with FileExistsError when `path` exists, so
+    two processes never overwrite each other's file; `path` then never exists half-written either).
 
     Any of `errors` (a full disk, a folder that is not writable) is a WriteError naming `path`; the
-    temp file is removed whatever happens, and `path` keeps its old content (or stays absent)."""
+    temp file is removed whatever happens, and `path` keeps its old content (or stays absent). A
+    target that is not a regular file (check_target) is refused before anything is written."""
     path = Path(path)
     make_dir(path.parent)
+    check_target(path)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -83,13 +107,33 @@ def _atomic(path, write, errors=(OSError,)):
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            _link_new(tmp, path)
+        else:
+            os.replace(tmp, path)
     except BaseException as error:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        if isinstance(error, errors):
+        if isinstance(error, errors) and not isinstance(error, FileExistsError):
             raise WriteError(path, *write_reason(error)) from None
         raise
+
+
+def _link_new(tmp, path):
+    """Put the finished temp file `tmp` at `path` only if nothing is there (FileExistsError
+    otherwise): a hard link where the filesystem has them, else an exclusive create of the name
+    that the temp file is then renamed over (the name is ours from that moment on)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+            raise
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        os.replace(tmp, path)
+    else:
+        os.unlink(tmp)
 
 
 def remove_temp_files(folder):
@@ -105,6 +149,43 @@ def remove_temp_files(folder):
             except OSError:
                 pass  # a leftover that cannot be removed is harmless: never written over, never read
     return removed
+
+
+# a staging folder of staging_dir: "." + the target's name + "." + the writer's process id + "." +
+# mkdtemp's 8 random characters + ".tmp"
+STAGING_DIR = re.compile(r"\.(?P<target>.+)\.(?P<pid>[0-9]+)\.[a-z0-9_]{8}\.tmp")
+
+
+def staging_dir(parent, name):
+    """A new hidden folder in `parent` to build the folder `name` in before it is renamed into
+    place (an export, a prepared dataset), with the usual permissions (mkdtemp's are 0700). The
+    staging folders of `name` that a killed process left there (its process id no longer runs)
+    are removed first; those of a process still running are left alone."""
+    parent = make_dir(parent)
+    for path in parent.iterdir():
+        match = STAGING_DIR.fullmatch(path.name)
+        if match and match["target"] == name and path.is_dir() and not path.is_symlink() \
+                and not _process_runs(int(match["pid"])):
+            shutil.rmtree(path, ignore_errors=True)
+    try:
+        folder = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.{os.getpid()}.", suffix=".tmp"))
+        os.chmod(folder, 0o777 & ~_UMASK)
+    except OSError as error:
+        raise WriteError(parent / name, *write_reason(error)) from None
+    return folder
+
+
+def _process_runs(pid):
+    """Whether a process with this id runs on this machine."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # it runs (as another user), or cannot be told: leave its folder alone
+    return True
 
 
 @contextmanager
@@ -166,6 +247,12 @@ def read_json(path, what_to_do):
 
 def atomic_write_bytes(path, data):
     _atomic(path, lambda f: f.write(data))
+
+
+def create_new_file(path, data):
+    """Write `data` to `path`, which must not exist: FileExistsError when it does (or appears
+    while writing: another process got there first), and nothing is overwritten."""
+    _atomic(path, lambda f: f.write(data), exclusive=True)
 
 
 def atomic_write_text(path, text):

@@ -1,7 +1,7 @@
 """Running many trials: one after another, or JOBS at a time in worker processes, each on its
 own CPU threads or GPU. A trial's scores do not depend on how many run beside it."""
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import signal
 
 import torch
 from tqdm import tqdm
@@ -35,7 +35,10 @@ def trial_jobs(config, n_trials, device):
 
 def run_trials(run_trial, config, ds, trials, run_dir, device):
     """run_trial(config, ds, c, seed, run_dir, device, quiet) for every (c, seed) in `trials`:
-    in this process when one job runs at a time, else in worker processes (quiet logs)."""
+    in this process when one job runs at a time, else in worker processes (quiet logs). A failed
+    trial, Ctrl-C or SIGTERM stops every worker at once (multiprocessing's Pool.terminate): none
+    trains on with nobody to report to, their trial locks are released with them, and each
+    interrupted trial resumes from its last.pt."""
     jobs = trial_jobs(config, len(trials), device)
     if jobs == 1:
         torch.set_num_threads(trial_threads(config, 1, device))
@@ -52,24 +55,28 @@ def run_trials(run_trial, config, ds, trials, run_dir, device):
     print(f"{jobs} trials at a time on {', '.join(devices)}, {threads} CPU thread(s) each")
     context = mp.get_context("spawn")
     counter = context.Value("i", 0)
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init,
-                             initargs=(threads, devices, counter)) as pool:
-        futures = {pool.submit(_worker, run_trial, config, c, s, str(run_dir)): (c, s) for c, s in trials}
-        try:
-            with tqdm(total=len(futures), desc="trials", unit="trial", disable=None) as bar:
-                for future in as_completed(futures):
-                    c, s = futures[future]
-                    results = future.result()  # None: skipped, another process runs it
-                    tqdm.write(f"class {c} seed {s}: " + ("skipped, another process runs it" if results is None else
-                                                          "  ".join(f"{name} AUROC {m['auroc']:.4f}"
-                                                                    for name, m in results["metrics"].items())))
-                    bar.update(1)
-        except BaseException:  # a trial failed or Ctrl-C: start no further trial, let running ones end
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+    pool = context.Pool(jobs, initializer=_worker_init, initargs=(threads, devices, counter))
+    try:
+        tasks = [(run_trial, config, c, s, str(run_dir)) for c, s in trials]
+        with tqdm(total=len(tasks), desc="trials", unit="trial", disable=None) as bar:
+            for c, s, results in pool.imap_unordered(_worker, tasks):
+                tqdm.write(f"class {c} seed {s}: " + ("skipped, another process runs it" if results is None else
+                                                      "  ".join(f"{name} AUROC {m['auroc']:.4f}"
+                                                                for name, m in results["metrics"].items())))
+                bar.update(1)
+        pool.close()
+    except BaseException:  # a trial failed, Ctrl-C, SIGTERM: stop every worker now
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
 
 
 def _worker_init(threads, devices, counter):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops us
+    # ... with SIGTERM (Pool.terminate), which unwinds the trial as SystemExit: its lock, its open files and the
+    # semaphores tqdm made here are released before the process ends, and no traceback is printed
+    signal.signal(signal.SIGTERM, _exit_quietly)
     torch.set_num_threads(threads)
     with counter.get_lock():
         index = counter.value
@@ -77,7 +84,12 @@ def _worker_init(threads, devices, counter):
     os.environ["CASCADE_WORKER_DEVICE"] = devices[index % len(devices)]
 
 
-def _worker(run_trial, config, c, seed, run_dir):
+def _exit_quietly(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _worker(task):
+    run_trial, config, c, seed, run_dir = task
     device = os.environ.get("CASCADE_WORKER_DEVICE", "cpu")
     ds = load_dataset(config["dataset"], config["data_dir"])
-    return run_trial(config, ds, c, seed, run_dir, device, quiet=True)
+    return c, seed, run_trial(config, ds, c, seed, run_dir, device, quiet=True)

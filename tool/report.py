@@ -10,7 +10,6 @@ Tables are built from the trials' results.json files by key; a cell without resu
 import csv
 import io
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +19,10 @@ from tool.datasets import class_label
 from tool.ensemble import ensemble_summary
 from tool.errors import UserError
 from tool.evaluation import METRICS, SCORES
-from tool.io import REPO, WriteError, atomic_write_bytes, atomic_write_text, make_dir, write_reason
+from tool.io import REPO, WriteError, atomic_write_bytes, atomic_write_text, make_dir, staging_dir, write_reason
 from tool.leakage import read_leakage
 from tool.results import compact_scores, load_results, score_name
-from tool.runs import PLACEMENT_KEYS, class_names_of, planned_trials, read_run_config
+from tool.runs import PLACEMENT_KEYS, TRIAL_NAME, class_names_of, is_run_config, planned_trials, read_run_config
 
 # Published mean AUROC / AUPRC / best F1 in %, one anomalous class, from the authors' public
 # rebuttal of an earlier version of the method (WWW 2024); see docs/method.md.
@@ -180,8 +179,12 @@ def find_runs(root):
     ablation), the settings that tell its runs apart. Runs with identical settings: the newest.
     """
     configs = {}
-    for path in sorted(Path(root).rglob("config.json")):  # sorted: timestamps in increasing order
-        if not path.parent.name.startswith("class"):
+    root = Path(root)
+    for path in sorted(root.rglob("config.json")):  # sorted: timestamps in increasing order
+        relative = path.parent.relative_to(root).parts
+        if any(part.startswith(".") for part in relative) or TRIAL_NAME.fullmatch(path.parent.name):
+            continue  # a hidden folder (an export's staging folder, .vscode/) or a trial of a run
+        if is_run_config(path):
             configs[path.parent] = read_run_config(path.parent)
     if not configs:
         raise UserError(f"no run folder (config.json beside class*_seed* folders) below {root}")
@@ -310,7 +313,7 @@ def export(run_dir, dest=None):
     make_dir(target.parent)
     staging = None
     try:
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+        staging = staging_dir(target.parent, target.name)
         for path in sorted(run_dir.rglob("*")):
             relative = path.relative_to(run_dir)  # the run's own files, and its trials' (class*_seed*/...)
             if not path.is_file() or relative.name not in EXPORTED or len(relative.parts) > 2:

@@ -21,6 +21,8 @@ folder's finished trials are skipped when it is run again. Processes sharing a f
 .config.lock around every read-modify-write of its config.json (the command history), and each
 trial's .lock while it runs, so that a trial runs in one process at a time (tool.io.file_lock).
 """
+import json
+import re
 import shutil
 import sys
 from contextlib import contextmanager
@@ -88,6 +90,17 @@ def new_run_dir(config):
             except OSError:
                 break  # not empty (another run), or not ours to remove
         raise
+
+
+def is_run_config(path):
+    """Whether the file `path` is a run's config.json ({"config": {...}, ...}) rather than some other
+    tool's config.json that happens to lie in a tree of runs; a file that is not JSON at all is a
+    damaged run config (read_run_config then says so)."""
+    try:
+        saved = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return True
+    return isinstance(saved, dict) and "config" in saved
 
 
 def read_run_config(run_dir):
@@ -169,6 +182,9 @@ def class_names_of(config):
 # ---------------------------------------------------------------------------------------------
 # Trials
 # ---------------------------------------------------------------------------------------------
+TRIAL_NAME = re.compile(r"class(?P<c>[0-9]+)_seed(?P<s>[0-9]+)")  # a trial folder's name
+
+
 def trial_dir(run_dir, c, s):
     return Path(run_dir) / f"class{c}_seed{s}"
 
@@ -196,12 +212,8 @@ def trial_lock(folder):
 
 def planned_trials(run_dir, config, n_classes=None):
     """Classes and seeds of a run folder: those its settings plan plus those found on disk."""
-    found = []
-    for path in Path(run_dir).glob("class*_seed*"):
-        try:
-            found.append(tuple(int(v) for v in path.name.removeprefix("class").split("_seed")))
-        except ValueError:
-            continue  # not a trial folder (e.g. class0_seed0.bak)
+    found = [(int(m["c"]), int(m["s"])) for path in Path(run_dir).glob("class*_seed*")
+             if (m := TRIAL_NAME.fullmatch(path.name))]  # not class0_seed0.bak
     planned = range(n_classes or 0) if config["classes"] is None else config["classes"]
     classes = sorted({*planned, *(c for c, _ in found)})
     seeds = list(dict.fromkeys([*config["seeds"], *sorted({s for _, s in found})]))
