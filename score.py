@@ -1,21 +1,22 @@
-"""Score new images with a trained trial: the anomaly score and a verdict at the run's threshold.
+"""Score new images with a trained trial: the anomaly score and a verdict at the trial's threshold.
 
-    python score.py --checkpoint runs/mine/cascade/20261128-120000/class0_seed0 photo.png more_photos/
-    python score.py --checkpoint RUN_DIR/class0_seed0 images/ --output scores.csv --device cpu
+    python score.py --trial runs/mine/cascade/20261128-120000/class0_seed0 photo.png more_photos/
+    python score.py --trial RUN_DIR/class0_seed0 images/ --output scores.csv --device cpu --score recon
 
 Every image gets the preprocessing the trial's dataset recorded (folder datasets: size, channels,
-interpolation; see tool/folder.py; built-in datasets: none, the image must already have the
-model's channels), then training's pixel scaling, and the score evaluation computes (--score,
-default the run's SCORE: recon, the L2 norm of the reconstruction error; latent-knn, with the
-normal training codes the trial kept in bank.pt; latent-lof, the local outlier factor among those
-codes; memory; fused and fused-lof, standardised with the trial's validation statistics; for an
-MLP encoder hidden-knn, hidden-lof and fused-hidden, with the hidden features kept in bank.pt). An image is "anomalous" when its score is above the trial's validation
-threshold for that score (results.json: thresholds, a percentile of the scores of normal
-validation images). Folders are searched recursively for PNG, JPEG and BMP files.
+interpolation; see tool/data/folder.py; built-in datasets: none, the image must already have the
+model's channels), then training's pixel scaling, and the score evaluation computes (tool/scores.py),
+with what the trial kept: the banks of normal training features in bank.pt, the validation
+statistics and thresholds in results.json. --score: by default the run's SCORE, or for SCORE
+"best" the best score of the network (fused-lof for a conv encoder, fused-hidden for an MLP one,
+fused-ssl with a self-supervised task); recon is the paper's. An image is "anomalous" when its
+score is above the trial's validation threshold for that score (a percentile of the scores of
+normal validation images). Folders are searched recursively for PNG, JPEG and BMP files.
 
-The table is printed and written as CSV (path, anomaly_score, threshold, verdict): to --output,
-which must not exist yet, or by default to scores.csv in the trial folder (scores-1.csv, ... when
-that is taken). Nothing is ever overwritten.
+Every image that can be read is scored; those that cannot are listed at the end, and then the
+command exits with code 2. The table is printed and written as CSV (path, anomaly_score,
+threshold, verdict): to --output, which must not exist yet, or by default to scores.csv in the
+trial folder (scores-1.csv, ... when that is taken). Nothing is ever overwritten.
 """
 import argparse
 import csv
@@ -29,30 +30,32 @@ import torch
 from prettytable import PrettyTable
 
 from tool.settings import OneLineParser, resolve_device
-from tool.datasets import scale_images
 from tool.errors import UserError, cli
-from tool.evaluation import FUSIONS, fit_lof, fusions, image_scores
-from tool.folder import INTERPOLATION, INTERPOLATIONS, list_images, read_image, shown, to_chw
+from tool.data.folder import INTERPOLATION, INTERPOLATIONS, image_problem, list_images, read_image, shown, to_chw
 from tool.io import check_target, create_new_file
 from tool.results import read_results
-from tool.runs import load_trial_model, trial_bank
+from tool.runs import load_scorer, load_trial_model
+from tool.scores import FUSIONS, SCORES, recommended
 
 
 def parse_args(argv=None):
     parser = OneLineParser(prog="score.py", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, metavar="UNIT_DIR",
-                        help="a finished trial of a run: RUN_DIR/class<c>_seed<s> (holds best.pt and results.json)")
+    parser.add_argument("--trial", "--checkpoint", dest="trial", required=True, metavar="TRIAL_DIR",
+                        help="a finished trial of a run: RUN_DIR/class<c>_seed<s> (holds best.pt, bank.pt and "
+                             "results.json); --checkpoint is the older name")
     parser.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders of images")
     parser.add_argument("--output", metavar="CSV", help="write the scores here (must not exist; default: "
                                                        "scores.csv in the trial folder, or the next free scores-N.csv)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    parser.add_argument("--score", help="the score to give (default: the run's SCORE): recon, latent-knn, latent-lof, memory, fused, fused-lof; MLP encoders also hidden-knn, hidden-lof, fused-hidden")
+    parser.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N,mps}",
+                        help="auto: CUDA, then MPS, then the CPU")
+    parser.add_argument("--score", metavar="NAME", help=f"the score to give: {', '.join([*SCORES, *FUSIONS])} (those "
+                                                        f"the trial has; default: the run's SCORE, or the best)")
     return parser.parse_args(argv)
 
 
 def open_trial(folder, device):
-    """(trial config, model in eval mode, results) of a finished trial folder; else a UserError."""
+    """(trial config, scorer, results) of a finished trial folder; else a UserError."""
     folder = Path(folder)
     if not (folder / "results.json").is_file():
         trials = sorted(p.name for p in folder.glob("class*_seed*") if p.is_dir())
@@ -63,33 +66,41 @@ def open_trial(folder, device):
     results = read_results(folder)
     preprocessing = trial.get("preprocessing")
     if not (preprocessing is None or isinstance(preprocessing, dict) and isinstance(preprocessing.get("grayscale"), bool)
-            and isinstance(preprocessing.get("interpolation"), str)) or "recon" not in results["thresholds"]:
-        raise UserError(f"{folder}: its config.json or results.json is damaged (no usable preprocessing or recon "
-                        f"threshold). Train the trial again.")
-    return trial, model, results
+            and isinstance(preprocessing.get("interpolation"), str)):
+        raise UserError(f"{folder / 'config.json'} is damaged (no usable preprocessing). Train the trial again.")
+    return trial, load_scorer(folder, model, results), results
 
 
-def find_images(inputs):
-    """Image files from files and folders (recursively, sorted), in the order given."""
+def find_images(inputs, problems):
+    """Image files from files and folders (recursively, sorted), in the order given; what cannot
+    be a file to read is appended to `problems` as (path, reason)."""
     files = []
-    for given in map(Path, inputs):
-        if given.is_dir():
+    for text in inputs:
+        given = Path(text)
+        if not text.strip():
+            problems.append((text, "an empty name (give a file or a folder)"))
+        elif given.is_dir():
             skipped = []
             found = list_images(given, skipped)
+            unlisted = [(path, why) for path, why in skipped if why.startswith("cannot")]
+            problems += unlisted
+            if len(skipped) > len(unlisted):
+                print(f"{shown(given)}: ignored {len(skipped) - len(unlisted)} file(s) that are not PNG, JPEG or BMP")
             if not found:
-                raise UserError(f"{given}: no PNG, JPEG or BMP image in this folder.")
-            if skipped:
-                print(f"{shown(given)}: ignored {len(skipped)} file(s) that are not PNG, JPEG or BMP")
+                problems.append((given, "no PNG, JPEG or BMP image in this folder"))
             files += found
-        elif given.is_file():
-            files.append(given)
+        elif given.is_symlink() and not given.exists():
+            problems.append((given, "a symbolic link to nothing (or a loop of links)"))
+        elif given.exists() or given.is_symlink():
+            files.append(given)  # a regular file, or something read_image names (a FIFO, a device)
         else:
-            raise UserError(f"{given}: no such file or folder.")
+            problems.append((given, "no such file or folder"))
     return files
 
 
-def load_images(files, input_shape, preprocessing):
-    """uint8 (N, C, H, W) for the model: read, channels checked, resized as training's images were."""
+def load_images(files, input_shape, preprocessing, problems):
+    """(the files read, uint8 (N, C, H, W) for the model): read, channels checked, resized as
+    training's images were; each file that cannot be is appended to `problems` (path, reason)."""
     channels, height, width = input_shape
     if preprocessing:  # a folder dataset: read exactly as preprocess.py read its images
         mode, interpolation = ("grayscale" if preprocessing["grayscale"] else "rgb"), preprocessing["interpolation"]
@@ -98,22 +109,25 @@ def load_images(files, input_shape, preprocessing):
                             f"does not know ({', '.join(INTERPOLATIONS)}).")
     else:  # a built-in dataset: its images are the model's size already; nothing to convert
         mode, interpolation = "as-stored", INTERPOLATION
-    images, resized = [], []
+    read, images, resized = [], [], []
     for path in files:
-        image = read_image(path, mode)
+        image, problem = read_image(path, mode), None
         if image is None:
-            raise UserError(f"{path}: cannot be read as an image (corrupt, or not a PNG, JPEG or BMP file).")
-        if image.shape[2] != channels:
-            raise UserError(f"{path} has {image.shape[2]} channel(s) but the model takes {channels}, and its "
-                            f"dataset's preprocessing records no conversion: convert the image to "
-                            f"{'grayscale' if channels == 1 else 'RGB'} first.")
+            problem = image_problem(path, mode)
+        elif image.shape[2] != channels:
+            problem = (f"{image.shape[2]} channel(s), but the model takes {channels} and its dataset's "
+                       f"preprocessing records no conversion: convert it to {'grayscale' if channels == 1 else 'RGB'}")
+        if problem:
+            problems.append((path, problem))
+            continue
         if image.shape[:2] != (height, width):
-            resized.append(f"{path} ({image.shape[0]} x {image.shape[1]})")
+            resized.append(f"{shown(path)} ({image.shape[0]} x {image.shape[1]})")
+        read.append(path)
         images.append(to_chw(image, (height, width), interpolation))
     if resized:
         print(f"warning: {len(resized)} image(s) resized to the model's {height} x {width} ({interpolation} "
               f"interpolation): {', '.join(resized)}", file=sys.stderr)
-    return torch.from_numpy(np.stack(images))
+    return read, (torch.from_numpy(np.stack(images)) if images else None)
 
 
 def check_output(given):
@@ -154,30 +168,22 @@ def run(argv=None):
     """Everything score.py does; returns (CSV path, rows [(path, score, verdict)])."""
     args = parse_args(argv)
     device = resolve_device(args.device)
-    trial, model, results = open_trial(args.checkpoint, device)
-    name = args.score or trial["config"].get("score", "recon")
-    if name not in results["metrics"]:
-        raise UserError(f"--score {name}: this trial has the scores {', '.join(results['metrics'])}.")
-    files = find_images(args.images)
+    trial, scorer, results = open_trial(args.trial, device)
+    configured = trial["config"].get("score")
+    name = args.score or (configured if configured in scorer.names else recommended(scorer.names))
+    if name not in scorer.names:
+        raise UserError(f"--score {name}: this trial has the scores {', '.join(scorer.names)} (a score missing from "
+                        f"its results.json or bank.pt: python main.py --eval-only {Path(args.trial).parent})")
     output = check_output(args.output)
-    images = load_images(files, trial["input_shape"], trial.get("preprocessing"))
-    parts = FUSIONS[name][0] if name in FUSIONS else (name,)  # what the score is made of; recon, memory: no bank.pt
-    needs_bank, needs_hidden = (any(part.startswith(prefix) for part in parts) for prefix in ("latent-", "hidden-"))
-    bank = trial_bank(args.checkpoint, device, width=trial["config"].get("latent_dim")) if needs_bank else None
-    hidden = trial_bank(args.checkpoint, device, width=getattr(model.encoder, "hidden_width", None),
-                        part="hidden") if needs_hidden else None
-    lof = fit_lof(bank) if "latent-lof" in parts else None  # a few seconds: only when asked for
-    hidden_lof = fit_lof(hidden) if "hidden-lof" in parts else None
-    scores = image_scores(model, scale_images(images, device), bank, lof, hidden, hidden_lof)  # as evaluation
-    if name in FUSIONS:
-        scores.update(fusions(results["fusion"], scores))
-    if name not in scores:  # results.json names the score, but what it needs is gone (bank.pt, its statistics)
-        raise UserError(f"{args.checkpoint}: cannot give {name} (it needs bank.pt and the score's validation "
-                        f"statistics in results.json, and one of them is missing). "
-                        f"Score the trial again: python main.py --eval-only {Path(args.checkpoint).parent}")
-    threshold = results["thresholds"][name]
+    problems = []
+    files, images = load_images(find_images(args.images, problems), trial["input_shape"], trial.get("preprocessing"),
+                                problems)
+    if images is None:
+        raise UserError(f"no image to score: {_listed(problems)}")
+    values = scorer.scores(images, [name])[name]  # as evaluation computes them
+    threshold = scorer.thresholds[name]
     rows = [(str(path), float(value), "anomalous" if value > threshold else "normal")
-            for path, value in zip(files, scores[name])]
+            for path, value in zip(files, values)]
 
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -185,17 +191,25 @@ def run(argv=None):
     writer.writerows([path, f"{value:.6f}", f"{threshold:.6f}", verdict] for path, value, verdict in rows)
     # written before anything is printed: a folder that cannot take it is one error, not a table and a crash;
     # a file name that is not UTF-8 keeps its own bytes in the CSV
-    output = write_csv(buffer.getvalue().encode("utf-8", "surrogateescape"), output, args.checkpoint)
-    table = PrettyTable(["image", "anomaly score", "verdict"], align="l")
-    table.align["anomaly score"] = "r"
+    output = write_csv(buffer.getvalue().encode("utf-8", "surrogateescape"), output, args.trial)
+    table = PrettyTable(["image", f"{name} score", "verdict"], align="l")
+    table.align[f"{name} score"] = "r"
     for path, value, verdict in rows:
         table.add_row([shown(path), f"{value:.6f}", verdict])
     print(table)
     n_anomalous = sum(verdict == "anomalous" for _, _, verdict in rows)
     print(f"{n_anomalous} of {len(rows)} image(s) anomalous at the threshold {threshold:.6f} "
           f"({results['threshold_percentile']:g}th percentile of the trial's normal "
-          f"validation scores)\nwritten: {output}")
+          f"validation scores of {name})\nwritten: {output}")
+    if problems:
+        raise UserError(f"{len(problems)} of {len(problems) + len(rows)} input(s) could not be scored (the others are "
+                        f"in {output}): {_listed(problems)}")
     return output, rows
+
+
+def _listed(problems):
+    return "; ".join(f"{shown(path)}: {why}" for path, why in problems[:20]) + \
+        (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
 
 
 main = cli(run)

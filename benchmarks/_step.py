@@ -33,7 +33,11 @@ def main():
     from models import build_model
 
     torch.set_num_threads(args.threads)
-    train.seed_everything(0)
+    try:  # where this code keeps it; older revisions had it in tool/train.py
+        from tool.seeding import seed_everything
+    except ImportError:
+        seed_everything = train.seed_everything
+    seed_everything(0)
     try:  # settings from main.py's constants (this code)
         from main import DEFAULTS
         from models import ModelConfig

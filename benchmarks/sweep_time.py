@@ -26,9 +26,16 @@ if str(REPO) not in sys.path:
 from prettytable import PrettyTable  # noqa: E402
 
 from benchmarks.throughput import _tree_of  # noqa: E402
-from tool.datasets import DATA_ROOT, is_prepared  # noqa: E402
+from tool.data.datasets import DATA_ROOT, is_prepared  # noqa: E402
 from tool.errors import UserError, cli  # noqa: E402
-from tool.results import history_column  # noqa: E402
+
+
+def history_column(history, name):
+    """One quantity of a trial's training history per epoch, in the layout of today's results.json
+    (columns) or of the older code --against runs (a list of epochs)."""
+    if isinstance(history, dict):
+        return list(history.get(name, []))
+    return [epoch.get(name) for epoch in history]
 
 
 def measure(tree, preset, precision, data_dir, workdir, epochs):

@@ -11,7 +11,7 @@ For each preset and precision on 1 x 28 x 28 inputs, with synthetic images resid
   train img/s   tool.train.train_epoch, the training loop's own batch loop (forward -> backward ->
                 Adam step), set up as tool.train.train_model sets it up: channels-last for conv
                 models on a CPU, PRECISION's autocast, COMPILE's torch.compile;
-  eval img/s    tool.evaluation.anomaly_scores (float32, as every trial scores);
+  eval img/s    tool.scores.network_outputs (float32, the evaluation pass every score reads);
   MFLOP/img     one training step per image = 3 x forward, the forward counted from the layer
                 shapes of one real forward pass: Linear 2*in*out, Conv2d 2*Cin*Cout*kh*kw*Hout*Wout
                 / groups, ConvTranspose2d the same on its input positions, a cascade memory unit
@@ -62,9 +62,10 @@ from main import DEFAULTS  # noqa: E402
 from models import PRESETS, ModelConfig, build_model, count_parameters  # noqa: E402
 from models.memory import MemAEMemory, MemoryUnit  # noqa: E402
 from tool.errors import UserError, cli  # noqa: E402
-from tool.evaluation import anomaly_scores  # noqa: E402
+from tool.scores import network_outputs  # noqa: E402
 from tool.settings import resolve_device  # noqa: E402
-from tool.train import (PRECISIONS, TrainConfig, _compile, make_optimizer, seed_everything, train_epoch,  # noqa: E402
+from tool.seeding import seed_everything  # noqa: E402
+from tool.train import (PRECISIONS, TrainConfig, _compile, make_optimizer, train_epoch,  # noqa: E402
                         uses_channels_last)
 
 INPUT_SHAPE = (1, 28, 28)
@@ -190,7 +191,7 @@ class Bench:
     def eval_pass(self, images):
         synchronize(self.device)
         started = time.perf_counter()
-        anomaly_scores(self.model, images)  # ends with .cpu(): synchronises
+        network_outputs(self.model, images)  # ends with .cpu(): synchronises
         return time.perf_counter() - started
 
 
@@ -303,6 +304,7 @@ def run(argv=None):
 
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(args.images, *INPUT_SHAPE, generator=gen).to(device)
+    pixels = torch.randint(0, 256, (args.images, *INPUT_SHAPE), generator=gen, dtype=torch.uint8)  # as trials score
     order = torch.randperm(args.images, generator=gen).to(device)
     gemms = {p: Gemm(p, device) for p in dict.fromkeys(["fp32", *args.precisions])}
     benches = [Bench(name, precision, device, compile_)
@@ -321,7 +323,7 @@ def run(argv=None):
             started = time.perf_counter()
             bench.train_pass(images, warm, args.batch_size)
             bench.first_pass_seconds = time.perf_counter() - started
-            bench.eval_pass(images[: min(len(images), 4096)])
+            bench.eval_pass(pixels[: min(len(pixels), 4096)])
         if released:
             released.train_pass(images[: 4 * args.batch_size])
         trained = len(images) - (len(images) % args.batch_size == 1)  # train_epoch skips a final batch of one
@@ -330,7 +332,7 @@ def run(argv=None):
                 gemm.sample()
             for bench in benches:
                 bench.train_rates.append(trained / bench.train_pass(images, order, args.batch_size))
-                bench.eval_rates.append(len(images) / bench.eval_pass(images))
+                bench.eval_rates.append(len(pixels) / bench.eval_pass(pixels))
             if released:
                 released.train_rates.append(len(images) / released.train_pass(images))
             for comparison in against:

@@ -1,14 +1,15 @@
 """Models of cascade-memory and the named presets that build them from a dataset's shape.
 
-    from main import DEFAULTS
     from models import ModelConfig, build_model
-    model = build_model("cascade", (1, 28, 28), ModelConfig.from_settings(DEFAULTS))
+    from tool.constants import main_defaults          # main.py's constants, the paper's settings
+    model = build_model("cascade", (1, 28, 28), ModelConfig.from_settings(main_defaults()))
 """
 from dataclasses import dataclass, fields
 
 from models.autoencoder import VAE, MemoryAutoencoder
 from models.backbones import BACKBONES
 from models.memory import CascadeMemory, MemAEMemory, MemoryUnit
+from models.ssl import SSL_KINDS, SelfSupervision
 
 PRESETS = {
     # name: (backbone, memory, description)
@@ -38,6 +39,9 @@ class ModelConfig:
     memae_shrink_threshold: float  # None = 1 / memae_slots
     memae_entropy_weight: float
     kl_weight: float
+    ssl: str  # None, or a self-supervised task of models/ssl.py: "transforms" | "contrastive"
+    ssl_weight: float
+    ssl_temperature: float
 
     @classmethod
     def from_settings(cls, settings, **overrides):
@@ -56,8 +60,10 @@ def build_model(preset, input_shape, config):
     kwargs = {"channels": tuple(config.channels)} if backbone == "conv" else {}
     encoder = encoder_cls(input_shape, latent_dim=config.latent_dim, **kwargs)
     decoder = decoder_cls(input_shape, latent_dim=config.latent_dim, **kwargs)
+    ssl = (SelfSupervision(config.ssl, config.latent_dim, input_shape, config.ssl_weight, config.ssl_temperature)
+           if config.ssl is not None else None)
     if memory_kind == "vae":
-        return VAE(encoder, decoder, config.latent_dim, config.latent_dim, config.kl_weight)
+        return VAE(encoder, decoder, config.latent_dim, config.latent_dim, config.kl_weight, ssl)
     memory = None
     if memory_kind in ("cascade", "cascade-released"):
         n_slots, top_k, forget_rate = config.n_slots, config.top_k, config.forget_rate
@@ -71,12 +77,12 @@ def build_model(preset, input_shape, config):
     elif memory_kind == "memae":
         memory = MemAEMemory(config.memae_slots, config.latent_dim, config.memae_shrink_threshold,
                              config.memae_entropy_weight)
-    return MemoryAutoencoder(encoder, decoder, memory)
+    return MemoryAutoencoder(encoder, decoder, memory, ssl)
 
 
 def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["PRESETS", "ModelConfig", "build_model", "count_parameters", "MemoryUnit", "CascadeMemory",
-           "MemAEMemory", "MemoryAutoencoder", "VAE"]
+__all__ = ["PRESETS", "SSL_KINDS", "ModelConfig", "build_model", "count_parameters", "MemoryUnit", "CascadeMemory",
+           "MemAEMemory", "MemoryAutoencoder", "VAE", "SelfSupervision"]

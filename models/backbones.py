@@ -21,7 +21,7 @@ class MLPEncoder(nn.Module):
         for n_in, n_out in zip(sizes[:-1], sizes[1:]):
             layers += _block(nn.Linear(n_in, n_out), n_out, nn.BatchNorm1d)
         self.net = nn.Sequential(*layers)
-        self.hidden_width = sizes[1]  # the features hidden_layer gives per image
+        self.latent_dim, self.hidden_width = latent_dim, sizes[1]  # the code's width; hidden_layer's features
 
     def forward(self, x):
         return self.net(x)
@@ -75,6 +75,7 @@ class ConvEncoder(nn.Module):
         flat = chans[-1] * math.prod(sizes[-1])
         layers += [nn.Flatten(), *_block(nn.Linear(flat, latent_dim, bias=False), latent_dim, nn.BatchNorm1d)]
         self.net = nn.Sequential(*layers)
+        self.latent_dim = latent_dim
 
     def forward(self, x):
         return self.net(x)

@@ -23,11 +23,12 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from main import DEFAULTS  # noqa: E402
 from models.memory import MemoryUnit  # noqa: E402
-from tool.datasets import load_dataset, scale_images  # noqa: E402
+from tool.data.datasets import load_dataset, scale_images  # noqa: E402
 from tool.errors import UserError, cli  # noqa: E402
-from tool.evaluation import batches, fused, fusion_stats, image_scores  # noqa: E402
-from tool.protocol import make_split  # noqa: E402
-from tool.runs import is_finished, load_trial_model, read_run_config, trial_bank  # noqa: E402
+from tool.data.protocol import make_split  # noqa: E402
+from tool.evaluation import batches  # noqa: E402
+from tool.runs import is_finished, load_trial_model, read_run_config  # noqa: E402
+from tool.scores import Scorer, fusion_stats, standardised  # noqa: E402
 from tool.settings import OneLineParser  # noqa: E402
 
 
@@ -59,17 +60,16 @@ def ablate(run_dir, draws):
         trial, model = load_trial_model(folder, "cpu")
         settings = {**DEFAULTS, **trial["config"]}
         split = make_split(ds, settings["protocol"], trial["class"], settings["val_fraction"], trial["seed"])
-        val_x, test_x = scale_images(split.val, "cpu"), scale_images(split.test, "cpu")
-        bank = trial_bank(folder)
-        val, test = image_scores(model, val_x, bank), image_scores(model, test_x, bank)
-        for scores, images in ((val, val_x), (test, test_x)):
-            d = forgetting_draws(model, images, draws, trial["seed"])
+        scorer = Scorer.fit(model, split.train, split.val, trial["seed"], settings["threshold_percentile"])
+        val, test = scorer.scores(split.val, base_only=True), scorer.scores(split.test, base_only=True)
+        for scores, images in ((val, split.val), (test, split.test)):
+            d = forgetting_draws(model, scale_images(images, "cpu"), draws, trial["seed"])
             scores["tt-recon"], scores["tt-std"] = d.mean(axis=0), d.std(axis=0)
         for name, parts in {"fused": ["recon", "latent-knn", "memory"],
                             "fused-tt": ["tt-recon", "latent-knn", "memory"]}.items():
             parts = [p for p in parts if p in val]
             stats = fusion_stats({p: val[p] for p in parts})
-            val[name], test[name] = fused(stats, {p: val[p] for p in parts}), fused(stats, {p: test[p] for p in parts})
+            val[name], test[name] = (sum(standardised(stats, p, scores[p]) for p in parts) for scores in (val, test))
         targets = split.test_targets.numpy()
         rows[folder.name] = {name: 100 * roc_auc_score(targets, values) for name, values in test.items()}
         print(folder.name, "  ".join(f"{k} {v:.2f}" for k, v in rows[folder.name].items()), flush=True)

@@ -27,17 +27,19 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from main import DEFAULTS  # noqa: E402
 from models import ModelConfig, build_model  # noqa: E402
-from tool.datasets import scale_images  # noqa: E402
+from tool.data.datasets import scale_images  # noqa: E402
 from tool.errors import UserError, cli  # noqa: E402
-from tool.evaluation import anomaly_scores, compute_metrics  # noqa: E402
+from tool.evaluation import compute_metrics  # noqa: E402
+from tool.scores import network_outputs  # noqa: E402
 from tool.io import atomic_write_json, atomic_write_text, environment, git_commit, make_dir, read_json  # noqa: E402
 from tool.parallel import run_trials  # noqa: E402
-from tool.prepare import ensure_prepared  # noqa: E402
-from tool.protocol import make_split  # noqa: E402
+from tool.data.prepare import ensure_prepared  # noqa: E402
+from tool.data.protocol import make_split  # noqa: E402
 from tool.classical import CLASSICAL  # noqa: E402
-from tool.protocol import check_trials  # noqa: E402
+from tool.data.protocol import check_trials  # noqa: E402
 from tool.settings import check_model_size, make_parser, overrides_from, resolve_device, validate  # noqa: E402
-from tool.train import TrainConfig, seed_everything, train_model  # noqa: E402
+from tool.seeding import seed_everything  # noqa: E402
+from tool.train import TrainConfig, train_model  # noqa: E402
 
 
 def oracle_trial(config, ds, target_class, seed, out_dir, device, quiet=False):
@@ -47,16 +49,16 @@ def oracle_trial(config, ds, target_class, seed, out_dir, device, quiet=False):
     seed_everything(seed)
     split = make_split(ds, config["protocol"], target_class, config["val_fraction"], seed)
     model = build_model(config["model"], ds.shape, ModelConfig.from_settings(config)).to(device)
-    test_images, targets = scale_images(split.test, device), split.test_targets.numpy()
+    targets = split.test_targets.numpy()
     per_epoch = {}
 
     def on_epoch(epoch, trained):  # eval mode, no random numbers drawn: training goes on unchanged
-        per_epoch[epoch] = compute_metrics(anomaly_scores(trained, test_images), targets)["auroc"]
+        per_epoch[epoch] = compute_metrics(network_outputs(trained, split.test)["recon"].numpy(), targets)["auroc"]
 
     with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
         result = train_model(model, scale_images(split.train, device), scale_images(split.val, device),
                              TrainConfig.from_settings(config), Path(scratch) / "last.pt", seed,
-                             desc=f"class {target_class} seed {seed}", log_every=10 if quiet else 1,
+                             desc=f"class {target_class} seed {seed}", log=None if quiet else print,
                              on_epoch=on_epoch)
     best_test = max(per_epoch, key=per_epoch.get)
     record = {"class": target_class, "class_name": ds.classes[target_class], "seed": seed,

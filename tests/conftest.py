@@ -23,9 +23,9 @@ import cv2  # noqa: E402
 
 import main  # noqa: E402
 import preprocess  # noqa: E402
-from tool import figures  # noqa: E402
-from tool.datasets import raw_dir  # noqa: E402
-from tool.prepare import CIFAR_FILES, IDX_FILES, prepare  # noqa: E402
+from tool.report import figures  # noqa: E402
+from tool.data.datasets import raw_dir  # noqa: E402
+from tool.data.prepare import CIFAR_FILES, IDX_FILES, prepare  # noqa: E402
 
 
 def model_config(**overrides):
@@ -76,8 +76,8 @@ def synthetic_splits(n_train_per_class=20, n_test_per_class=5, n_classes=10, sha
 @pytest.fixture
 def make_prepared():
     """A factory: make_prepared(root, name="tiny", **synthetic_splits kwargs) writes a prepared dataset
-    under root/<name>/processed/ (loadable with tool.datasets.load_dataset) and returns its name."""
-    from tool.datasets import make_meta, write_processed
+    under root/<name>/processed/ (loadable with tool.data.datasets.load_dataset) and returns its name."""
+    from tool.data.datasets import make_meta, write_processed
 
     def make(root, name="tiny", **kwargs):
         splits = synthetic_splits(**kwargs)

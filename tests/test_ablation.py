@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from conftest import REPO, command, one_error, run_main
-from tool.prepare import prepare_tuning_split
+from tool.data.prepare import prepare_tuning_split
 from tool.results import read_results
 
 sys.path.insert(0, str(REPO / "scripts"))

@@ -5,6 +5,11 @@ import pytest
 from tool import classical
 from tool.evaluation import compute_metrics
 
+
+def fit_and_score(name, train, evaluate, seed):
+    detect = classical.fit_detector(name, train, seed)
+    return [detect(x) for x in evaluate]
+
 DETECTORS = ["knn", "iforest", "ocsvm"]
 
 
@@ -20,7 +25,7 @@ def points():
 @pytest.mark.parametrize("name", DETECTORS)
 def test_clear_outliers_score_higher(points, name):
     train, normal, outliers = points
-    scores = classical.fit_and_score(name, train, [normal, outliers], seed=0)
+    scores = fit_and_score(name, train, [normal, outliers], seed=0)
     assert len(scores) == 2  # one score array per input, in order
     assert [s.shape for s in scores] == [(40,), (10,)]
     assert all(np.isfinite(s).all() for s in scores)
@@ -36,8 +41,8 @@ def test_same_seed_same_scores(points, name, max_train, monkeypatch):
     if max_train is not None:
         monkeypatch.setattr(classical, "OCSVM_MAX_TRAIN", max_train)
     train, normal, outliers = points
-    first = classical.fit_and_score(name, train, [normal, outliers], seed=3)
-    again = classical.fit_and_score(name, train, [normal, outliers], seed=3)
+    first = fit_and_score(name, train, [normal, outliers], seed=3)
+    again = fit_and_score(name, train, [normal, outliers], seed=3)
     for a, b in zip(first, again, strict=True):
         assert np.array_equal(a, b)
 
@@ -47,10 +52,24 @@ def test_the_seed_draws_the_forest_and_the_svm_subset(points, name, monkeypatch)
     """iforest's trees and ocsvm's training subset (more points than OCSVM_MAX_TRAIN) come from the seed."""
     monkeypatch.setattr(classical, "OCSVM_MAX_TRAIN", 100)
     train, normal, _ = points
-    seed_0, seed_1 = (classical.fit_and_score(name, train, [normal], seed=s)[0] for s in (0, 1))
+    seed_0, seed_1 = (fit_and_score(name, train, [normal], seed=s)[0] for s in (0, 1))
     assert not np.array_equal(seed_0, seed_1)
 
 
 def test_unknown_detector_raises():
     with pytest.raises(ValueError, match="unknown classical detector 'lof'; valid: knn, iforest, ocsvm"):
-        classical.fit_and_score("lof", np.zeros((10, 4)), [np.zeros((2, 4))], seed=0)
+        fit_and_score("lof", np.zeros((10, 4)), [np.zeros((2, 4))], seed=0)
+
+
+def test_a_classical_detector_has_the_shape_of_a_networks_scorer(data_dir):
+    """fitted like Scorer.fit: one score named after it, its validation statistics and threshold."""
+    from tool.data.datasets import load_dataset
+    from tool.data.protocol import make_split
+
+    split = make_split(load_dataset("digits", data_dir), "one-anomalous-class", 0, 0.1, 0)
+    scorer = classical.ClassicalScorer.fit("knn", split.train, split.val, 0, 95.0)
+    val = scorer.scores(split.val)["knn"]
+    assert scorer.names == ["knn"] and scorer.thresholds == {"knn": float(np.percentile(val, 95.0))}
+    assert scorer.fusion == {"knn": [float(val.mean()), float(val.std())]} and scorer.percentile == 95.0
+    test = scorer.scores(split.test)["knn"]
+    assert test.shape == (len(split.test),) and compute_metrics(test, split.test_targets)["auroc"] > 0.9

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import command, leftovers, main_fails, one_error
-from tool.datasets import load_dataset, processed_dir, scale_images
+from tool.data.datasets import load_dataset, processed_dir, scale_images
 from tool.errors import UserError
 
 

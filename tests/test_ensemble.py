@@ -8,17 +8,20 @@ from sklearn.metrics import roc_auc_score
 
 import main
 from conftest import command, one_error, run_main
-from tool.ensemble import ensemble_scores, ensemble_summary
+from tool.report.ensemble import ensemble_scores, ensemble_summary
 from tool.errors import UserError
 from tool.results import read_results, read_scores, write_results
+from tool.scores import fusions
 
 METRICS = dict.fromkeys(("auroc", "auprc", "f1_oracle", "f1_val_threshold"), 0.5)
 
 
 def trial(folder, seed, targets, scores, fusion):
     folder.mkdir(parents=True)
-    write_results(folder, {"class": 0, "seed": seed, "metrics": {n: METRICS for n in scores},
-                           "thresholds": dict.fromkeys(scores, 1.0), "fusion": fusion}, targets, scores)
+    names = [*scores, *fusions(fusion, scores)]
+    write_results(folder, {"class": 0, "seed": seed, "metrics": {n: METRICS for n in names},
+                           "thresholds": dict.fromkeys(names, 1.0), "threshold_percentile": 95.0, "fusion": fusion,
+                           "history": {}}, targets, scores)
     return folder, read_results(folder)
 
 
@@ -42,27 +45,22 @@ def test_each_seed_is_standardised_by_its_own_validation_statistics_before_the_m
 
 def test_fused_is_averaged_as_it_is_and_a_missing_statistic_or_other_test_split_is_refused(tmp_path):
     targets = np.array([0, 0, 1, 1])
-    one = trial(tmp_path / "s0", 0, targets, {"fused": np.array([0.0, 1.0, 2.0, 3.0])}, {})
-    two = trial(tmp_path / "s1", 1, targets, {"fused": np.array([1.0, 1.0, 3.0, 3.0])}, {})
-    assert ensemble_scores(*zip(one, two), "fused")[1].tolist() == [0.5, 1.0, 2.5, 3.0]
-    with pytest.raises(UserError, match="no validation statistics for recon"):
+    stats = {"recon": [1.0, 2.0], "latent-knn": [0.0, 1.0]}
+    one = trial(tmp_path / "s0", 0, targets, {"recon": np.array([0.0, 1.0, 2.0, 3.0]), "latent-knn": np.zeros(4)}, stats)
+    two = trial(tmp_path / "s1", 1, targets, {"recon": np.array([1.0, 1.0, 3.0, 3.0]), "latent-knn": np.ones(4)}, stats)
+    fused = [read_scores(folder)[1]["fused"] for folder, _ in (one, two)]  # rebuilt from the members
+    assert ensemble_scores(*zip(one, two), "fused")[1].tolist() == ((fused[0] + fused[1]) / 2).tolist()
+    with pytest.raises(UserError, match="no validation statistics for them"):
         ensemble_scores(*zip(trial(tmp_path / "s2", 2, targets, {"recon": np.ones(4)}, {}), one), "recon")
-    other = trial(tmp_path / "s3", 3, np.array([1, 0, 1, 0]), {"fused": np.ones(4)}, {})
+    other = trial(tmp_path / "s3", 3, np.array([1, 0, 1, 0]), {"recon": np.ones(4)}, stats)
     with pytest.raises(UserError, match="test images differ"):
-        ensemble_scores(*zip(one, other), "fused")
-    for name, fusion in (("s4", {"recon": "abc"}), ("s5", {"recon": [0.0, 0.0]}), ("s6", {"recon": [float("nan"), 1.0]}),
-                         ("s7", [1, 2]), ("s9", {"recon": [1, 2 ** 64 * 10 ** 400]})):  # forged or damaged statistics: one clear error, not a traceback
-        with pytest.raises(UserError, match="no validation statistics for recon"):
-            ensemble_scores(*zip(trial(tmp_path / name, 4, targets, {"recon": np.ones(4)}, fusion), one), "recon")
-    broken = trial(tmp_path / "s8", 8, targets, {"fused": np.array([0.0, np.inf, 1.0, 2.0])}, {})
-    with pytest.raises(UserError, match="not one finite number per test image"):
-        ensemble_scores(*zip(one, broken), "fused")
-    tiny = trial(tmp_path / "s10", 10, targets, {"recon": np.ones(4)}, {"recon": [0.0, 5e-324]})  # overflows
-    with pytest.raises(UserError, match="standardised by the validation statistics .* are not finite"):
-        ensemble_scores(*zip(tiny, tiny), "recon")
-    normal_only = [trial(tmp_path / f"n{s}", s, np.zeros(4, dtype=int), {"fused": np.ones(4)}, {}) for s in (0, 1)]
-    with pytest.raises(UserError, match="no anomalous or no normal image"):
-        ensemble_scores(*zip(*normal_only), "fused")
+        ensemble_scores(*zip(one, other), "recon")
+    broken = trial(tmp_path / "s8", 8, targets, {"recon": np.array([0.0, np.inf, 1.0, 2.0])}, stats)
+    with pytest.raises(UserError, match="not all finite"):
+        ensemble_scores(*zip(one, broken), "recon")
+    normal_only = [trial(tmp_path / f"n{s}", s, np.zeros(4, dtype=int), {"recon": np.ones(4)}, stats) for s in (0, 1)]
+    with pytest.raises(UserError, match="lacks anomalous or normal images"):
+        ensemble_scores(*zip(*normal_only), "recon")
     assert ensemble_summary(tmp_path, {}, [], [0, 1], "fused") is None  # no classes: no row
 
 
@@ -98,8 +96,5 @@ def test_trials_scored_before_the_statistics_were_kept_get_no_ensemble_row_and_n
     targets = np.array([0, 0, 1, 1])
     results = {}
     for seed in (0, 1):
-        folder, results[(0, seed)] = trial(tmp_path / f"class0_seed{seed}", seed, targets,
-                                           {"recon": np.arange(4.0), "fused": np.arange(4.0)}, {})
-        del results[(0, seed)]["fusion"]
+        _, results[(0, seed)] = trial(tmp_path / f"class0_seed{seed}", seed, targets, {"recon": np.arange(4.0)}, {})
     assert ensemble_summary(tmp_path, results, [0], [0, 1], "recon") is None
-    assert ensemble_summary(tmp_path, results, [0], [0, 1], "fused")["mean"]["auroc"][0] == 1.0

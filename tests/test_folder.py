@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import CLASSES, ENV, NAME, command, write_images
-from tool.datasets import load_dataset
+from tool.data.datasets import load_dataset
 from tool.errors import UserError
-from tool.folder import prepare_folder, read_image
-from tool.protocol import make_split
+from tool.data.folder import prepare_folder, read_image
+from tool.data.protocol import make_split
 
 
 def test_preprocess_skips_and_lists_bad_files_and_records_its_preprocessing(own_prepared):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import ENV, REPO, command, copy_run, one_error, run_main
+from tool.report.export import EXPORTED, export
 from tool.errors import UserError
 from tool.io import atomic_torch_save, atomic_write_bytes, create_new_file, staging_dir
 
@@ -98,10 +99,10 @@ def _dead_pid():
 
 def test_a_killed_exports_staging_folder_is_never_a_run_and_is_removed_by_the_next_export(finished_run, tmp_path,
                                                                                             capsys):
-    from tool import report
+    from tool.report import tables as report
 
     dest = tmp_path / "results"
-    first = report.export(finished_run, dest)
+    first = export(finished_run, dest)
     parent = first.parent
     stale = parent / f".{finished_run.name}.{_dead_pid()}.abcd1234.tmp"  # what a kill -9 mid-export leaves
     stale.mkdir()
@@ -118,7 +119,7 @@ def test_a_killed_exports_staging_folder_is_never_a_run_and_is_removed_by_the_ne
     printed = capsys.readouterr().out
     assert "classic_run" in printed and ".tmp" not in printed and "vscode" not in printed
     shutil_copy = copy_run(finished_run, tmp_path / "again")
-    report.export(shutil_copy, dest)
+    export(shutil_copy, dest)
     assert not stale.exists() and alive.is_dir()
     assert stat.S_IMODE(os.stat(parent / shutil_copy.name).st_mode) == 0o777 & ~_umask()
 

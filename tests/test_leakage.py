@@ -6,7 +6,7 @@ import torch
 
 import main
 from conftest import run_main
-from tool.leakage import class_leakage
+from tool.report.leakage import class_leakage
 
 
 def test_a_separate_class_leaks_nothing_and_a_mixed_one_about_one():

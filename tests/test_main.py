@@ -9,8 +9,7 @@ import torch
 
 import main
 from conftest import command, copy_run, leftovers, one_error, results_of, run_main, write_images
-from tool.evaluation import SCORES
-from tool.folder import prepare_folder
+from tool.data.folder import prepare_folder
 from tool.io import REPO
 
 FAST = ["--epochs", "6", "--patience", "3"]
@@ -22,7 +21,7 @@ def test_training_beats_chance_and_writes_everything(data_dir, tmp_path):
     result = results_of(run_dir)["class0_seed0"]
     # digit 0 as the anomaly: measured AUROC 0.95 with this setting; the floor leaves a wide margin
     assert result["metrics"]["recon"]["auroc"] >= 0.8
-    conv = set(SCORES) - {"hidden-knn", "hidden-lof", "fused-hidden"}  # those: MLP encoders (tests/test_score.py)
+    conv = {"recon", "latent-knn", "latent-lof", "memory", "fused", "fused-lof"}  # the MLP's more: tests/test_scores.py
     assert set(result["metrics"]) == set(result["thresholds"]) == set(result["test_scores"]) == conv
     for name in conv:
         assert len(result["test_scores"][name]) == len(result["targets"]) == sum(result["counts"]["test"])
@@ -50,14 +49,16 @@ def test_same_seed_same_scores_other_seed_other_scores(data_dir, tmp_path):
 
 
 def test_test_split_never_reaches_training(data_dir, tmp_path, monkeypatch):
+    from tool import train
+
     seen = []
-    real = main.train_model
+    real = train.train_model
 
     def spy(model, train_images, val_images, *args, **kwargs):
         seen.append((train_images.clone(), val_images.clone()))
         return real(model, train_images, val_images, *args, **kwargs)
 
-    monkeypatch.setattr(main, "train_model", spy)
+    monkeypatch.setattr(train, "train_model", spy)
     run_main(data_dir, tmp_path, "--classes", "2", "--seeds", "0", "--epochs", "1")
     test_images = torch.load(Path(data_dir) / "digits" / "processed" / "test.pt")["images"]
     test_rows = {row.numpy().tobytes() for row in (test_images.float() / 255 - 0.5) / 0.5}
@@ -75,8 +76,8 @@ def test_eval_only_reproduces_the_table(data_dir, tmp_path, capsys):
     assert "matches its saved results.json exactly (2 trials)" in out
     for (c, s), result in evaluated.items():
         assert result["metrics"] == saved[f"class{c}_seed{s}"]["metrics"]
-    auroc = np.mean([r["metrics"]["recon"]["auroc"] for r in saved.values()]) * 100
-    assert f"{auroc:.4f}" in out  # the mean row, to 4 decimals
+    auroc = np.mean([r["metrics"]["fused-lof"]["auroc"] for r in saved.values()]) * 100
+    assert "score fused-lof" in out and f"{auroc:.4f}" in out  # the mean row of the run's SCORE (best), 4 decimals
 
 
 def test_command_line_errors_exit_2_without_traceback(tmp_path):
@@ -91,15 +92,15 @@ def test_eval_only_adds_the_scores_an_older_trial_lacks(data_dir, tmp_path, caps
     run_dir = run_main(data_dir, tmp_path, "--classes", "4", "--seeds", "0", *FAST)
     trial = run_dir / "class4_seed0"
     now = results_of(run_dir)["class4_seed0"]
-    # the trial as this code wrote it before it had several scores: recon only, lists in results.json
-    old = {k: v for k, v in now.items() if k not in ("metrics", "thresholds", "threshold_percentile", "fusion",
-                                                        "test_scores", "targets")}
-    old.update(metrics=now["metrics"]["recon"], scores=now["test_scores"]["recon"], targets=now["targets"],
-               threshold={"value": now["thresholds"]["recon"], "percentile_of_validation_scores": 95.0})
+    # the trial as a version of this code with the paper's score only wrote it (migrated: scripts/migrate_runs.py)
+    old = {k: v for k, v in now.items() if k not in ("test_scores", "targets")}
+    old.update(metrics={"recon": now["metrics"]["recon"]}, thresholds={"recon": now["thresholds"]["recon"]},
+               fusion={})
     (trial / "results.json").write_text(json.dumps(old))
-    (trial / "scores.npz").unlink()
+    np.savez(trial / "scores.npz", targets=np.array(now["targets"], np.uint8),
+             recon=np.array(now["test_scores"]["recon"], np.float16))
     (trial / "bank.pt").unlink()
-    assert set(results_of(run_dir)["class4_seed0"]["metrics"]) == {"recon"}  # read as its one score
+    assert set(results_of(run_dir)["class4_seed0"]["metrics"]) == {"recon"}
     capsys.readouterr()
     main.run(["--eval-only", str(run_dir)])
     assert "scored anew and written (1 of 1 trials" in capsys.readouterr().out
@@ -111,7 +112,7 @@ def test_eval_only_adds_the_scores_an_older_trial_lacks(data_dir, tmp_path, caps
     # nothing differs any more: a second --eval-only writes nothing
     main.run(["--eval-only", str(run_dir)])
     assert "matches its saved results.json exactly (1 trials)" in capsys.readouterr().out
-    assert "evaluations" in results_of(run_dir)["class4_seed0"] and len(results_of(run_dir)["class4_seed0"]["evaluations"]) == 1
+    assert len(results_of(run_dir)["class4_seed0"]["evaluations"]) == 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,9 +9,9 @@ import torch
 
 import main
 from conftest import files_in, main_fails, rows, write_cifar_raw, write_idx_raw
-from tool.datasets import DATASETS, load_dataset, processed_dir, raw_dir
+from tool.data.datasets import DATASETS, load_dataset, processed_dir, raw_dir
 from tool.errors import UserError
-from tool.prepare import find_raw, prepare, prepare_tuning_split
+from tool.data.prepare import find_raw, prepare, prepare_tuning_split
 
 
 # ---------------------------------------------------------------------------------------------

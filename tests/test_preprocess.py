@@ -7,10 +7,10 @@ import pytest
 
 import preprocess
 from conftest import ENV, NAME, files_in, write_idx_raw
-from tool.datasets import DATASETS, load_dataset, processed_dir, raw_dir
+from tool.data.datasets import DATASETS, load_dataset, processed_dir, raw_dir
 from tool.errors import UserError
 from tool.io import REPO
-from tool.prepare import find_raw
+from tool.data.prepare import find_raw
 
 
 def run_cli(repo, *args):

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from conftest import rows
-from tool.datasets import load_dataset
+from tool.data.datasets import load_dataset
 from tool.errors import UserError
-from tool.protocol import check_trials, make_split, split_one_anomalous_class, split_one_normal_class
+from tool.data.protocol import check_trials, make_split, split_one_anomalous_class, split_one_normal_class
 
 
 PROTOCOLS = {"one-anomalous-class": lambda labels, c: labels == c,  # -> which images are anomalies

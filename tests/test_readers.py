@@ -16,9 +16,9 @@ import torch
 from conftest import (IMAGES_MAGIC, LABELS_MAGIC, cifar_batch_bytes, files_in, idx_bytes, main_fails, synthetic_arrays,
                       write_cifar_raw, write_file, write_idx_raw)
 import preprocess
-from tool import readers
-from tool.datasets import load_dataset, processed_dir, raw_dir
-from tool.prepare import CIFAR_FILES, IDX_FILES, prepare
+from tool.data import readers
+from tool.data.datasets import load_dataset, processed_dir, raw_dir
+from tool.data.prepare import CIFAR_FILES, IDX_FILES, prepare
 
 
 def check_prepared(root, name, arrays, shape):

@@ -9,7 +9,8 @@ import pytest
 import main
 import faults
 from conftest import copy_run, files_in, leftovers, results_of, run_main
-from tool import report
+from tool.report.export import EXPORTED, export
+from tool.report import tables as report
 from tool.errors import UserError
 from tool.results import read_scores
 
@@ -49,7 +50,9 @@ def test_the_table_shows_the_score_asked_for():
 def test_compare_puts_every_model_in_one_table(data_dir, tmp_path):
     for model in ("cascade", "knn"):
         run_main(data_dir, tmp_path, "--model", model, "--classes", "0", "1", "--seeds", "0", "--epochs", "1")
-    text = main.run(["--compare", str(tmp_path)])
+    best = main.run(["--compare", str(tmp_path)])  # SCORE "best": each network's best score, named
+    assert "| cascade [fused-lof] |" in best and "| knn [knn] |" in best
+    text = main.run(["--compare", str(tmp_path), "--score", "recon"])
     assert (tmp_path / "comparison.md").read_text() == text
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
     knn = results_of(next((tmp_path / "digits" / "knn").iterdir()))
@@ -60,7 +63,7 @@ def test_compare_puts_every_model_in_one_table(data_dir, tmp_path):
 
     # an ablation: runs of one model with other settings get a row each, labelled by what differs
     run_main(data_dir, tmp_path, "--classes", "0", "1", "--seeds", "0", "--epochs", "2")
-    labels = [line.split("|")[1].strip() for line in main.run(["--compare", str(tmp_path)]).splitlines()
+    labels = [line.split("|")[1].strip() for line in main.run(["--compare", str(tmp_path), "--score", "recon"]).splitlines()
               if line.startswith("| cascade")]
     assert labels[:2] == ["cascade epochs=1", "cascade epochs=2"]
 
@@ -69,19 +72,19 @@ def test_compare_puts_every_model_in_one_table(data_dir, tmp_path):
     run_main(data_dir, partial, "--model", "knn", "--classes", "0", "1", "--seeds", "0", "1")
     for path in partial.glob("digits/knn/*/class1_seed1/results.json"):
         path.unlink()
-    assert "1 of 2 (3/4 trials)" in main.run(["--compare", str(partial)])
+    assert "1 of 2 (3/4 trials)" in main.run(["--compare", str(partial), "--score", "knn"])
 
 
 def test_export_copies_results_without_checkpoints(data_dir, tmp_path):
     run_dir = run_main(data_dir, tmp_path / "runs", "--classes", "2", "--seeds", "0", "--epochs", "1")
-    target = report.export(run_dir, tmp_path / "results")  # main.py --export: below the repository's results/
+    target = export(run_dir, tmp_path / "results")  # main.py --export: below the repository's results/
     assert target == tmp_path / "results" / "digits" / "cascade" / run_dir.name
     files = {p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()}
     assert files == {"config.json", "table.md", "table.csv", "class2_seed0/config.json", "class2_seed0/results.json",
                      "class2_seed0/scores.npz"}
     assert results_of(target) == results_of(run_dir)
     with pytest.raises(UserError, match="never overwrites"):
-        report.export(run_dir, tmp_path / "results")
+        export(run_dir, tmp_path / "results")
 
 
 
@@ -92,28 +95,20 @@ def test_export_leaves_out_a_trial_that_has_not_finished(finished_run, tmp_path)
     shutil.copy(run_dir / "class0_seed0" / "config.json", running / "config.json")  # what a trial writes first
     (running / "last.pt").write_bytes(b"checkpoint")
     shutil.copy(run_dir / "class0_seed0" / "scores.npz", running / "scores.npz")  # killed before results.json
-    target = report.export(run_dir, tmp_path / "results")
+    target = export(run_dir, tmp_path / "results")
     assert not (target / "class9_seed0").exists() and (target / "class0_seed0" / "results.json").is_file()
     assert results_of(target) == results_of(finished_run)
 
 
-def test_export_drops_the_fused_scores_an_older_run_stored_and_refuses_a_damaged_scores_npz(finished_run, tmp_path):
-    """A run written while scores.npz still held its fused scores is exported without them (read
-    back rebuilt, the other arrays as they were); a damaged scores.npz is one error, nothing written."""
+def test_export_copies_the_files_as_they_are_and_refuses_a_damaged_scores_npz(finished_run, tmp_path):
     run_dir = copy_run(finished_run, tmp_path / "runs")
     npz = run_dir / "class0_seed0" / "scores.npz"
-    with np.load(npz) as data:
-        arrays = {name: data[name] for name in data.files}
-    _, rebuilt = read_scores(npz.parent)
-    np.savez_compressed(npz, **arrays, **{name: rebuilt[name].astype(np.float16) for name in ("fused", "fused-lof")})
-    assert {"fused", "fused-lof"} <= set(np.load(npz).files)  # as an older run stored it
-    target = report.export(run_dir, tmp_path / "results")
-    with np.load(target / "class0_seed0" / "scores.npz") as data:
-        assert sorted(data.files) == sorted(arrays) and all((data[n] == arrays[n]).all() for n in arrays)
-    assert results_of(target) == results_of(finished_run)  # the fused ones rebuilt, as the run's own
+    target = export(run_dir, tmp_path / "results")
+    assert (target / "class0_seed0" / "scores.npz").read_bytes() == npz.read_bytes()
+    assert results_of(target) == results_of(finished_run)
     npz.write_bytes(npz.read_bytes()[:200])
     with pytest.raises(UserError, match="holds no readable test scores"):
-        report.export(run_dir, tmp_path / "results2")
+        export(run_dir, tmp_path / "results2")
     assert not (tmp_path / "results2").exists()  # checked before anything is written
 
 
@@ -122,12 +117,12 @@ def test_export_of_a_run_on_a_tuning_split_lands_under_tuning(finished_run, tmp_
     config = json.loads((run_dir / "config.json").read_text())
     config["config"]["dataset"] = "digits-tune"
     (run_dir / "config.json").write_text(json.dumps(config))
-    target = report.export(run_dir, tmp_path / "results")
+    target = export(run_dir, tmp_path / "results")
     assert target == tmp_path / "results" / "tuning" / "digits-tune" / "cascade" / run_dir.name
     assert results_of(target) == results_of(run_dir)
     shutil.rmtree(target)
     monkeypatch.chdir(run_dir)
-    assert report.export(".", tmp_path / "results") == target  # named by the run folder's own name
+    assert export(".", tmp_path / "results") == target  # named by the run folder's own name
 
 
 @pytest.mark.parametrize("key, value", [("dataset", "../../escaped"), ("model", "/tmp/escaped"), ("dataset", ".."),
@@ -138,7 +133,7 @@ def test_a_forged_dataset_or_model_name_cannot_lead_an_export_outside_results(fi
     config["config"][key] = value
     (run_dir / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match="plain folder name"):
-        report.export(run_dir, tmp_path / "deep" / "results")
+        export(run_dir, tmp_path / "deep" / "results")
     assert not (tmp_path / "deep").exists() and not Path("/tmp/escaped").exists()
 
 
@@ -148,17 +143,17 @@ def test_export_of_a_run_with_a_bad_results_json_writes_nothing_then_works_once_
     good = results.read_text()
     results.write_text(good[:100])
     with pytest.raises(UserError, match="results.json is truncated or corrupt"):
-        report.export(run_dir, tmp_path / "results")
+        export(run_dir, tmp_path / "results")
     assert files_in(tmp_path / "results") == []  # no target, no staging folder, not even results/digits/
     results.write_text(good)
-    target = report.export(run_dir, tmp_path / "results")
+    target = export(run_dir, tmp_path / "results")
     assert results_of(target) == results_of(run_dir) and leftovers(tmp_path) == []
 
 
 def test_export_on_a_full_disk_is_one_error_and_leaves_nothing(finished_run, tmp_path):
     target = tmp_path / "results" / "digits" / "cascade" / finished_run.name
     with faults.full_disk(tmp_path), pytest.raises(UserError) as error:
-        report.export(finished_run, tmp_path / "results")
+        export(finished_run, tmp_path / "results")
     assert str(error.value) == (f"cannot export to {target} (no space left on the device): free some space or "
                                 f"choose another folder; nothing was written there.")
     assert not target.exists() and leftovers(tmp_path) == []
@@ -174,17 +169,50 @@ def test_score_all_prints_a_table_per_score_and_writes_nothing(finished_run, cap
     assert {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()} == before
 
 
-def test_a_setting_an_older_run_lacks_counts_as_its_value_before_it_existed(finished_run, tmp_path):
-    old, new = copy_run(finished_run, tmp_path / "a"), copy_run(finished_run, tmp_path / "b")
-    for run_dir, edit in ((old, lambda c: c.pop("min_steps")), (new, lambda c: c.update(min_steps=2000))):
-        saved = json.loads((run_dir / "config.json").read_text())
-        edit(saved["config"])
-        (run_dir / "config.json").write_text(json.dumps(saved))
-    labels = report.find_runs(tmp_path)[("digits", "one-anomalous-class")]
-    assert labels == {"cascade min_steps=0": old, "cascade min_steps=2000": new}
+def test_an_older_run_is_migrated_once_and_then_reads_like_a_new_one(finished_run, tmp_path):
+    """scripts/migrate_runs.py: a setting renamed since, settings added since (with the value runs
+    had before them), a history of epochs, the one-score results of the first versions; then every
+    reader takes the folder, and --resume with today's settings finds it the same."""
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import migrate_runs
+
+    old = copy_run(finished_run, tmp_path / "a")
+    saved = json.loads((old / "config.json").read_text())
+    config = saved["config"]
+    config["threshold"] = config.pop("addressing_threshold")
+    for key in ("min_steps", "ssl", "ssl_weight", "ssl_temperature"):
+        config.pop(key)
+    config["classical"] = {"knn": "a description"}
+    (old / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(UserError, match="earlier version of this code. Run python scripts/migrate_runs.py"):
+        main.run(["--resume", str(old)])
+    results = old / "class0_seed0" / "results.json"
+    trial = json.loads(results.read_text())
+    columns = {k: v for k, v in trial["history"].items() if k != "memory"}
+    trial["history"] = [dict(zip(columns, row)) for row in zip(*columns.values())]  # the older layout: epochs
+    results.write_text(json.dumps(trial))
+    with pytest.raises(UserError, match="history"):
+        main.run(["--table", str(old)])
+    assert migrate_runs.migrate(tmp_path) == 2 and migrate_runs.migrate(tmp_path) == 0  # once: the two edited files
+    migrated = json.loads((old / "config.json").read_text())["config"]
+    assert migrated["addressing_threshold"] == 0.0 and migrated["min_steps"] == 0 and migrated["ssl"] is None
+    assert "classical" not in migrated and "threshold" not in migrated
+    again, before = results_of(old)["class0_seed0"], results_of(finished_run)["class0_seed0"]
+    assert again["history"] == {k: v for k, v in before["history"].items() if k != "memory"}
+    assert {k: v for k, v in again.items() if k != "history"} == {k: v for k, v in before.items() if k != "history"}
+    first = {"class": 0, "seed": 0, "model": "knn", "metrics": {"auroc": 0.5, "auprc": 0.5, "f1_oracle": 0.5,
+             "f1_val_threshold": 0.5}, "scores": [1, 2], "targets": [0, 1],
+             "threshold": {"value": 1.0, "percentile_of_validation_scores": 95.0}}
+    moved = migrate_runs.migrate_results(first)
+    assert moved["metrics"] == {"knn": first["metrics"]} and moved["thresholds"] == {"knn": 1.0}
+    assert moved["threshold_percentile"] == 95.0 and "scores" not in moved and moved["fusion"] == {}
 
 
 @pytest.mark.parametrize("action", ["--table", "--eval-only", "--compare"])
 def test_a_score_that_does_not_exist_is_refused_by_the_table_actions(finished_run, action):
-    with pytest.raises(UserError, match="--score \\(SCORE\\) 'bogus' is not a score: valid are recon, .*, all"):
+    with pytest.raises(UserError, match="--score \\(SCORE\\) 'bogus' is not a score: valid are best, recon, .*, all"):
         main.run([action, str(finished_run), "--score", "bogus"])

@@ -1,5 +1,5 @@
-"""Tests of tool/results.py: a trial's results.json and scores.npz written and read back, a
-results.json written before several scores, and a damaged one: one clear error for every reader."""
+"""Tests of tool/results.py: a trial's results.json and scores.npz written and read back, checked
+once against RESULTS_SCHEMA when read, and a damaged one: one clear error for every reader."""
 import json
 
 import numpy as np
@@ -8,17 +8,24 @@ import pytest
 import main
 import score
 from conftest import command, copy_run, files_in, one_error
-from tool import figures, report
+from tool.report.export import EXPORTED, export
+from tool.report import figures, tables as report
 from tool.errors import UserError
-from tool.ensemble import ensemble_scores
-from tool.evaluation import fusions
-from tool.results import history_column, history_columns, read_results, read_scores, write_results
+from tool.report.ensemble import ensemble_scores
+from tool.results import history_columns, read_results, read_scores, write_results
+from tool.scores import fusions
+
+METRICS = dict.fromkeys(("auroc", "auprc", "f1_oracle", "f1_val_threshold"), 0.5)
+
+
+def trial(**fields):
+    """The smallest results.json every reader accepts, with `fields`."""
+    return {"class": 0, "seed": 0, "metrics": {"recon": METRICS}, "thresholds": {"recon": 1.0},
+            "threshold_percentile": 95.0, "fusion": {"recon": [0.5, 0.25]}, "history": {}, **fields}
 
 
 def test_results_and_scores_round_trip_with_scores_in_float16(tmp_path):
-    results = {"class": 3, "seed": 1, "metrics": {"recon": dict.fromkeys(("auroc", "auprc", "f1_oracle",
-                                                                           "f1_val_threshold"), 0.5)},
-               "thresholds": {"recon": 1.25}, "history": [{"epoch": 1, "val_loss": 0.5}]}
+    results = trial(**{"class": 3, "seed": 1, "history": [{"epoch": 1, "val_loss": 0.5}]})
     scores, small = np.array([0.1234567, 2.5, 70000.0]), np.array([0.1234567, 2.5, 1.0])
     write_results(tmp_path, results, [0, 1, 1], {"recon": small, "big": scores})
     assert read_results(tmp_path) == {**results, "history": {"epoch": [1], "val_loss": [0.5]}}
@@ -28,15 +35,35 @@ def test_results_and_scores_round_trip_with_scores_in_float16(tmp_path):
     assert saved["big"][2] == 70000.0  # beyond float16's range: kept in float32
 
 
-def test_a_results_json_written_before_several_scores_reads_as_its_one_score(tmp_path):
-    metrics = dict.fromkeys(("auroc", "auprc", "f1_oracle", "f1_val_threshold"), 0.75)
-    (tmp_path / "results.json").write_text(json.dumps({
-        "class": 0, "seed": 0, "model": "knn", "metrics": metrics, "scores": [0.5, 1.5], "targets": [0, 1],
-        "threshold": {"value": 1.0, "percentile_of_validation_scores": 95.0}}))
-    results = read_results(tmp_path)
-    assert results["metrics"] == {"knn": metrics} and results["thresholds"] == {"knn": 1.0}
-    targets, saved = read_scores(tmp_path)
-    assert targets.tolist() == [0, 1] and saved["knn"].tolist() == [0.5, 1.5]
+SCHEMA_DAMAGES = {  # what a hostile tester put into results.json, and what the one error names
+    "threshold null": ({"thresholds": {"recon": None}}, "thresholds"),
+    "threshold 10**400": ({"thresholds": {"recon": 10 ** 400}}, "thresholds"),
+    "threshold NaN": ({"thresholds": {"recon": float("nan")}}, "thresholds"),
+    "a score without threshold": ({"thresholds": {}}, "none for recon"),
+    "fusion missing": ({"fusion": None}, "fusion"),
+    "fusion a string": ({"fusion": "x"}, "fusion"),
+    "fusion spread 0": ({"fusion": {"recon": [0.5, 0.0]}}, "fusion"),
+    "fusion of 3": ({"fusion": {"recon": [0.5, 1.0, 2.0]}}, "fusion"),
+    "no percentile": ({"threshold_percentile": None}, "threshold_percentile"),
+    "AUROC 10**400": ({"metrics": {"recon": {**METRICS, "auroc": 10 ** 400}}}, "metrics"),
+    "AUROC -5": ({"metrics": {"recon": {**METRICS, "auroc": -5}}}, "metrics"),
+    "AUROC 1e999": ({"metrics": {"recon": {**METRICS, "auroc": float("inf")}}}, "metrics"),
+    "AUROC NaN": ({"metrics": {"recon": {**METRICS, "auroc": float("nan")}}}, "metrics"),
+    "AUROC true": ({"metrics": {"recon": {**METRICS, "auroc": True}}}, "metrics"),
+    "class true": ({"class": True}, "class"),
+    "seed -1": ({"seed": -1}, "seed"),
+}
+
+
+@pytest.mark.parametrize("damage", SCHEMA_DAMAGES)
+def test_a_results_json_readers_would_trip_over_is_refused_once_where_it_is_read(tmp_path, damage):
+    fields, named = SCHEMA_DAMAGES[damage]
+    results = trial(**fields)
+    if fields.get("fusion", "") is None or fields.get("threshold_percentile", "") is None:
+        results = {k: v for k, v in results.items() if v is not None}
+    (tmp_path / "results.json").write_text(json.dumps(results))  # NaN and Infinity as Python writes them
+    with pytest.raises(UserError, match=f"is not a trial's results: .*{named}"):
+        read_results(tmp_path)
 
 
 DAMAGES = {"truncated": lambda text: text[:100], "a list": lambda text: "[]",
@@ -55,7 +82,7 @@ def test_a_damaged_results_json_is_one_clear_error_for_every_reader(finished_run
         if reader == "score.py":
             score.run(["--checkpoint", str(run_dir / "class0_seed0"), str(tmp_path), "--device", "cpu"])
         elif reader == "--export":
-            report.export(run_dir, tmp_path / "results")  # main.py --export, into tmp_path
+            export(run_dir, tmp_path / "results")  # main.py --export, into tmp_path
         else:
             main.run([reader, str(run_dir)])
     assert str(error.value).startswith(f"{results} ")
@@ -73,8 +100,7 @@ def test_the_history_is_kept_by_columns_to_5_significant_digits_and_the_metrics_
     metrics = dict.fromkeys(("auroc", "auprc", "f1_oracle", "f1_val_threshold"), 0.123456789012345)
     history = [{"epoch": 1, "val_loss": 0.0694992813409, "memory": [{"entropy": 2.701853524}, {"entropy": 1.0}]},
                {"epoch": 2, "val_loss": 0.05, "memory": [{"entropy": 2.5}, {"entropy": 1.25}], "seconds": 3.0}]
-    results = {"class": 0, "seed": 0, "metrics": {"recon": metrics}, "thresholds": {"recon": 1.0}, "history": history}
-    write_results(tmp_path, results, [0, 1], {"recon": [0.0, 1.0]})
+    write_results(tmp_path, trial(metrics={"recon": metrics}, history=history), [0, 1], {"recon": [0.0, 1.0]})
     saved = read_results(tmp_path)
     assert saved["metrics"]["recon"] == metrics
     assert saved["history"] == {"epoch": [1, 2], "val_loss": [0.069499, 0.05],
@@ -83,23 +109,7 @@ def test_the_history_is_kept_by_columns_to_5_significant_digits_and_the_metrics_
     assert '\n    "val_loss": [0.069499,0.05],\n' in (tmp_path / "results.json").read_text()  # a line a quantity
     write_results(tmp_path, saved, [0, 1], {"recon": [0.0, 1.0]})  # written again as read: unchanged
     assert read_results(tmp_path)["history"] == saved["history"]
-
-
-def test_a_history_written_is_read_back_whatever_its_keys_and_a_malformed_one_is_refused(tmp_path):
-    results = {"class": 0, "seed": 0, "metrics": {"recon": dict.fromkeys(("auroc", "auprc", "f1_oracle",
-                                                                          "f1_val_threshold"), 0.5)},
-               "thresholds": {"recon": 1.0}, "history": [{"epoch": 1, 7: 1.5}]}  # a key that is no string
-    write_results(tmp_path, results, [0, 1], {"recon": [0.0, 1.0]})
-    assert read_results(tmp_path)["history"] == {"epoch": [1], "7": [1.5]}
-    for history in ("abc", None, [5, {"epoch": 1}]):  # damaged or forged: one clear error, before any write
-        (tmp_path / "results.json").write_text(json.dumps({**results, "history": history}))
-        with pytest.raises(UserError, match="history or evaluations"):
-            read_results(tmp_path)
-
-
-def test_one_quantity_of_the_history_reads_from_either_layout():
-    rows = [{"epoch": 1, "seconds": 2.0}, {"epoch": 2, "seconds": 3.0}]
-    assert history_column(rows, "seconds") == history_column(history_columns(rows), "seconds") == [2.0, 3.0]
+    assert history_columns([{"epoch": 1, 7: 1.5}]) == {"epoch": [1], 7: [1.5]}
 
 
 @pytest.mark.parametrize("arrays", [
@@ -119,11 +129,10 @@ def _fused_trial(tmp_path, fusion):
     """A trial folder written with recon, latent-knn, memory and their fusion, under `fusion` stats."""
     rng = np.random.default_rng(0)
     members = {"recon": rng.normal(5, 2, 50), "latent-knn": rng.normal(1, 0.3, 50), "memory": rng.normal(0.5, 0.1, 50)}
-    exact = {name: values for name, values in fusions(fusion, members).items()} if fusion else {}
-    metrics = dict.fromkeys(("auroc", "auprc", "f1_oracle", "f1_val_threshold"), 0.5)
-    results = {"class": 0, "seed": 0, "metrics": {name: metrics for name in [*members, *exact]},
-               "thresholds": dict.fromkeys([*members, *exact], 1.0), "fusion": fusion, "history": []}
-    write_results(tmp_path, results, rng.integers(0, 2, 50), {**members, **exact})
+    exact = fusions(fusion, members)
+    names = [*members, *exact]
+    write_results(tmp_path, trial(metrics=dict.fromkeys(names, METRICS), thresholds=dict.fromkeys(names, 1.0),
+                                  fusion=fusion), rng.integers(0, 2, 50), {**members, **exact})
     return members, exact
 
 
@@ -139,37 +148,14 @@ def test_fused_scores_are_not_stored_but_rebuilt_from_their_members(tmp_path):
     assert np.abs(saved["fused"] - exact["fused"]).max() < 0.01  # and close to the full-precision sum
 
 
-def test_a_scores_npz_that_keeps_its_fused_scores_is_read_as_it_is(tmp_path):
-    stats = {"recon": [5.0, 2.0], "latent-knn": [1.0, 0.25], "memory": [0.5, 0.125]}
-    _fused_trial(tmp_path, stats)
-    with np.load(tmp_path / "scores.npz") as data:
-        arrays = {name: data[name] for name in data.files}
-    np.savez(tmp_path / "scores.npz", **arrays, fused=np.full(50, 7.0, dtype=np.float16))  # written before
-    assert read_scores(tmp_path)[1]["fused"].tolist() == [7.0] * 50
-
-
-@pytest.mark.parametrize("damage", [{"memory": "spread"}, {"memory": [0.5, 0.0]}, {"memory": None}, "not a dict"])
-def test_damaged_fusion_statistics_leave_the_fused_score_out_and_an_ensemble_says_so(tmp_path, damage):
+def test_an_ensemble_of_a_score_without_statistics_says_to_score_again(tmp_path):
     stats = {"recon": [5.0, 2.0], "latent-knn": [1.0, 0.25], "memory": [0.5, 0.125]}
     folders = [tmp_path / "class0_seed0", tmp_path / "class0_seed1"]
     for folder in folders:
         folder.mkdir()
         _fused_trial(folder, stats)
     results = json.loads((folders[1] / "results.json").read_text())
-    results["fusion"] = {**stats, **damage} if isinstance(damage, dict) else damage
+    results["fusion"] = {k: v for k, v in stats.items() if k != "memory"}
     (folders[1] / "results.json").write_text(json.dumps(results))
-    assert "fused" in read_scores(folders[0])[1] and "fused" not in read_scores(folders[1])[1]
-    with pytest.raises(UserError, match="has no fused scores; score it again"):
-        ensemble_scores(folders, [read_results(f) for f in folders], "fused")
-    with pytest.raises(UserError, match="has no fused scores of its test images .* score it again"):
-        figures.trial_view(folders[1], read_results(folders[1]), "fused")
-
-
-def test_a_fusion_without_its_statistics_is_stored(tmp_path):
-    """A trial written without fusion statistics keeps the fused scores it was given: nothing to
-    rebuild them from."""
-    members = {"recon": np.arange(4.0), "latent-knn": np.arange(4.0), "memory": np.arange(4.0)}
-    metrics = dict.fromkeys(("auroc", "auprc", "f1_oracle", "f1_val_threshold"), 0.5)
-    write_results(tmp_path, {"class": 0, "seed": 0, "metrics": {"fused": metrics}, "thresholds": {"fused": 1.0},
-                             "history": []}, [0, 1, 0, 1], {**members, "fused": np.arange(4.0) * 3})
-    assert read_scores(tmp_path)[1]["fused"].tolist() == [0.0, 3.0, 6.0, 9.0]
+    with pytest.raises(UserError, match="no validation statistics for them; score it again"):
+        ensemble_scores(folders, [read_results(f) for f in folders], "memory")

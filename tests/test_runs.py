@@ -11,7 +11,8 @@ import torch
 
 import main
 from conftest import ENV, command, copy_run, one_error, results_of, run_main
-from tool import report, runs
+from tool import runs
+from tool.report import tables as report
 from tool.errors import UserError
 from tool.io import REPO, file_lock
 
@@ -110,7 +111,8 @@ def test_a_second_process_on_a_running_trial_skips_it_and_both_are_in_the_histor
         out, err = first.communicate(timeout=600)
     assert first.returncode == 0 and second.returncode == 0, (err, second.stderr)
     assert "class 0 seed 0: skipped here, another process is running it" in second.stdout, second.stdout
-    assert "epoch   1" not in second.stdout and "epoch  20" in out  # the trial ran once, in the first process
+    log = (shared / "class0_seed0" / "train.log").read_text().splitlines()  # the trial ran once, in the first
+    assert [line.split()[5] for line in log] == [str(e) for e in range(1, 21)]  # process: epochs 1 to 20, once each
     assert (shared / "class0_seed0" / "results.json").is_file()
     commands = [entry["command"] for entry in json.loads((shared / "config.json").read_text())["history"]]
     assert len(commands) == 2 and commands[1].endswith("--device cpu")
@@ -141,7 +143,20 @@ def test_the_command_history_keeps_every_writer(tmp_path, monkeypatch):
     assert len(json.loads((tmp_path / "config.json").read_text())["history"]) == 7
 
 
-def test_the_bank_is_kept_in_float16_and_read_back_as_float32(finished_run):
-    saved = torch.load(finished_run / "class0_seed0" / "bank.pt", weights_only=True)["bank"]
-    bank = runs.trial_bank(finished_run / "class0_seed0")
-    assert saved.dtype == torch.float16 and bank.dtype == torch.float32 and torch.equal(bank, saved.float())
+def test_the_bank_is_kept_in_float16_read_back_as_float32_and_only_beside_its_own_weights(finished_run, tmp_path):
+    from tool.results import read_results
+
+    run_dir = copy_run(finished_run, tmp_path / "a")
+    trial = run_dir / "class0_seed0"
+    saved = torch.load(trial / "bank.pt", weights_only=True)
+    _, model = runs.load_trial_model(trial, "cpu")
+    scorer = runs.load_scorer(trial, model, read_results(trial))
+    code = saved["banks"]["code"]
+    assert code.dtype == torch.float16 and scorer.banks["code"].dtype == torch.float32
+    assert torch.equal(scorer.banks["code"], code.float())
+    other = copy_run(finished_run, tmp_path / "b") / "class0_seed0"
+    checkpoint = torch.load(other / "best.pt", weights_only=True)
+    checkpoint["best_epoch"] += 1  # other weights (another trial, or this one trained again)
+    torch.save(checkpoint, other / "best.pt")
+    with pytest.raises(UserError, match="does not belong to the weights"):
+        runs.load_scorer(other, model, read_results(other))

@@ -14,7 +14,7 @@ import pytest
 import score
 from conftest import ENV, NAME, command, one_error
 from tool.errors import UserError
-from tool.evaluation import FUSIONS
+from tool.scores import FUSIONS
 from tool.io import REPO
 from tool.results import read_results, read_scores
 
@@ -24,7 +24,7 @@ def score_run(unit, *args):
 
 
 def test_scoring_the_test_images_reproduces_results_json(own_trial, own_images, own_prepared, tmp_path):
-    output, rows = score_run(own_trial, own_images / "test", "--output", tmp_path / "scores.csv")
+    output, rows = score_run(own_trial, own_images / "test", "--score", "recon", "--output", tmp_path / "scores.csv")
     results = read_results(own_trial)
     meta = json.loads((own_prepared[0] / NAME / "processed" / "meta.json").read_text())
     assert json.loads((own_trial / "config.json").read_text())["preprocessing"] == meta["preprocessing"]
@@ -61,18 +61,36 @@ def test_other_sizes_are_resized_with_a_warning_and_grey_images_converted(own_tr
 
 
 @pytest.mark.parametrize("make_input, message", [
-    (lambda tmp, images: images / "train" / "bright" / "corrupt.png", "cannot be read as an image"),
+    (lambda tmp, images: images / "train" / "bright" / "corrupt.png", "corrupt, too large, or not a PNG"),
     (lambda tmp, images: tmp / "missing.png", "no such file or folder"),
     (lambda tmp, images: (tmp / "empty").mkdir() or tmp / "empty", "no PNG, JPEG or BMP image"),
+    (lambda tmp, images: os.mkfifo(tmp / "fifo.png") or tmp / "fifo.png", "not a regular file"),
+    (lambda tmp, images: (tmp / "loop.png").symlink_to(tmp / "loop.png") or tmp / "loop.png", "a loop of links"),
+    (lambda tmp, images: "", "an empty name"),
 ])
-def test_bad_images_fail_without_writing(own_trial, own_images, tmp_path, make_input, message):
-    with pytest.raises(UserError, match=message):
+def test_nothing_to_score_is_one_error_and_writes_nothing(own_trial, own_images, tmp_path, make_input, message):
+    with pytest.raises(UserError, match=f"no image to score: .*{message}"):
         score_run(own_trial, make_input(tmp_path, own_images), "--output", tmp_path / "scores.csv")
     assert not (tmp_path / "scores.csv").exists()
 
 
+def test_every_readable_image_is_scored_and_the_others_listed_with_exit_code_2(own_trial, own_images, tmp_path):
+    good = own_images / "test" / "dark" / "dark_00.png"
+    corrupt = own_images / "train" / "bright" / "corrupt.png"
+    done = command("score.py", "--trial", own_trial, good, corrupt, tmp_path / "missing.png", "--output",
+                   tmp_path / "s.csv", "--device", "cpu")
+    one_error(done, "2 of 3 input(s) could not be scored", "corrupt.png: corrupt", "missing.png: no such file")
+    assert "dark_00.png" in done.stdout
+    rows = (tmp_path / "s.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith(str(good))
+    sparse = tmp_path / "huge.png"  # 20 GB as a sparse file: refused by its size, never read
+    with open(sparse, "wb") as f:
+        f.truncate(20 * 2 ** 30)
+    one_error(command("score.py", "--trial", own_trial, sparse, "--device", "cpu"), "more than an image file may be")
+
+
 def test_a_channel_count_the_preprocessing_cannot_convert_fails(digits_trial, own_images, tmp_path):
-    with pytest.raises(UserError, match="has 3 channel.*model takes 1"):
+    with pytest.raises(UserError, match="3 channel.*the model takes 1"):
         score_run(digits_trial[0], own_images / "test" / "dark" / "dark_00.png", "--output", tmp_path / "s.csv")
     assert not (tmp_path / "s.csv").exists()
 
@@ -171,24 +189,27 @@ def test_a_damaged_results_json_is_one_error(own_trial, own_images, tmp_path, da
     assert not (tmp_path / "s.csv").exists()
 
 
-@pytest.mark.parametrize("damage", ["nan", "wide", "one", "empty"])
-def test_a_damaged_bank_is_one_error_for_the_scores_that_need_it_and_none_for_the_others(own_trial, own_images,
-                                                                                          tmp_path, damage):
-    """A bank.pt of non-finite codes, of codes of another width, or of fewer than 2 codes gave NaN
-    or meaningless latent-knn scores, or a traceback (latent-lof), before it was checked."""
+@pytest.mark.parametrize("damage", ["nan", "wide", "one", "empty", "huge", "another trial's"])
+def test_a_damaged_bank_is_one_error_naming_it(own_trial, own_images, tmp_path, damage):
+    """A bank.pt of non-finite codes, of codes of another width, of fewer than 2 codes or of another
+    trial's weights gave NaN or meaningless neighbour scores, or a traceback, before it was checked."""
     import torch
 
     trial = tmp_path / own_trial.name
     shutil.copytree(own_trial, trial)
-    bank = torch.load(trial / "bank.pt", weights_only=True)["bank"]
-    bank = {"nan": bank.index_fill(0, torch.tensor([0]), float("nan")), "wide": bank[:, :3],
-            "one": bank[:1], "empty": bank[:0]}[damage]
-    torch.save({"bank": bank}, trial / "bank.pt")
-    for name in ("latent-knn", "latent-lof", "fused", "fused-lof"):
-        with pytest.raises(UserError, match="bank.pt is damaged: its bank of codes is"):
+    saved = torch.load(trial / "bank.pt", weights_only=True)
+    bank = saved["banks"]["code"]
+    if damage == "another trial's":
+        saved["model_sha256"] = "0" * 64
+    else:
+        saved["banks"]["code"] = {"nan": bank.index_fill(0, torch.tensor([0]), float("nan")), "wide": bank[:, :3],
+                                  "one": bank[:1], "empty": bank[:0], "huge": bank.float() * 1e30}[damage]
+    torch.save(saved, trial / "bank.pt")
+    message = "does not belong to the weights" if damage == "another trial's" else "bank.pt: the code bank"
+    for name in ("latent-knn", "recon"):
+        with pytest.raises(UserError, match=message):
             score_run(trial, own_images / "test", "--score", name, "--output", tmp_path / f"{name}.csv")
         assert not (tmp_path / f"{name}.csv").exists()
-    score_run(trial, own_images / "test", "--score", "recon", "--output", tmp_path / "recon.csv")  # no bank needed
 
 
 @pytest.mark.parametrize("name", ["hidden-knn", "hidden-lof", "fused-hidden"])
@@ -213,14 +234,13 @@ def test_hidden_scores_are_refused_for_a_conv_trial_and_a_damaged_hidden_bank_is
     trial = tmp_path / own_mlp_trial.name
     shutil.copytree(own_mlp_trial, trial)
     saved = torch.load(trial / "bank.pt", weights_only=True)
-    assert saved["hidden"].dtype == torch.float16 and saved["hidden"].shape[1] == 512
-    torch.save({**saved, "hidden": saved["hidden"][:, :7]}, trial / "bank.pt")
-    for name in ("hidden-knn", "fused-hidden"):
-        with pytest.raises(UserError, match="bank.pt is damaged: its bank of hidden features is"):
-            score_run(trial, own_images / "test", "--score", name, "--output", tmp_path / f"{name}.csv")
-        assert not (tmp_path / f"{name}.csv").exists()
-    score_run(trial, own_images / "test", "--score", "latent-knn", "--output", tmp_path / "codes.csv")  # codes intact
-    del saved["hidden"]  # a trial scored before hidden-knn existed: told how to score it again
+    assert saved["banks"]["hidden"].dtype == torch.float16 and saved["banks"]["hidden"].shape[1] == 512
+    saved["banks"]["hidden"] = saved["banks"]["hidden"][:, :7]
     torch.save(saved, trial / "bank.pt")
-    with pytest.raises(UserError, match="cannot give hidden-knn .* python main.py --eval-only"):
+    with pytest.raises(UserError, match="bank.pt: the hidden bank is damaged"):
+        score_run(trial, own_images / "test", "--score", "hidden-knn", "--output", tmp_path / "hidden.csv")
+    del saved["banks"]["hidden"]  # a trial scored before hidden-knn existed: told how to score it again
+    torch.save(saved, trial / "bank.pt")
+    with pytest.raises(UserError, match="--score hidden-knn: this trial has .* python main.py --eval-only"):
         score_run(trial, own_images / "test", "--score", "hidden-knn", "--output", tmp_path / "old.csv")
+    score_run(trial, own_images / "test", "--score", "latent-knn", "--output", tmp_path / "codes.csv")  # codes intact

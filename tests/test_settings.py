@@ -37,7 +37,7 @@ from tool.settings import LIST_TYPES, RULES, SCALAR_TYPES, check_ranges
     (["--dataset", "../datasets/digits"], "--dataset '../datasets/digits' is not a dataset name but a path"),
     (["--dataset", "a" * 300], "an empty name or one over 100 characters"),
     (["--threads", "100000"], "--threads (THREADS) must be an integer in 0..1024"),
-    (["--score", "nope"], "--score (SCORE) 'nope' is not a score: valid are recon"),
+    (["--score", "nope"], "--score (SCORE) 'nope' is not a score: valid are best, recon"),
     (["--latent-dim", "1000000000"], "the cascade model for 1 x 8 x 8 images would have"),
     (["--val-fraction", "0.999"], "--val-fraction (VAL_FRACTION) 0.999 holds out"),
 ])

@@ -9,8 +9,8 @@ import main
 from conftest import model_config, results_of, run_main, train_config
 from models import build_model
 from tool import train
-from tool.evaluation import anomaly_scores
-from tool.train import seed_everything, train_model
+from tool.seeding import seed_everything
+from tool.train import train_model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -41,6 +41,14 @@ def plain_training(preset, images, seed, fused):
             total += loss.item() * len(xb)
         losses.append(total / len(images))
     return losses, anomaly_scores(model, images, batch_size=7)
+
+
+@torch.inference_mode()
+def anomaly_scores(model, images, batch_size=256):
+    """The L2 norm of each image's reconstruction error (as tool.scores gives recon), of float images."""
+    model.eval()
+    return torch.cat([torch.linalg.vector_norm((model(xb)["recon"] - xb).flatten(1), dim=1)
+                      for xb in images.split(batch_size)]).double().numpy()
 
 
 def lean_training(preset, images, seed, tmp_path, channels_last=False, **settings):
@@ -220,7 +228,7 @@ def test_early_stopping_counts_epochs_and_optimiser_steps(tmp_path, patience_ste
     epoch: 0 steps stops after epoch 3, 8 steps after epoch 4 (9 steps), 100 never (10 epochs)."""
     x = torch.randn(40, 1, 2, 2)
     config = train_config(epochs=10, patience=2, patience_steps=patience_steps, batch_size=16)
-    result = train_model(_Flat(), x, x[:8], config, tmp_path / "last.pt", generator_seed=0, log_every=None)
+    result = train_model(_Flat(), x, x[:8], config, tmp_path / "last.pt", generator_seed=0, log=None)
     assert (result.epochs_trained, result.best_epoch, result.stopped_early) == (
         epochs_trained, 1, epochs_trained < 10)
 
@@ -230,7 +238,7 @@ def test_min_steps_gives_a_small_dataset_more_epochs(tmp_path, min_steps, epochs
     """EPOCHS = 2, 3 batches an epoch: MIN_STEPS = 7 needs 3 epochs, 12 needs 4."""
     x = torch.randn(40, 1, 2, 2)
     config = train_config(epochs=2, min_steps=min_steps, patience=100, batch_size=16)
-    result = train_model(_Flat(), x, x[:8], config, tmp_path / "last.pt", generator_seed=0, log_every=None)
+    result = train_model(_Flat(), x, x[:8], config, tmp_path / "last.pt", generator_seed=0, log=None)
     assert result.epochs_trained == epochs_trained
 
 
@@ -268,10 +276,10 @@ def test_checkpoint_seconds_spares_the_writes_of_short_epochs_and_resume_stays_e
     torch.manual_seed(0)
     x = torch.randn(40, 1, 2, 2)
     config = train_config(epochs=4, patience=100, batch_size=16, checkpoint_seconds=1e9)
-    done = train_model(Tiny(), x, x[:8], config, tmp_path / "last.pt", generator_seed=0, log_every=None)
+    done = train_model(Tiny(), x, x[:8], config, tmp_path / "last.pt", generator_seed=0, log=None)
     checkpoint = torch.load(tmp_path / "last.pt", weights_only=True)
     assert done.epochs_trained == 4 and checkpoint["state"]["epoch"] == 1
-    again = train_model(Tiny(), x, x[:8], config, tmp_path / "last.pt", generator_seed=0, log_every=None)
+    again = train_model(Tiny(), x, x[:8], config, tmp_path / "last.pt", generator_seed=0, log=None)
     losses = [h["train_loss"] for h in done.history]
     assert [h["train_loss"] for h in again.history] == losses and len(set(losses)) == 4  # replayed, bit for bit
 

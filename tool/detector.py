@@ -1,20 +1,26 @@
-"""A detector for your own arrays of images, in the style of scikit-learn and pyod.
+"""A detector for your own arrays of images, in the manner of scikit-learn and pyod.
 
+    from sklearn.datasets import load_digits
     from tool.detector import CascadeMemoryDetector
-    detector = CascadeMemoryDetector(preset="cascade", epochs=20, seed=0).fit(normal_images)
-    scores = detector.decision_function(new_images)   # higher = more anomalous (SCORE; or score="fused", ...)
-    flags = detector.predict(new_images)              # 1 = anomaly: score above the threshold
+    digits = load_digits()
+    images = (digits.images * 255 / 16).astype("uint8")                # (N, 8, 8) uint8 pixels
+    detector = CascadeMemoryDetector(epochs=20).fit(images[digits.target != 0])   # normal images only
+    scores = detector.decision_function(images)    # higher = more anomalous
+    flags = detector.predict(images)               # 1 = above the threshold fixed on held-out normal images
     detector.save("detector.pt"); detector = CascadeMemoryDetector.load("detector.pt")
 
-Images are uint8 pixels (N, C, H, W) or (N, H, W), or floats in [0, 1], as numpy arrays or
-tensors. `fit` holds out VAL_FRACTION of them (drawn with the seed) for early stopping and for the
-threshold (THRESHOLD_PERCENTILE of their scores), exactly as a trial of main.py does with its
-normal training images; it trains and scores with the same build_model / train_model /
-latent_bank / image_scores, and keeps what its scores need (the latent-knn bank, the fusion
-statistics, a threshold per score).
-The other settings are main.py's model and training constants of the same name, in lower case
-(epochs=20, top_k=[15, 5], lr=1e-3, val_fraction=0.1, ...), with main.py's defaults; verbose=True
-prints a line per epoch.
+Images: a numpy array or a torch tensor of N >= 1 images, (N, H, W) for one channel, (N, C, H, W),
+or (N, H, W, C) where the channels are clearly last (C of 1 or 3 and the second axis not); pixels
+as integers 0..255 (uint8 or any integer type, or a nested list) or as floats in [0, 1]. `fit` holds out VAL_FRACTION of them (drawn with the seed)
+for early stopping and for the threshold (THRESHOLD_PERCENTILE of their scores), exactly as a
+trial of main.py does with its normal training images, and trains and scores with the same
+build_model / train_model / Scorer. After fit, as in pyod: `decision_scores_` (the scores of the
+images fitted on), `threshold_`, `labels_` (1 where a fitted image's score is above it).
+
+The score: by default the best one the results chose for the network (tool.scores.recommended:
+fused-lof for a conv encoder, fused-hidden for an MLP one, fused-ssl with a self-supervised task);
+score="recon" gives the paper's. Every other setting is main.py's constant of the same name in
+lower case (epochs=20, top_k=[15, 5], ssl="transforms", ...), with main.py's default.
 """
 import tempfile
 from dataclasses import fields
@@ -24,155 +30,240 @@ import numpy as np
 import torch
 
 from models import PRESETS, ModelConfig, build_model
-from tool.datasets import scale_images
+from tool.constants import main_defaults
+from tool.data.datasets import scale_images
+from tool.data.protocol import validation_holdout
 from tool.errors import UserError
-from tool.evaluation import (FUSIONS, SCORES, fit_lof, fusion_stats, fusions, hidden_bank, image_scores,
-                             latent_bank, validation_threshold)
-from tool.io import atomic_torch_save, load_checkpoint
-from tool.protocol import validation_holdout
+from tool.io import atomic_torch_save, check_target, load_checkpoint
+from tool.scores import FUSIONS, SCORES, Scorer, features_of, names_of, recommended
 from tool.settings import check_ranges, resolve_device
-from tool.train import TrainConfig, seed_everything, train_model
+from tool.seeding import seed_everything
+from tool.train import TrainConfig, train_model
+
+OWN = ("preset", "score", "seed", "device", "verbose")  # the detector's own parameters, beside main.py's settings
 
 
 def _defaults():
-    """main.py's defaults of the settings a detector has: the model's, training's, VAL_FRACTION
-    and THRESHOLD_PERCENTILE (main.py's constants are the one home of every default)."""
-    from main import DEFAULTS
-
-    keys = [f.name for cls in (ModelConfig, TrainConfig) for f in fields(cls)] + ["val_fraction", "threshold_percentile",
-                                                                                  "score"]
-    return {key: DEFAULTS[key] for key in keys}
+    """main.py's defaults of the settings a detector has: the model's, training's, VAL_FRACTION and
+    THRESHOLD_PERCENTILE (main.py's constants are the one home of every default)."""
+    keys = [f.name for cls in (ModelConfig, TrainConfig) for f in fields(cls)] + ["val_fraction", "threshold_percentile"]
+    defaults = main_defaults()
+    return {key: defaults[key] for key in keys}
 
 
 class CascadeMemoryDetector:
     """Fit on normal images, score any images (higher = more anomalous)."""
 
-    def __init__(self, preset="cascade", seed=0, device="auto", verbose=False, **settings):
+    def __init__(self, preset="cascade", score=None, seed=0, device="auto", verbose=False, **settings):
         defaults = _defaults()
         unknown = sorted(set(settings) - set(defaults))
         if unknown:
             raise UserError(f"unknown setting(s) {', '.join(unknown)}; valid are main.py's constants in lower case: "
                             f"{', '.join(sorted(defaults))}")
-        if preset not in PRESETS:
-            raise UserError(f"unknown model preset '{preset}'. Valid: {', '.join(PRESETS)}")
-        self.preset, self.seed, self.device, self.verbose = preset, seed, resolve_device(device), verbose
+        if not isinstance(preset, str) or preset not in PRESETS:
+            raise UserError(f"preset must be one of {', '.join(PRESETS)}; got {preset!r}")
+        if score is not None and (not isinstance(score, str) or score not in [*SCORES, *FUSIONS]):
+            raise UserError(f"score must be None (the recommended one) or one of {', '.join([*SCORES, *FUSIONS])}; "
+                            f"got {score!r}")
+        if not isinstance(device, str):
+            raise UserError(f"device must be a string: auto, cpu, cuda, cuda:N or mps; got {device!r}")
+        if type(seed) is not int:
+            raise UserError(f"seed must be an integer; got {seed!r}")
+        self.preset, self.score, self.seed, self.verbose, self.device_asked = preset, score, seed, verbose, device
+        self.device = resolve_device(device)
         self.settings = {**defaults, **settings}
+        if "epochs" in settings and "min_steps" not in settings:
+            self.settings["min_steps"] = 0  # epochs asked for are honoured: MIN_STEPS is for the default EPOCHS
         check_ranges({**self.settings, "seeds": [seed]})
-        if self.settings["score"] not in SCORES:
-            raise UserError(f"unknown score '{self.settings['score']}'. Valid: {', '.join(SCORES)}")
-        self.model, self.input_shape, self.bank, self.fusion, self.thresholds = None, None, None, None, None
-        self.hidden = None  # the hidden-knn bank (MLP encoders)
-        self.lof = self.hidden_lof = None  # refitted from the banks (fit, load), never stored
+        self._build_check()
+        self.model = self.scorer = self.input_shape = None
+        self.decision_scores_ = self.labels_ = None
 
-    @property
-    def threshold(self):
-        """The decision threshold of the detector's score (SCORE): THRESHOLD_PERCENTILE of the
-        scores of the held-out normal images."""
-        return None if self.thresholds is None else self.thresholds[self.settings["score"]]
+    # -- scikit-learn's estimator interface --------------------------------------------------------
+    def get_params(self, deep=True):
+        return {"preset": self.preset, "score": self.score, "seed": self.seed, "device": self.device_asked,
+                "verbose": self.verbose, **self.settings}
 
-    def fit(self, images):
-        """Train on `images`, all normal; returns self."""
-        images = _as_images(images)
+    def set_params(self, **params):
+        merged = {**self.get_params(), **params}
+        self.__init__(**merged)
+        return self
+
+    def __repr__(self):
+        defaults = _defaults()
+        changed = {k: v for k, v in self.settings.items() if v != defaults[k]}
+        shown = ", ".join(f"{k}={v!r}" for k, v in {"preset": self.preset, "score": self.score, **changed}.items())
+        fitted = f"; fitted on {self.input_shape} images, score {self.score_name}" if self.model is not None else ""
+        return f"CascadeMemoryDetector({shown}){fitted}"
+
+    # -- fitting and scoring -----------------------------------------------------------------------
+    def fit(self, images, y=None):
+        """Train on `images`, all normal (y is ignored, as in pyod); returns self."""
+        images = as_images(images)
         seed_everything(self.seed)
         train_idx, val_idx = validation_holdout(np.arange(len(images)), self.settings["val_fraction"], self.seed)
-        train_x, val_x = (scale_images(images[torch.from_numpy(i)], self.device) for i in (train_idx, val_idx))
+        train_x, val_x = (images[torch.from_numpy(i)] for i in (train_idx, val_idx))
         self.input_shape = tuple(images.shape[1:])
         self.model = self._build().to(self.device)
         with tempfile.TemporaryDirectory() as tmp:  # train_model's resumable checkpoint, not kept
-            train_model(self.model, train_x, val_x, TrainConfig.from_settings(self.settings), Path(tmp) / "last.pt",
-                        self.seed, desc="fit", log_every=1 if self.verbose else None)
-        train_images = images[torch.from_numpy(train_idx)]
-        self.bank = latent_bank(self.model, train_images, self.seed, self.device)
-        self.hidden = hidden_bank(self.model, train_images, self.seed, self.device)
-        self.lof, self.hidden_lof = fit_lof(self.bank), fit_lof(self.hidden)
-        val_scores = self._scores(val_x)
-        self.fusion = fusion_stats(val_scores)
-        val_scores.update(fusions(self.fusion, val_scores))
-        self.thresholds = {name: validation_threshold(values, self.settings["threshold_percentile"])
-                           for name, values in val_scores.items()}
+            train_model(self.model, scale_images(train_x, self.device), scale_images(val_x, self.device),
+                        TrainConfig.from_settings(self.settings), Path(tmp) / "last.pt", self.seed, desc="fit",
+                        log=print if self.verbose else None, bar=self.verbose)
+        self.scorer = Scorer.fit(self.model, train_x, val_x, self.seed, self.settings["threshold_percentile"])
+        self._check_score()
+        self.decision_scores_ = self.decision_function(images)
+        self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
         return self
+
+    def fit_predict(self, images, y=None):
+        """fit(images), then the labels of those images (1 = above the threshold)."""
+        return self.fit(images).labels_
+
+    @property
+    def score_name(self):
+        """The score the detector gives: the one asked for, or the recommended one of its network."""
+        return self.score or (recommended(self.scorer.names) if self.scorer is not None else None)
+
+    @property
+    def threshold_(self):
+        """The decision threshold of the detector's score: THRESHOLD_PERCENTILE of the scores of the
+        held-out normal images."""
+        self._check_fitted()
+        return self.scorer.thresholds[self.score_name]
+
+    threshold = threshold_
+
+    @property
+    def thresholds(self):
+        """{score: its decision threshold} of every score the detector has."""
+        self._check_fitted()
+        return dict(self.scorer.thresholds)
 
     def decision_function(self, images, score=None):
         """Anomaly scores (float64 numpy array, higher = more anomalous) of `score` (default: the
-        detector's SCORE): recon, latent-knn, latent-lof, memory (models with a memory), fused,
-        fused-lof; for an MLP encoder hidden-knn, hidden-lof, fused-hidden."""
+        detector's); the names the detector has are in `detector.scorer.names`."""
         self._check_fitted()
-        score = score or self.settings["score"]
-        if score not in self.thresholds:
-            raise UserError(f"unknown score '{score}' for this detector; it has {', '.join(self.thresholds)}")
-        images = _as_images(images)
+        score = self.score_name if score is None else score
+        if not isinstance(score, str) or score not in self.scorer.names:
+            raise UserError(f"score {score!r} is not one this detector has: {', '.join(self.scorer.names)}")
+        images = as_images(images, self.input_shape)
         if tuple(images.shape[1:]) != self.input_shape:
             raise UserError(f"images of shape {tuple(images.shape[1:])}, but the detector was fitted on "
-                            f"{self.input_shape}")
-        scores = self._scores(scale_images(images, self.device))
-        if score in FUSIONS:
-            scores.update(fusions(self.fusion, scores))
-        return scores[score]
+                            f"{self.input_shape} (C, H, W)")
+        return self.scorer.scores(images, [score])[score]
 
     def predict(self, images):
         """1 where the score is above the threshold fixed on the held-out normal images, else 0."""
-        return (self.decision_function(images) > self.threshold).astype(np.int64)
+        return (self.decision_function(images) > self.threshold_).astype(np.int64)
 
+    # -- files ---------------------------------------------------------------------------------------
     def save(self, path):
+        """Everything the detector needs to score, in one file (torch.save; read back with load)."""
         self._check_fitted()
-        atomic_torch_save({"model": self.model.state_dict(), "preset": self.preset, "seed": self.seed,
-                           "settings": self.settings, "input_shape": list(self.input_shape), "bank": self.bank,
-                           "hidden": self.hidden, "fusion": self.fusion, "thresholds": self.thresholds}, path)
+        if not isinstance(path, (str, Path)) or not str(path).strip():
+            raise UserError(f"save needs a file name; got {path!r}")
+        check_target(path)
+        atomic_torch_save({"model": self.model.state_dict(), "preset": self.preset, "score": self.score,
+                           "seed": self.seed, "settings": self.settings, "input_shape": list(self.input_shape),
+                           "scorer": self.scorer.state()}, path)
 
     @classmethod
     def load(cls, path, device="auto"):
-        saved = load_checkpoint(path, "cpu", "Give a file that CascadeMemoryDetector.save wrote.")
+        """A detector saved by save(); a file that is not one, or is damaged, is a UserError naming it."""
+        saved = load_checkpoint(path, "cpu", "Give a file that CascadeMemoryDetector.save wrote.",
+                                what="a detector saved by CascadeMemoryDetector.save")
         try:
-            detector = cls(saved["preset"], saved["seed"], device, **saved["settings"])
-            detector.input_shape = tuple(saved["input_shape"])
+            if not isinstance(saved, dict):
+                raise ValueError("not a dict")
+            detector = cls(saved["preset"], saved.get("score"), saved["seed"], device, **saved["settings"])
+            shape = saved["input_shape"]
+            if not (isinstance(shape, list) and len(shape) == 3 and all(type(s) is int and 1 <= s <= 65536 for s in shape)):
+                raise ValueError(f"input_shape {shape!r}")
+            detector.input_shape = tuple(shape)
             detector.model = detector._build()
             detector.model.load_state_dict(saved["model"])
-            detector.bank = _checked_bank(saved["bank"], detector.settings["latent_dim"], "codes")
-            hidden = saved.get("hidden")
-            detector.hidden = None if hidden is None else _checked_bank(
-                hidden, getattr(detector.model.encoder, "hidden_width", None), "hidden features")
-            detector.lof, detector.hidden_lof = fit_lof(detector.bank), fit_lof(detector.hidden)
-            detector.fusion = {name: [float(v) for v in pair] for name, pair in saved["fusion"].items()}
-            detector.thresholds = {name: float(v) for name, v in saved["thresholds"].items()}
+            if not all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point()):
+                raise ValueError("weights that are not finite")
+            detector.model.to(detector.device).eval()
+            detector.scorer = Scorer.from_state(detector.model, saved["scorer"])
+            lacking = sorted(set(names_of(features_of(detector.model))) - set(detector.scorer.names))
+            if lacking:  # a detector file holds every score's bank and statistics
+                raise ValueError(f"no bank or statistics for {', '.join(lacking)}")
+            detector._check_score()
+        except UserError as error:
+            raise UserError(f"{path}: {error}") from None
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
-            raise UserError(f"{path} is not a detector saved by CascadeMemoryDetector.save "
-                            f"({type(error).__name__}).") from None
-        detector.model.to(detector.device).eval()
+            raise UserError(f"{path} is not a detector saved by CascadeMemoryDetector.save, or it is damaged "
+                            f"({type(error).__name__}: {str(error)[:200]}).") from None
         return detector
 
-    def _scores(self, images):
-        """{score: values} of every score but the fused ones, for scaled `images`."""
-        return image_scores(self.model, images, self.bank, self.lof, self.hidden, self.hidden_lof)
-
+    # -- checks --------------------------------------------------------------------------------------
     def _build(self):
         try:
             return build_model(self.preset, self.input_shape, ModelConfig.from_settings(self.settings))
         except ValueError as error:
             raise UserError(str(error)) from None
 
+    def _build_check(self):
+        """The settings fit together (checked on a small image of 1 x 28 x 28, on no device)."""
+        with torch.device("meta"):
+            try:
+                build_model(self.preset, (1, 28, 28), ModelConfig.from_settings(self.settings))
+            except ValueError as error:
+                raise UserError(str(error)) from None
+
+    def _check_score(self):
+        if self.score is not None and self.score not in self.scorer.names:
+            raise UserError(f"score '{self.score}' is not one a {self.preset} network has: "
+                            f"{', '.join(self.scorer.names)}")
+
     def _check_fitted(self):
         if self.model is None:
             raise UserError("the detector is not fitted yet: call fit(normal_images) first.")
 
 
-def _checked_bank(bank, width, what):
-    """A saved bank as float32, refused (ValueError) unless it is at least 2 finite rows of `width`
-    numbers: a damaged one would give NaN or meaningless scores."""
-    bank = bank.float()
-    if bank.ndim != 2 or len(bank) < 2 or not torch.isfinite(bank).all() or bank.shape[1] != width:
-        raise ValueError(f"a damaged bank of {what}")
-    return bank
+CHANNELS = (1, 3)  # the channel counts an (N, H, W, C) array is recognised by
 
 
-def _as_images(images):
-    """uint8 or [0, 1] float pixels -> a tensor (N, C, H, W) that scale_images maps to [-1, 1]."""
-    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
-    if x.ndim == 3:
-        x = x.unsqueeze(1)
-    if x.ndim != 4 or len(x) == 0:
-        raise UserError(f"images must be an array (N, C, H, W) or (N, H, W) with N >= 1, got shape {tuple(x.shape)}")
-    if x.dtype == torch.uint8:
-        return x
-    if not x.is_floating_point() or not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
-        raise UserError("images must be uint8 pixels (0..255) or floats in [0, 1]")
-    return x.float() * 255.0
+def as_images(images, expected=None):
+    """Images in any of the accepted forms (see the top of this file) as a tensor (N, C, H, W) of
+    uint8 pixels, or floats 0..255 for float input, that scale_images maps to [-1, 1]; anything else
+    is a UserError saying what is expected. `expected` (C, H, W), once fitted, settles which axis
+    holds the channels."""
+    accepted = ("images must be a numpy array or torch tensor of shape (N, C, H, W), (N, H, W) or (N, H, W, C), "
+                "of pixels 0..255 (uint8) or floats in [0, 1]")
+    if isinstance(images, torch.Tensor):
+        array = images.detach().cpu().numpy() if images.dtype != torch.bfloat16 else images.detach().float().numpy()
+    elif isinstance(images, (np.ndarray, list, tuple)):
+        try:
+            array = np.asarray(images)
+        except ValueError:  # a ragged list
+            raise UserError(f"{accepted}; got a list of images of different shapes") from None
+    else:
+        raise UserError(f"{accepted}; got {type(images).__name__}")
+    if array.dtype.kind not in "uif":
+        raise UserError(f"{accepted}; got an array of {array.dtype}")
+    array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))  # negative strides, big-endian
+    if array.ndim == 3:
+        array = array[:, None]
+    if array.ndim != 4 or 0 in array.shape:
+        raise UserError(f"{accepted}, with N, C, H and W at least 1; got shape {tuple(array.shape)}")
+    n, a, b, c = array.shape
+    if expected is not None:  # fitted: the channels are where the fitted shape says
+        if (a, b, c) != tuple(expected) and (c, a, b) == tuple(expected):
+            array = array.transpose(0, 3, 1, 2)
+    elif c in CHANNELS and a not in CHANNELS:
+        array = array.transpose(0, 3, 1, 2)  # (N, H, W, C)
+    elif c in CHANNELS and a in CHANNELS and a != c:
+        raise UserError(f"images of shape {tuple(array.shape)}: the channels may be on axis 1 or on axis 3; give "
+                        f"them as (N, C, H, W)")
+    if array.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(array))
+    if array.dtype.kind in "iu":  # integer pixels (a list of ints, int64 arrays): 0..255 only
+        if array.min() < 0 or array.max() > 255:
+            raise UserError(f"{accepted}; got integers outside 0..255")
+        return torch.from_numpy(np.ascontiguousarray(array.astype(np.uint8)))
+    array = array.astype(np.float32)
+    if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+        raise UserError(f"{accepted}; got floats outside [0, 1] (or not finite): scale them to [0, 1]")
+    return torch.from_numpy(np.ascontiguousarray(array)) * 255.0

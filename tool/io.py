@@ -263,6 +263,16 @@ def atomic_write_json(path, obj):
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def file_sha256(path):
+    """The sha256 of a file's bytes, in hex (None for a file that is not there)."""
+    import hashlib
+
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
 def git_commit():
     """The code's git commit (with '-dirty' when the tree has changes), or 'unknown' outside git."""
     try:

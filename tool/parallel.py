@@ -6,7 +6,7 @@ import signal
 import torch
 from tqdm import tqdm
 
-from tool.datasets import load_dataset
+from tool.data.datasets import load_dataset
 
 
 def trial_threads(config, jobs, device="cpu"):
@@ -34,8 +34,8 @@ def trial_jobs(config, n_trials, device):
 
 
 def run_trials(run_trial, config, ds, trials, run_dir, device):
-    """run_trial(config, ds, c, seed, run_dir, device, quiet) for every (c, seed) in `trials`:
-    in this process when one job runs at a time, else in worker processes (quiet logs). A failed
+    """run_trial(config, ds, c, seed, run_dir, device, log) for every (c, seed) in `trials`: in
+    this process when one job runs at a time, else in worker processes. A failed
     trial, Ctrl-C or SIGTERM stops every worker at once (multiprocessing's Pool.terminate): none
     trains on with nobody to report to, their trial locks are released with them, and each
     interrupted trial resumes from its last.pt."""
@@ -92,4 +92,8 @@ def _worker(task):
     run_trial, config, c, seed, run_dir = task
     device = os.environ.get("CASCADE_WORKER_DEVICE", "cpu")
     ds = load_dataset(config["dataset"], config["data_dir"])
-    return c, seed, run_trial(config, ds, c, seed, run_dir, device, quiet=True)
+    return c, seed, run_trial(config, ds, c, seed, run_dir, device, log=_print)
+
+
+def _print(text):
+    print(text, flush=True)

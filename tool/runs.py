@@ -32,17 +32,15 @@ from pathlib import Path
 import torch
 
 from models import ModelConfig, build_model
-from tool.datasets import NAME_PATTERN
+from tool.data.datasets import NAME_PATTERN
 from tool.errors import UserError
-from tool.io import (REPO, WriteError, atomic_torch_save, atomic_write_json, environment, file_lock, load_checkpoint,
-                     make_dir, read_json, remove_temp_files, write_reason)
+from tool.io import (REPO, WriteError, atomic_torch_save, atomic_write_json, environment, file_lock, file_sha256,
+                     load_checkpoint, make_dir, read_json, remove_temp_files, write_reason)
 
 # Settings that do not change what a trial computes: they may differ between runs of one folder.
 PLACEMENT_KEYS = ("classes", "seeds", "jobs", "device", "output_dir", "data_dir", "draw_figures", "score",
                   "checkpoint_seconds")
-RENAMED_KEYS = {"threshold": "addressing_threshold"}  # run configs written before a setting was renamed
-ADDED_KEYS = {"patience_steps": 0, "min_steps": 0, "precision": "fp32", "compile": False}  # settings added
-# later, with the value that runs made before them had
+MIGRATE = "python scripts/migrate_runs.py"  # what brings a run folder of an earlier version to today's formats
 RUN_CONFIG_KEYS = {  # what every reader of a run's config.json needs: key -> (check, what it must be)
     "dataset": (lambda v: isinstance(v, str) and NAME_PATTERN.fullmatch(v) is not None, "a dataset name (a plain folder name)"),
     "model": (lambda v: isinstance(v, str) and NAME_PATTERN.fullmatch(v) is not None, "a preset name (a plain folder name)"),
@@ -113,7 +111,7 @@ def read_run_config(run_dir):
     config = read_json(path, what_to_do)
     if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
         raise UserError(f"{path} holds no run settings. {what_to_do}")
-    config = {**ADDED_KEYS, **{RENAMED_KEYS.get(key, key): value for key, value in config["config"].items()}}
+    config = config["config"]
     wrong = [f"{key} ({rule})" for key, (check, rule) in RUN_CONFIG_KEYS.items()
              if key not in config or not check(config[key])]
     if wrong:
@@ -148,18 +146,31 @@ def open_run_dir(run_dir, config):
     entries = [e for e in run_dir.iterdir() if not e.name.startswith(".")] if run_dir.is_dir() else []
     if entries and not (run_dir / "config.json").is_file():
         raise UserError(f"{run_dir} exists and is not a run folder; give an empty or new folder.")
+    if (run_dir / "config.json").is_file():
+        _check_same_settings(run_dir, config)  # before any lock is taken: a refusal leaves no file behind
     make_dir(run_dir)
     with file_lock(run_dir / CONFIG_LOCK):  # another process may be checking and writing it just now
         if (run_dir / "config.json").is_file():
-            saved = read_run_config(run_dir)
-            differ = [k for k in config if k not in PLACEMENT_KEYS and saved.get(k) != config[k]]
-            if differ:
-                details = ", ".join(f"{k}: folder {saved.get(k)!r} vs now {config[k]!r}" for k in differ)
-                raise UserError(f"{run_dir} was made with other settings ({details}). Use a new folder, or "
-                                f"--resume {run_dir} to continue with its own settings.")
+            saved = _check_same_settings(run_dir, config)
             config = {**config, **{k: _union(saved.get(k), config[k]) for k in ("classes", "seeds")}}
         _write_run_config(run_dir, config)
     return run_dir
+
+
+def _check_same_settings(run_dir, config):
+    """The run folder's settings, refused (a UserError) unless they match `config` in every setting
+    that changes what a trial computes."""
+    saved = read_run_config(run_dir)
+    missing = [k for k in config if k not in saved and k not in PLACEMENT_KEYS]
+    if missing:
+        raise UserError(f"{run_dir / 'config.json'} lacks the setting(s) {', '.join(missing)}: the folder was "
+                        f"made by an earlier version of this code. Run {MIGRATE} {run_dir} once.")
+    differ = [k for k in config if k not in PLACEMENT_KEYS and saved.get(k) != config[k]]
+    if differ:
+        details = ", ".join(f"{k}: folder {saved.get(k)!r} vs now {config[k]!r}" for k in differ)
+        raise UserError(f"{run_dir} was made with other settings ({details}). Use a new folder, or "
+                        f"--resume {run_dir} to continue with its own settings.")
+    return saved
 
 
 def _union(saved, now):
@@ -235,36 +246,31 @@ def write_checkpoint(folder, model, preset, input_shape, best_epoch):
                        "best_epoch": best_epoch}, Path(folder) / "best.pt")
 
 
-def write_scoring(folder, bank, hidden=None):
-    """bank.pt: the normal training codes latent-knn compares new images with (score.py), and for
-    an MLP encoder the first hidden layer's features hidden-knn compares with."""
-    saved = {"bank": bank.half().contiguous()}  # exact: latent_bank and hidden_bank round to float16
-    if hidden is not None:
-        saved["hidden"] = hidden.half().contiguous()
-    atomic_torch_save(saved, Path(folder) / "bank.pt")
+def write_scoring(folder, scorer):
+    """bank.pt: the banks of normal training features a trial's scorer compares new images with
+    (score.py, the detector), and the sha256 of the best.pt they were computed with, so that a bank
+    is never used beside weights it does not belong to."""
+    atomic_torch_save({"banks": scorer.state()["banks"], "model_sha256": file_sha256(Path(folder) / "best.pt")},
+                      Path(folder) / "bank.pt")
 
 
-def trial_bank(folder, device="cpu", width=None, part="bank"):
-    """A trial's latent-knn bank (bank.pt; part="hidden": its hidden-knn bank), or None for a trial
-    written before that score existed. A bank that is not at least 2 finite codes (of `width`
-    numbers each, when given) is refused: it would give silent NaN or meaningless scores."""
+def load_scorer(folder, model, results):
+    """The scorer of a finished trial: its bank.pt and the statistics and thresholds of its
+    results.json; a bank.pt missing, damaged or of other weights is a UserError saying what to do."""
+    from tool.scores import Scorer
+
     path = Path(folder) / "bank.pt"
-    if not path.is_file():
-        return None
     again = f"Score the trial again: python main.py --eval-only {Path(folder).parent}"
-    saved = load_checkpoint(path, device, again + ".")
-    if part != "bank" and isinstance(saved, dict) and part not in saved:
-        return None
-    what = "codes" if part == "bank" else f"{part} features"
-    bank = saved.get(part) if isinstance(saved, dict) else None
-    if not isinstance(bank, torch.Tensor) or bank.ndim != 2 or not bank.is_floating_point():
-        raise UserError(f"{path} holds no bank of {what}. {again}.")
-    bank = bank.float()
-    if len(bank) < 2 or (width is not None and bank.shape[1] != width) or not torch.isfinite(bank).all():
-        raise UserError(f"{path} is damaged: its bank of {what} is {tuple(bank.shape)}"
-                        f"{'' if width in (None, bank.shape[1]) else f' (the model gives {width} numbers per image)'}"
-                        f"{'' if torch.isfinite(bank).all() else ', with values that are not finite'}. {again}.")
-    return bank
+    saved = load_checkpoint(path, "cpu", again + ".") if path.is_file() else {"banks": {}, "model_sha256": None}
+    if path.is_file() and (not isinstance(saved, dict) or saved.get("model_sha256") != file_sha256(Path(folder) / "best.pt")):
+        raise UserError(f"{path} does not belong to the weights in {Path(folder) / 'best.pt'} (copied from another "
+                        f"trial, or written before they were). {again}.")
+    try:
+        return Scorer.from_state(model, {"banks": saved.get("banks"), "fusion": results.get("fusion", {}),
+                                         "thresholds": results["thresholds"],
+                                         "percentile": results["threshold_percentile"]})
+    except ValueError as error:
+        raise UserError(f"{path}: {error}. {again}.") from None
 
 
 def load_trial_model(folder, device):
@@ -276,10 +282,12 @@ def load_trial_model(folder, device):
     trial = read_json(folder / "config.json", again)
     checkpoint = load_checkpoint(folder / "best.pt", device, again)
     try:
-        trial["config"] = {RENAMED_KEYS.get(k, k): v for k, v in trial["config"].items()}
         model = build_model(trial["config"]["model"], trial["input_shape"], ModelConfig.from_settings(trial["config"]))
         model.load_state_dict(checkpoint["model"])
-    except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as error:
+    except KeyError as error:
+        raise UserError(f"{folder / 'config.json'} lacks the setting {error}: it was written by an earlier version of "
+                        f"this code. Run {MIGRATE} {folder.parent.parent} once.") from None
+    except (ValueError, TypeError, RuntimeError, AttributeError) as error:
         raise UserError(f"{folder}: its config.json and best.pt do not make a model ({type(error).__name__}). "
                         f"{again}") from None
     return trial, model.to(device).eval()

@@ -16,8 +16,8 @@ from tool.errors import UserError
 LIST_TYPES = {  # settings whose default may be empty or None: their element type
     "classes": str, "seeds": int, "n_slots": int, "top_k": int, "forget_rate": float, "channels": int,
 }
-SCALAR_TYPES = {"memae_shrink_threshold": float, "data_dir": str}  # settings whose default is None
-OPTIONAL = {"classes", "memae_shrink_threshold", "data_dir"}  # None is a valid value ("none" on the CLI)
+SCALAR_TYPES = {"memae_shrink_threshold": float, "data_dir": str, "ssl": str}  # settings whose default is None
+OPTIONAL = {"classes", "memae_shrink_threshold", "data_dir", "ssl"}  # None is a valid value ("none" on the CLI)
 
 
 RENAMED = {  # old flag -> (new flag, why)
@@ -140,6 +140,8 @@ RULES = {  # setting: (check, the rule in words). Every numeric setting is check
     "memae_shrink_threshold": (lambda v: v is None or _in(0, 1, high_open=True)(v), "none or a number in [0, 1)"),
     "memae_entropy_weight": (_in(0, None), "a finite number >= 0"),
     "kl_weight": (_in(0, None), "a finite number >= 0"),
+    "ssl_weight": (_in(0, None, low_open=True), "a finite number > 0"),
+    "ssl_temperature": (_in(0, None, low_open=True), "a finite number > 0"),
     "epochs": (_int_in(1), "an integer >= 1"),
     "patience": (_int_in(1), "an integer >= 1"),
     "patience_steps": (_int_in(0), "an integer >= 0"),
@@ -163,16 +165,20 @@ RULES = {  # setting: (check, the rule in words). Every numeric setting is check
 def validate(config):
     """Check every setting of a sweep that can be checked without the data; a UserError names the
     first one that is wrong and says what it may be."""
-    from models import PRESETS
+    from models import PRESETS, SSL_KINDS
     from tool.classical import CLASSICAL
-    from tool.datasets import check_dataset_name
-    from tool.protocol import PROTOCOLS
+    from tool.data.datasets import check_dataset_name
+    from tool.data.protocol import PROTOCOLS
 
     check_dataset_name(config["dataset"], config["data_dir"])
     if config["protocol"] not in PROTOCOLS:
         raise UserError(f"unknown protocol '{config['protocol']}'. Valid: {', '.join(PROTOCOLS)}")
     if config["model"] not in PRESETS and config["model"] not in CLASSICAL:
         raise UserError(f"unknown model preset '{config['model']}'. Valid: {', '.join([*PRESETS, *CLASSICAL])}")
+    if config["ssl"] is not None and config["ssl"] not in SSL_KINDS:
+        raise UserError(f"unknown self-supervised task --ssl (SSL) '{config['ssl']}'. Valid: none, {', '.join(SSL_KINDS)}")
+    if config["ssl"] is not None and config["model"] in CLASSICAL:
+        raise UserError(f"--ssl trains a network's encoder; {config['model']} is a classical detector: drop --ssl")
     if config["classes"] is not None and not config["classes"]:
         raise UserError("--classes needs at least one class (or 'none' for all)")
     check_ranges(config)
@@ -184,10 +190,10 @@ def validate(config):
 def check_score(score, allow_all=False):
     """SCORE is a score's name (or, for the table actions, "all": every score)."""
     from tool.classical import CLASSICAL
-    from tool.evaluation import SCORES
+    from tool.scores import FUSIONS, SCORES
 
-    if score not in SCORES and score not in CLASSICAL and not (allow_all and score == "all"):
-        raise UserError(f"--score (SCORE) '{score}' is not a score: valid are {', '.join(SCORES)}"
+    if score not in (*SCORES, *FUSIONS, *CLASSICAL, "best") and not (allow_all and score == "all"):
+        raise UserError(f"--score (SCORE) '{score}' is not a score: valid are best, {', '.join([*SCORES, *FUSIONS])}"
                         f"{', all' if allow_all else ''} (a classical detector shows its own: {', '.join(CLASSICAL)})")
 
 

@@ -9,10 +9,9 @@ state, RNG states) written atomically, so an interrupted run resumes exactly whe
 The test split never reaches this module: `train_model` takes the training and validation images
 and nothing else.
 """
-import os
-import random
 import time
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,25 +20,10 @@ from tqdm import tqdm
 
 from tool.errors import UserError
 from models.memory import addressing_entropy
+from tool.data.datasets import scale_images
 from tool.evaluation import batches
 from tool.io import atomic_torch_save, load_checkpoint
-
-
-def seed_everything(seed):
-    """One seed for Python, numpy and torch (every device), with deterministic algorithms on.
-
-    The same seed on the same machine gives bit-identical scores.
-    """
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS determinism (must precede CUDA use)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-    torch.use_deterministic_algorithms(True)
-    # Deterministic mode also fills every new tensor with NaN, a guard against ops that read
-    # uninitialised memory (none here); PyTorch's docs say to turn it off for valid programs. It
-    # cost up to ~13% of a conv training step on the CPU and changes no result.
-    torch.utils.deterministic.fill_uninitialized_memory = False
-    torch.backends.cudnn.benchmark = False
+from tool.seeding import rng_state, set_rng_state
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -108,29 +92,6 @@ class TrainResult:
     history: list = field(default_factory=list)
 
 
-def rng_state():
-    """Python's, numpy's and torch's RNG states in types torch.load(weights_only=True) accepts
-    (tensors, lists, numbers, strings): a checkpoint never needs the unpickler to run code."""
-    version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": [version, torch.tensor(internal, dtype=torch.int64), gauss],
-             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state):
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal.tolist()), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 @torch.inference_mode()
 def validation_pass(model, images, batch_size=None):
     """Mean loss of `model` (eval mode) over `images`, and per memory stage what these (normal)
@@ -180,13 +141,36 @@ def train_epoch(model, optimizer, images, order, batch_size, precision="fp32"):
     return loss_sum
 
 
+def train(config, model, split, seed, folder, bar=True):
+    """Train `model` on the split's normal training images; early stopping and the best weights
+    come from its normal validation images (the test images never reach training). A line per
+    epoch goes to folder/train.log, the losses and memory use to tensorboard (folder/tb/), and an
+    interrupted trial resumes from folder/last.pt. Returns what results.json keeps of it."""
+    from tensorboardX import SummaryWriter
+
+    folder = Path(folder)
+    device = next(model.parameters()).device
+    resumed = (folder / "last.pt").exists()  # resuming, train_model logs the checkpoint's epochs again:
+    with SummaryWriter(str(folder / "tb"), purge_step=1 if resumed else None) as writer, \
+            open(folder / "train.log", "a", encoding="utf-8") as log:  # purge_step hides what killed processes logged
+        result = train_model(model, scale_images(split.train, device), scale_images(split.val, device),
+                             TrainConfig.from_settings(config), folder / "last.pt", seed, writer,
+                             desc=f"class {split.target_class} seed {seed}", log=lambda line: print(line, file=log,
+                                                                                                  flush=True),
+                             bar=bar)
+    return {"epochs_trained": result.epochs_trained, "best_epoch": result.best_epoch,
+            "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early,
+            "train_seconds": round(result.seconds, 3), "history": result.history}
+
+
 def train_model(model, train_images, val_images, config, checkpoint_path, generator_seed, writer=None,
-                desc="train", log_every=1, channels_last=None, on_epoch=None):
+                desc="train", log=None, channels_last=None, on_epoch=None, bar=True):
     """Train `model` on `train_images` (float, on the model's device), stop early on `val_images`.
 
     Resumes from `checkpoint_path` when it exists. Returns a TrainResult; the model ends holding
-    its best weights (lowest validation loss), in eval mode and the usual memory layout. One log
-    line every `log_every` epochs (None: none). channels_last: None = uses_channels_last.
+    its best weights (lowest validation loss), in eval mode and the usual memory layout. log(line),
+    when given, takes a line per epoch; bar: a progress bar over the epochs where the output is a
+    terminal. channels_last: None = uses_channels_last.
     on_epoch(epoch, model), when given, is called after each epoch's validation pass with the
     model in eval mode (diagnostics, e.g. scripts/epoch_oracle.py; it must not draw random numbers).
     """
@@ -219,7 +203,7 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
     steps_per_epoch = sum(min(config.batch_size, n - start) >= 2 for start in range(0, n, config.batch_size))
     epochs = max(config.epochs, -(-config.min_steps // max(steps_per_epoch, 1)))  # MIN_STEPS: small datasets
     bar = tqdm(total=epochs, initial=state["epoch"], desc=desc, unit="epoch", leave=False, dynamic_ncols=True,
-               disable=None)  # disable=None: no bar when the output is not a terminal (log files)
+               disable=None if bar else True)  # disable=None: no bar when the output is not a terminal (log files)
     stopped_early = False
     saved = (state["epoch"], time.monotonic())  # the epoch last.pt holds, and when it was written
     while state["epoch"] < epochs:
@@ -265,10 +249,8 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
             saved = (epoch, time.monotonic())
         bar.update(1)
         bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", best=state["best_epoch"])
-        if log_every and (epoch % log_every == 0 or epoch == epochs):
-            usage = " ".join(f"s{i + 1} used {m['slots_used']:.2f} H {m['entropy']:.2f}" for i, m in enumerate(memory))
-            tqdm.write(f"{desc} epoch {epoch:3d}  train {train_loss:.5f}  val {val_loss:.5f}"
-                       f"{' *' if improved else '  '}  {seconds:5.1f}s  {usage}".rstrip())
+        if log is not None:
+            log(epoch_line(desc, state["history"][-1], improved))
     bar.close()
     if config.compile:
         _uncompile(model)
@@ -277,6 +259,16 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
     model.to(memory_format=torch.contiguous_format).eval()
     return TrainResult(state["epoch"], state["best_epoch"], state["best_val"],
                        stopped_early or _patience_spent(state, config), state["seconds"], state["history"])
+
+
+def epoch_line(desc, entry, improved):
+    """One epoch in words: the losses, '*' where the validation loss is the lowest so far, the
+    time, and per memory stage the share of its slots the validation images used and their mean
+    addressing entropy (ln k when the k chosen slots get equal weights, 0 when one gets all)."""
+    usage = "".join(f"  memory stage {i + 1}: {m['slots_used']:.0%} of slots used, entropy {m['entropy']:.2f}"
+                    for i, m in enumerate(entry["memory"]))
+    return (f"{desc} epoch {entry['epoch']:3d}  train loss {entry['train_loss']:.5f}  validation loss "
+            f"{entry['val_loss']:.5f}{' *' if improved else '  '}  {entry['seconds']:5.1f} s{usage}")
 
 
 def _log_epoch(writer, entry, lr):

@@ -14,7 +14,7 @@ import zlib
 import numpy as np
 import torch
 
-from tool.datasets import stratified_mask
+from tool.data.datasets import stratified_mask
 from tool.errors import UserError
 
 

@@ -1,27 +1,26 @@
-"""Every table: one run's per-class table, every run of a dataset side by side beside the
-published figures, and the export of a run's results into results/.
+"""Every table: one run's per-class table, and every run of a dataset side by side beside the
+published figures.
 
     python main.py --table RUN_DIR         # the per-class table of one run (mean ± std over seeds)
     python main.py --compare results/fmnist      # every run folder below, grouped by protocol
-    python main.py --export RUN_DIR        # its results, without checkpoints, into results/
 
 Tables are built from the trials' results.json files by key; a cell without results shows as "-".
 """
 import csv
 import io
-import shutil
 from pathlib import Path
 
 import numpy as np
 from prettytable import PrettyTable
 
-from tool.datasets import class_label
-from tool.ensemble import ensemble_summary
+from tool.data.datasets import class_label
+from tool.report.ensemble import ensemble_summary
 from tool.errors import UserError
-from tool.evaluation import METRICS, SCORES
-from tool.io import REPO, WriteError, atomic_write_bytes, atomic_write_text, make_dir, staging_dir, write_reason
-from tool.leakage import read_leakage
-from tool.results import compact_scores, load_results, score_name
+from tool.evaluation import METRICS
+from tool.scores import FUSIONS, SCORES, recommended
+from tool.io import atomic_write_text
+from tool.report.leakage import read_leakage
+from tool.results import load_results, score_name
 from tool.runs import PLACEMENT_KEYS, TRIAL_NAME, class_names_of, is_run_config, planned_trials, read_run_config
 
 # Published mean AUROC / AUPRC / best F1 in %, one anomalous class, from the authors' public
@@ -35,7 +34,6 @@ PUBLISHED = {
     "kmnist": {"VAE (published)": {"auroc": 72.57, "auprc": 25.34, "f1_oracle": 32.37},
                "Cascade memory, untuned (published)": {"auroc": 76.44, "auprc": 29.48, "f1_oracle": 35.93}},
 }
-EXPORTED = ("config.json", "results.json", "scores.npz", "table.md", "table.csv", "roc_all.png", "leakage.json")
 ROW_ORDER = ["cascade", "cascade-released", "cascade-mlp", "memae", "ae", "ae-mlp", "vae", "knn", "iforest", "ocsvm"]
 
 
@@ -163,7 +161,7 @@ def run_table(run_dir, results=None, decimals=2, write=True, score=None):
     print(render_table(header, rows, published))
     if write:
         if config.get("draw_figures", True):
-            from tool import figures
+            from tool.report import figures
 
             figures.draw_run(run_dir, results, class_names, title, score)
     return header, rows
@@ -198,7 +196,7 @@ def find_runs(root):
     for key, models in groups.items():
         runs[key] = {}
         for model, run_dirs in models.items():
-            settings = [{k: v for k, v in configs[d].items() if k not in (*PLACEMENT_KEYS, "threads", "classical")}  # classical: descriptions
+            settings = [{k: v for k, v in configs[d].items() if k not in (*PLACEMENT_KEYS, "threads")}
                         for d in run_dirs]
             keys = dict.fromkeys(k for s in settings for k in s)
             varying = [k for k in keys if any(s.get(k) != settings[0].get(k) for s in settings)]
@@ -213,7 +211,7 @@ def _text(value):
 
 
 def _score_order(name):
-    order = list(SCORES)
+    order = [*SCORES, *FUSIONS]
     return (order.index(name) if name in order else len(order), name)
 
 
@@ -234,8 +232,12 @@ def compare(root, score="recon", ensemble=False):
         rows = []  # (row label, run label, score)
         for label in sorted(labelled, key=_order):
             names = sorted({n for r in loaded[label].values() for n in r["metrics"]}, key=_score_order)
-            shown = names if score == "all" else [n for n in names if n == score] or names[:1] * (len(names) == 1)
-            rows += [(label if score != "all" else f"{label} [{name}]", label, name) for name in shown]
+            if score in ("all", "best"):
+                shown = names if score == "all" else [recommended(names)] * bool(names)
+                rows += [(f"{label} [{name}]", label, name) for name in shown]
+            else:
+                shown = [n for n in names if n == score] or names[:1] * (len(names) == 1)
+                rows += [(label, label, name) for name in shown]
         models, summary_rows, per_class, class_names = [], [], {}, {}
         for model, label, name in rows:
             run_dir, results = labelled[label], loaded[label]
@@ -267,7 +269,8 @@ def compare(root, score="recon", ensemble=False):
         published = [row[:-1] + ["-", "docs/method.md"] for row in published_rows(dataset)] \
             if protocol == "one-anomalous-class" else []
         title = (f"{dataset}, {protocol}: mean over classes, in %, mean ± std over seeds; score "
-                 f"{'[in brackets]' if score == 'all' else score + ' (classical detectors: their own)'}")
+                 f"{'[in brackets]' if score in ('all', 'best') else score + ' (classical detectors: their own)'}"
+                 f"{' (the best of each network)' if score == 'best' else ''}")
         print(title)
         print(render_table(header, summary_rows, published))
         markdown += [f"## {title}", "", to_markdown(header, summary_rows + published)]
@@ -289,44 +292,3 @@ def compare(root, score="recon", ensemble=False):
     atomic_write_text(root / "comparison.csv", _csv_text(rows_csv))
     print(f"written: {root / 'comparison.md'}, {root / 'comparison.csv'}")
     return text
-
-
-# ---------------------------------------------------------------------------------------------
-# Export: what a table is built from, without checkpoints, logs or per-trial figures
-# ---------------------------------------------------------------------------------------------
-def export(run_dir, dest=None):
-    """Copy a run's results to results/<dataset>/<model>/<timestamp>/ (or below `dest`); a run on
-    a tuning split (a "-tune" dataset) to results/tuning/<dataset>/..., beside the others that chose
-    the settings. Only finished trials are copied (a run still training can be exported as far as it
-    got), and scores.npz without the fused scores read_scores rebuilds (a run trained before they
-    were dropped is exported in today's form). The copy is made in a hidden folder beside the target
-    and renamed into place when complete, so a failed export leaves nothing behind."""
-    run_dir = Path(run_dir).resolve()  # "--export ." names the run by its folder's own name
-    config = read_run_config(run_dir)
-    tuning = ("tuning",) if config["dataset"].endswith("-tune") else ()
-    target = Path(dest or REPO / "results").joinpath(*tuning, config["dataset"], config["model"], run_dir.name)
-    if target.exists():
-        raise UserError(f"{target} exists; an export never overwrites one.")
-    load_results(run_dir)  # every results.json must be readable before anything is written, and every scores.npz
-    compacted = {path: compact_scores(path.parent) for path in run_dir.glob("class*_seed*/scores.npz")
-                 if (path.parent / "results.json").is_file()}  # finished trials only: the others are not copied
-    make_dir(target.parent)
-    staging = None
-    try:
-        staging = staging_dir(target.parent, target.name)
-        for path in sorted(run_dir.rglob("*")):
-            relative = path.relative_to(run_dir)  # the run's own files, and its trials' (class*_seed*/...)
-            if not path.is_file() or relative.name not in EXPORTED or len(relative.parts) > 2:
-                continue
-            if len(relative.parts) == 2 and not (path.parent / "results.json").is_file():
-                continue  # a trial still running or interrupted: exported once it finishes
-            atomic_write_bytes(staging / relative, compacted.get(path) or path.read_bytes())
-        staging.rename(target)
-    except (WriteError, OSError) as error:
-        reason, fix = (error.reason, error.fix) if isinstance(error, WriteError) else write_reason(error)
-        raise UserError(f"cannot export to {target} ({reason}): {fix}; nothing was written there.") from None
-    finally:
-        if staging is not None and staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    print(f"exported: {target}")
-    return target

@@ -110,7 +110,7 @@ def make_meta(name, title, classes, splits, sources, **extra):
         "splits": {split: {"count": len(labels),
                            "per_class": [int((labels == c).sum()) for c in range(len(classes))]}
                    for split, (images, labels) in splits.items()},
-        "pixel_scaling": "x / 255, then (x - 0.5) / 0.5 (applied when loading, tool.datasets.scale_images)",
+        "pixel_scaling": "x / 255, then (x - 0.5) / 0.5 (applied when loading, tool.data.datasets.scale_images)",
         "sources": sources,
         **extra,
     }

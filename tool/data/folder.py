@@ -21,15 +21,20 @@ repeats it exactly, and every image's file in tensor order ("files"), so that a 
 results.json can be traced back to its image. Files that are not PNG, JPEG or BMP, or that
 OpenCV cannot read, are listed and skipped.
 """
+import os
+import stat
 from collections import Counter
 from pathlib import Path
 
-import cv2
+os.environ.setdefault("CV_IO_MAX_IMAGE_PIXELS", str(2 ** 27))  # OpenCV refuses to decode more pixels than this
+import cv2  # noqa: E402
+
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # an unreadable file: reported here, in one line
 import numpy as np
 import torch
 from prettytable import PrettyTable
 
-from tool.datasets import (DATASETS, NAME_PATTERN, is_prepared, make_meta, processed_dir, stratified_mask,
+from tool.data.datasets import (DATASETS, NAME_PATTERN, is_prepared, make_meta, processed_dir, stratified_mask,
                            write_processed)
 from tool.errors import UserError
 
@@ -41,6 +46,7 @@ READ_MODES = {  # how cv2.imdecode decodes a file; every mode gives 8-bit pixels
 }
 INTERPOLATIONS = {"area": cv2.INTER_AREA}  # name recorded in meta.json -> OpenCV flag
 INTERPOLATION = "area"  # averages pixels when shrinking (no aliasing), bilinear-like when enlarging
+MAX_IMAGE_BYTES = 256 * 2 ** 20  # a larger file is not read (a forged or sparse file of gigabytes)
 TEST_FRACTION = 0.2  # share of each class held out as test when the folder has no train/ and test/
 SEED = 0  # numpy seed of that split
 
@@ -52,20 +58,36 @@ def read_image(path, mode):
     """uint8 pixels (H, W, C) of an image file read in `mode` (READ_MODES); None when unreadable.
 
     The file's bytes are read by Python and decoded by OpenCV from memory: OpenCV never sees the
-    file's name, so any name works (cv2.imread crashes the process on a name that is not UTF-8)."""
+    file's name, so any name works (cv2.imread crashes the process on a name that is not UTF-8).
+    Only a regular file of at most MAX_IMAGE_BYTES is read, and OpenCV decodes at most
+    CV_IO_MAX_IMAGE_PIXELS pixels (2**27 unless the environment says otherwise)."""
+    return _read_image(path, mode)[0]
+
+
+def image_problem(path, mode):
+    """Why the file cannot be read as an image, in words, or None when it can."""
+    return _read_image(path, mode)[1]
+
+
+def _read_image(path, mode):
     try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            return None, "not a regular file (a folder, device, FIFO or socket)"
+        if info.st_size > MAX_IMAGE_BYTES:
+            return None, f"{info.st_size / 2 ** 20:.0f} MB, more than an image file may be ({MAX_IMAGE_BYTES >> 20} MB)"
         data = np.frombuffer(Path(path).read_bytes(), dtype=np.uint8)
-    except OSError:
-        return None
+    except OSError as error:
+        return None, f"cannot be read ({error.strerror or type(error).__name__})"
     if data.size == 0:
-        return None
+        return None, "empty"
     try:
         image = cv2.imdecode(data, READ_MODES[mode])
     except cv2.error:
-        return None
+        image = None
     if image is None:
-        return None
-    return image[:, :, None] if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        return None, "corrupt, too large, or not a PNG, JPEG or BMP image"
+    return (image[:, :, None] if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)), None
 
 
 def shown(path):
@@ -84,15 +106,20 @@ def to_chw(image, size, interpolation=INTERPOLATION):
 
 
 def list_images(folder, skipped):
-    """PNG, JPEG and BMP files under `folder` (recursively, sorted); other files are appended to
-    `skipped` as (path, reason)."""
+    """PNG, JPEG and BMP files under `folder` (recursively, sorted; links to folders inside it are
+    not followed); other files, and sub-folders that cannot be listed, are appended to `skipped`
+    as (path, reason)."""
     images = []
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-        if path.suffix.lower() in IMAGE_SUFFIXES:
-            images.append(path)
-        else:
-            skipped.append((path, "not a PNG, JPEG or BMP file"))
-    return images
+    for top, folders, files in os.walk(folder, onerror=lambda error: skipped.append(
+            (Path(error.filename or folder), f"cannot be listed ({error.strerror or type(error).__name__})"))):
+        folders.sort()
+        for name in sorted(files):
+            path = Path(top) / name
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                images.append(path)
+            else:
+                skipped.append((path, "not a PNG, JPEG or BMP file"))
+    return sorted(images)
 
 
 # ---------------------------------------------------------------------------------------------

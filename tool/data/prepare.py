@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tool.datasets import (DATASETS, is_prepared, load_dataset, make_meta, processed_dir, raw_dir, stratified_mask,
+from tool.data.datasets import (DATASETS, is_prepared, load_dataset, make_meta, processed_dir, raw_dir, stratified_mask,
                            write_processed)
 from tool.errors import UserError
 from tool.io import read_json, write_reason
-from tool.readers import read_cifar_batches, read_digits, read_idx_pair, read_mnist_pickle, sha256
+from tool.data.readers import read_cifar_batches, read_digits, read_idx_pair, read_mnist_pickle, sha256
 
 IDX_FILES = {  # split -> (images file, labels file), the names MNIST-style sites ship
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

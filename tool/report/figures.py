@@ -24,13 +24,14 @@ import torch
 from sklearn.metrics import roc_curve
 from tqdm import tqdm
 
-from tool.datasets import class_label, load_dataset, scale_images
+from tool.data.datasets import class_label, load_dataset, scale_images
 from tool.errors import UserError
-from tool.evaluation import SCORES, reconstruct
+from tool.evaluation import batches
 from tool.io import atomic_write_bytes
-from tool.protocol import make_split
+from tool.data.protocol import make_split
 from tool.results import load_results, read_scores, score_name
 from tool.runs import load_trial_model, read_run_config
+from tool.scores import ABOUT_FUSIONS, SCORES
 from tool.train import validation_pass
 
 N_EXTREMES = 6  # images per group in reconstructions.png
@@ -52,11 +53,12 @@ def trial_view(folder, results, score):
                           "percentile_of_validation_scores": results["threshold_percentile"]}}
 
 
-def draw_trial(folder, results, score, split=None, model=None, device="cpu"):
+def draw_trial(folder, results, score, split=None, model=None):
     """roc.png and scores.png (of SCORE `score`) in a finished trial's folder; given its model and
     split, also reconstructions.png and (for a model with memory) memory.png. A failure is a
     warning."""
     try:
+        device = next(model.parameters()).device if model is not None else "cpu"
         view = trial_view(folder, results, score)
         roc_figure(view, folder / "roc.png")
         scores_figure(view, folder / "scores.png")
@@ -157,7 +159,8 @@ def scores_figure(results, path):
     ax.axvline(threshold["value"], ls="--", color="black",
                label=f"validation threshold {threshold['value']:.4g} "
                      f"({threshold['percentile_of_validation_scores']:g}th percentile of normal validation scores)")
-    ax.set(xlabel=f"anomaly score: {results['score']} ({SCORES.get(results['score'], results['score'])})",
+    about = SCORES[results["score"]].about if results["score"] in SCORES else ABOUT_FUSIONS
+    ax.set(xlabel=f"anomaly score: {results['score']} ({about})",
            ylabel="density")
     ax.set_title(_trial_title(results), fontsize="small")
     ax.legend(fontsize="small")
@@ -197,7 +200,7 @@ def reconstructions_figure(model, test_images, results, device, path, n=N_EXTREM
     axes = figure.subplots(len(groups), 1, squeeze=False)[:, 0]
     for ax, (title, idx) in zip(axes, groups.items()):
         x = scale_images(test_images[torch.from_numpy(idx)], device)
-        pair = torch.stack([x, reconstruct(model, x)]).add(1).div(2).clamp(0, 1).cpu().numpy()  # [-1, 1] -> [0, 1]
+        pair = torch.stack([x, _reconstruct(model, x)]).add(1).div(2).clamp(0, 1).cpu().numpy()  # [-1, 1] -> [0, 1]
         _, _, c, h, w = pair.shape
         grid = _grid(pair)
         ax.imshow(grid[:, :, 0] if c == 1 else grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -208,6 +211,12 @@ def reconstructions_figure(model, test_images, results, device, path, n=N_EXTREM
         ax.set_title(f"{title} (anomaly scores below)", fontsize="small")
     figure.suptitle(_trial_title(results), fontsize="small")
     _save(figure, path)
+
+
+@torch.inference_mode()
+def _reconstruct(model, images):
+    model.eval()
+    return torch.cat([model(xb)["recon"] for xb in batches(images)])
 
 
 def memory_figure(counts, n_images, path):
@@ -223,10 +232,8 @@ def memory_figure(counts, n_images, path):
 
 
 def redraw(run_dir, device, score=None):
-    """Draw a run's figures again (python main.py --figures RUN_DIR) from its results and
-    checkpoints, then its table and roc_all.png; of SCORE `score` (None: the run's own)."""
-    from tool.report import run_table
-
+    """Draw every trial's figures again (python main.py --figures RUN_DIR) from its results and
+    checkpoint, of SCORE `score` (None: the run's own)."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     score = score or config.get("score", "recon")
@@ -239,6 +246,5 @@ def redraw(run_dir, device, score=None):
         folder = run_dir / f"class{c}_seed{seed}"
         split = make_split(ds, config["protocol"], c, config["val_fraction"], seed)
         model = load_trial_model(folder, device)[1] if (folder / "best.pt").is_file() else None
-        draw_trial(folder, trial_results, score, split, model, device)
-    run_table(run_dir, score=score)  # the table again, and roc_all.png
-    print(f"figures drawn in {run_dir} ({len(results)} trials)")
+        draw_trial(folder, trial_results, score, split, model)
+    return results

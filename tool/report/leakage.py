@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tool.datasets import class_label, load_dataset, scale_images
+from tool.data.datasets import class_label, load_dataset, scale_images
 from tool.errors import UserError
-from tool.evaluation import network_outputs
+from tool.scores import network_outputs
 from tool.io import atomic_write_json
 from tool.results import load_results
 from tool.runs import load_trial_model, read_run_config
@@ -76,7 +76,7 @@ def run_leakage(run_dir, device="cpu"):
         row = {"class_name": ds.classes[c], "pixels": round(class_leakage(pixels, labels, c), 4)}
         folder = run_dir / f"class{c}_seed{first.get(c)}"
         if c in first and (folder / "best.pt").is_file():
-            codes = network_outputs(load_trial_model(folder, device)[1], scale_images(images, device))["code"]
+            codes = network_outputs(load_trial_model(folder, device)[1], images)["code"]
             row.update(latent=round(class_leakage(codes, labels, c), 4), latent_seed=first[c])
         table[c] = row
         print(f"class {class_label(c, ds.classes[c])}: leakage pixels {row['pixels']:.3f}"

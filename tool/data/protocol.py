@@ -29,6 +29,11 @@ class Split:
     test: torch.Tensor  # uint8, the whole test split
     test_targets: torch.Tensor  # int64, 1 = anomaly
     counts: dict = field(default_factory=dict)
+    about: str = ""  # the dataset, the class and the seed, in words
+
+    def describe(self):
+        """The trial in words, and how many normal and anomalous images each split holds."""
+        return f"{self.about}\n{self.table()}"
 
     def table(self):
         table = PrettyTable(["split", "normal", "anomalous", "total"])
@@ -123,8 +128,9 @@ def _split(ds, normal_train, test_targets, protocol, target_class, val_fraction,
     n_anomalous = int(test_targets.sum())
     counts = {"train": (len(train_idx), 0), "validation": (n_val, 0),
               "test": (len(test_targets) - n_anomalous, n_anomalous)}
+    about = f"{ds.name} {protocol}: class {target_class} ({ds.classes[target_class]}), seed {seed}"
     return Split(protocol, target_class, ds.train_images[torch.from_numpy(train_idx)],
-                 ds.train_images[torch.from_numpy(val_idx)], ds.test_images, test_targets.long(), counts)
+                 ds.train_images[torch.from_numpy(val_idx)], ds.test_images, test_targets.long(), counts, about)
 
 
 def validation_holdout(indices, val_fraction, seed, name="the images"):

@@ -1,0 +1,113 @@
+"""Self-supervised tasks on the encoder's code, learned from the normal training images alone.
+
+The reconstruction term and the memory stay as they are; a task adds a term to the loss that
+makes the code carry what a reconstruction does not need: the global shape and orientation of an
+image, which is what tells a shirt from the T-shirts and coats it is reconstructed like.
+
+    "transforms"   transformation prediction (GEOM, Golan and El-Yaniv 2018; RotNet): each image is
+                   rotated by 0, 90, 180 and 270 degrees, and a linear head on the code of each
+                   copy predicts which rotation it is. Objects of a kind have a canonical
+                   orientation, so the head must learn their shape.
+    "contrastive"  contrastive learning with shifted instances (CSI, Tack et al. 2020): every rotated
+                   copy and a random view of it (shift, scale, horizontal flip) are pulled together
+                   by a projection head with NT-Xent, every other copy (other images, and the
+                   other rotations of the same image) pushed apart, plus the rotation head above.
+                   (CSI pairs two random views; one of them is the copy itself here, which saves
+                   a third of the encoder's work.)
+
+Every copy goes through the encoder in one batch (K x B images, copy 0 the image itself); the
+memory and the decoder see the image's own code only. In evaluation the copies are the plain
+rotations, and the task returns the code of each ("views", K x B x D) and how poorly the head
+recognises them ("transform_nll", B: -sum_t log p(t | rotated by t)), which tool/scores.py turns
+into anomaly scores.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SSL_KINDS = ("transforms", "contrastive")
+N_ROTATIONS = 4
+
+
+def rotations(x):
+    """The K = 4 rotations of a batch (B x C x H x W, square), rotation-major: (K*B) x C x H x W."""
+    return torch.cat([torch.rot90(x, k, (2, 3)) for k in range(N_ROTATIONS)])
+
+
+def augment(x):
+    """A random view of each image (B x C x H x W): horizontal flip with probability 1/2, scale in
+    [0.85, 1.15], shift of up to 1/8 of the side, one affine resampling (bilinear, zeros outside).
+    Drawn from torch's default generator on the images' device (seeded, saved in checkpoints)."""
+    b = len(x)
+    params = torch.rand(b, 4, device=x.device)
+    flip = torch.where(params[:, 0] < 0.5, -1.0, 1.0)
+    scale = 1.0 / (0.85 + 0.3 * params[:, 1])
+    shift = (params[:, 2:] - 0.5) * 0.5  # in [-1, 1] grid units: 1/8 of the side each way at most
+    theta = torch.zeros(b, 2, 3, device=x.device)
+    theta[:, 0, 0] = scale * flip
+    theta[:, 1, 1] = scale
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def nll(logits, targets):
+    """Cross-entropy per row, written with gather (NLLLoss has no deterministic CUDA kernel)."""
+    return -F.log_softmax(logits.float(), dim=1).gather(1, targets.unsqueeze(1)).squeeze(1)
+
+
+class SelfSupervision(nn.Module):
+    """One self-supervised task (SSL_KINDS) on codes of width `latent_dim`, weighted by `weight` in
+    the loss. `temperature` is NT-Xent's (contrastive only)."""
+
+    def __init__(self, kind, latent_dim, input_shape, weight=1.0, temperature=0.5, projection_dim=64):
+        super().__init__()
+        if kind not in SSL_KINDS:
+            raise ValueError(f"unknown self-supervised task '{kind}'; valid: {', '.join(SSL_KINDS)}")
+        if input_shape[1] != input_shape[2]:
+            raise ValueError(f"the self-supervised tasks rotate images by 90 degrees, which needs square images; "
+                             f"these are {input_shape[1]} x {input_shape[2]} (prepare them with --size S S)")
+        if not (math.isfinite(weight) and weight > 0 and math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"ssl_weight and ssl_temperature must be positive numbers, got {weight}, {temperature}")
+        self.kind, self.weight, self.temperature = kind, weight, temperature
+        self.head = nn.Linear(latent_dim, N_ROTATIONS)  # which rotation: K logits per code
+        self.projection = (nn.Sequential(nn.Linear(latent_dim, latent_dim), nn.ReLU(), nn.Linear(latent_dim, projection_dim))
+                           if kind == "contrastive" else None)
+
+    def views(self, x):
+        """The copies the encoder sees: the K rotations of each image, and in training for
+        "contrastive" a random view of each rotation after them ((2*K*B) x C x H x W); copy 0 is
+        always `x` itself."""
+        rotated = rotations(x)
+        if self.kind == "contrastive" and self.training:
+            return torch.cat([rotated, augment(rotated)])
+        return rotated
+
+    def forward(self, codes, batch):
+        """The task's loss and its evaluation outputs from the codes of views(x) (batch = B)."""
+        k = N_ROTATIONS
+        plain = codes[: k * batch]
+        targets = torch.arange(k, device=codes.device).repeat_interleave(batch)
+        per_image = nll(self.head(plain), targets)  # K*B
+        loss = per_image.mean()
+        if self.projection is not None and self.training:
+            loss = loss + self._contrastive(codes)
+        return {"loss": self.weight * loss, "task_loss": loss.detach(),
+                "views": plain.detach().view(k, batch, -1),
+                "transform_nll": per_image.detach().view(k, batch).sum(dim=0)}
+
+    def _contrastive(self, codes):
+        """NT-Xent over the codes of every rotated copy and of its random view (2 * K*B rows, in
+        two halves, as views() made them): each row's positive is its twin in the other half, every
+        other row a negative, the other rotations of the same image among them."""
+        z = F.normalize(self.projection(codes.float()), dim=1)
+        n = len(z) // 2
+        similarity = z @ z.t() / self.temperature
+        similarity = similarity.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+        twin = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+        return nll(similarity, twin).mean()
+
+    def extra_repr(self):
+        return f"kind={self.kind}, rotations={N_ROTATIONS}, weight={self.weight}, temperature={self.temperature}"

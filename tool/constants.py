@@ -1,0 +1,68 @@
+"""main.py's constants read from files, never run: main.py's own settings block (the defaults
+of every setting, for the library: no module of tool/ imports main.py) and the configs/ files of
+one table row each (only the constants that differ).
+
+    python main.py configs/fmnist-cascade.py          # that row's settings; flags still override them
+"""
+from pathlib import Path
+
+from tool.errors import UserError
+
+
+def read_constants(path, what="a file of main.py's constants"):
+    """{name in lower case: value} of a file's top-level `NAME = literal` lines (main.py's settings
+    block, a configs/ file), read with ast.literal_eval: the file is parsed, never run. Anything
+    else at the top level of a config file is refused; main.py's lines after its constants are
+    skipped (they are code)."""
+    import ast
+
+    try:
+        tree = ast.parse(Path(path).read_bytes(), filename=str(path))
+    except (OSError, SyntaxError, ValueError) as error:
+        raise UserError(f"{path} cannot be read as {what} ({type(error).__name__}: {error}).") from None
+    constants = {}
+    for node in tree.body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue  # a docstring
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
+        if what.startswith("main.py") and (not isinstance(target, ast.Name) or target.id == "DEFAULTS"):
+            break  # the end of main.py's settings block
+        if not (isinstance(target, ast.Name) and target.id.isupper()):
+            raise UserError(f"{path}, line {node.lineno}: a config file holds only lines NAME = value "
+                            f"(main.py's constants, e.g. EPOCHS = 40); it is read, never run.")
+        try:
+            constants[target.id.lower()] = ast.literal_eval(node.value)
+        except ValueError:
+            raise UserError(f"{path}, line {node.lineno}: {target.id} must be a plain value (a number, string, "
+                            f"list, True/False/None), not an expression.") from None
+    return constants
+
+
+def main_defaults():
+    """main.py's constants, read from the file (no library module imports main.py): the defaults of
+    every setting the Python detector has."""
+    from tool.io import REPO
+
+    return read_constants(REPO / "main.py", "main.py's settings block")
+
+
+def read_config_file(path, defaults):
+    """The settings a config file (configs/<row>.py) sets, checked against main.py's constants:
+    an unknown name or a value of the wrong type is a UserError naming its line's setting."""
+    given = read_constants(path)
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise UserError(f"{path}: {', '.join(k.upper() for k in unknown)} is not one of main.py's constants.")
+    for key, value in given.items():
+        default = defaults[key]
+        if default is not None and value is not None and not _same_kind(value, default):
+            raise UserError(f"{path}: {key.upper()} = {value!r} should be of the kind of main.py's {default!r}.")
+    return given
+
+
+def _same_kind(value, default):
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float)) and (isinstance(default, float) or isinstance(value, int))
+    return isinstance(value, type(default))

@@ -1,0 +1,48 @@
+"""Export: what a run's tables are built from, without checkpoints, logs or per-trial figures,
+into results/ (python main.py --export RUN_DIR)."""
+import shutil
+from pathlib import Path
+
+from tool.errors import UserError
+from tool.io import REPO, WriteError, atomic_write_bytes, make_dir, staging_dir, write_reason
+from tool.results import load_results, read_scores
+from tool.runs import read_run_config
+
+EXPORTED = ("config.json", "results.json", "scores.npz", "table.md", "table.csv", "roc_all.png", "leakage.json")
+
+
+def export(run_dir, dest=None):
+    """Copy a run's results to results/<dataset>/<model>/<timestamp>/ (or below `dest`); a run on
+    a tuning split (a "-tune" dataset) to results/tuning/<dataset>/..., beside the others that chose
+    the settings. Only finished trials are copied (a run still training can be exported as far as it
+    got). The copy is made in a hidden folder beside the target (staging_dir) and renamed into place
+    when complete, so a failed export leaves nothing behind, and a killed one's folder is removed by
+    the next export."""
+    run_dir = Path(run_dir).resolve()  # "--export ." names the run by its folder's own name
+    config = read_run_config(run_dir)
+    tuning = ("tuning",) if config["dataset"].endswith("-tune") else ()
+    target = Path(dest or REPO / "results").joinpath(*tuning, config["dataset"], config["model"], run_dir.name)
+    if target.exists():
+        raise UserError(f"{target} exists; an export never overwrites one.")
+    for results in load_results(run_dir).values():  # every results.json and scores.npz must be readable before
+        read_scores(run_dir / f"class{results['class']}_seed{results['seed']}", results)  # anything is written
+    make_dir(target.parent)
+    staging = None
+    try:
+        staging = staging_dir(target.parent, target.name)
+        for path in sorted(run_dir.rglob("*")):
+            relative = path.relative_to(run_dir)  # the run's own files, and its trials' (class*_seed*/...)
+            if not path.is_file() or relative.name not in EXPORTED or len(relative.parts) > 2:
+                continue
+            if len(relative.parts) == 2 and not (path.parent / "results.json").is_file():
+                continue  # a trial still running or interrupted: exported once it finishes
+            atomic_write_bytes(staging / relative, path.read_bytes())
+        staging.rename(target)
+    except (WriteError, OSError) as error:
+        reason, fix = (error.reason, error.fix) if isinstance(error, WriteError) else write_reason(error)
+        raise UserError(f"cannot export to {target} ({reason}): {fix}; nothing was written there.") from None
+    finally:
+        if staging is not None and staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    print(f"exported: {target}")
+    return target
