@@ -138,7 +138,9 @@ start_munge() {
 
 start() {
     need_binaries
-    if munge_pid >/dev/null && ctld_pid >/dev/null && slurmd_pid >/dev/null && [[ $(node_state) == idle* ]]; then
+    # running already (idle, or busy with jobs: mix, alloc, comp): kept as it is
+    if munge_pid >/dev/null && ctld_pid >/dev/null && slurmd_pid >/dev/null \
+        && [[ $(node_state) =~ ^(idle|mix|alloc|comp)$ ]]; then
         echo "local Slurm already running (node $(node_name) $(node_state)); SLURM_CONF=$CONF"
         return 0
     fi
@@ -155,10 +157,10 @@ start() {
     local deadline=$((SECONDS + WAIT)) state=""
     while ((SECONDS < deadline)); do
         state=$(node_state || true)
-        [[ $state == idle* ]] && break
+        [[ $state == idle ]] && break   # not idle* (not responding) or idle~
         sleep 0.5
     done
-    if [[ $state != idle* ]]; then
+    if [[ $state != idle ]]; then
         echo "error: the node $(node_name) is '${state:-unknown}', not idle, after ${WAIT}s; the logs:" >&2
         tail -n 8 "$STATE/log/slurmctld.log" "$STATE/log/slurmd.log" >&2 2>/dev/null || true
         stop >&2 || true

@@ -31,8 +31,9 @@ SWEEP = REPO / "scripts" / "slurm_sweep.sh"
 BINARIES = ("munged", "munge", "unmunge", "mungekey", "slurmctld", "slurmd", "sinfo", "sbatch", "squeue", "scontrol",
             "scancel")
 REQUIRED = os.environ.get("CASCADE_REQUIRE_SLURM") == "1"
-# the settings of every trial here: seconds each (3 epochs of digits, no MIN_STEPS)
-QUICK = "--epochs 3 --min-steps 0 --patience-steps 0 --draw-figures false"
+# the settings of every trial here: seconds each (3 epochs of digits, no MIN_STEPS), on the CPU
+# also where there is a GPU (the cluster's tasks and the runs here compare to the last bit)
+QUICK = "--epochs 3 --min-steps 0 --patience-steps 0 --draw-figures false --device cpu"
 # no Slurm setting of the session running the tests reaches the test cluster
 CLEAN_ENV = {k: v for k, v in ENV.items() if not k.startswith(("SLURM_", "SBATCH_", "SQUEUE_", "SALLOC_", "SRUN_"))}
 
@@ -305,7 +306,7 @@ def test_a_task_cancelled_while_training_resumes_from_its_checkpoint_and_ends_li
     run_dir = tmp_path / "cluster"
     # long enough to be caught training; a checkpoint (last.pt) every epoch
     extra = (f"--data-dir {data_dir} --epochs 100 --patience 100 --min-steps 0 --patience-steps 0 "
-             f"--checkpoint-seconds 0 --draw-figures false")
+             f"--checkpoint-seconds 0 --draw-figures false --device cpu")
     job, _ = submit(cluster, run_dir, "2", "0", extra)
     deadline, first_log = time.monotonic() + 300, Path(f"{run_dir}.logs/{job}_0.out")
     while max(epochs_logged(first_log.read_text() if first_log.exists() else ""), default=0) < 5:
@@ -339,7 +340,7 @@ def test_a_task_cancelled_while_training_resumes_from_its_checkpoint_and_ends_li
 
 def test_two_arrays_on_one_run_folder_run_each_trial_once(cluster, data_dir, tmp_path):
     run_dir = tmp_path / "cluster"
-    extra = f"--data-dir {data_dir} --epochs 60 --patience 60 --min-steps 0 --patience-steps 0 --draw-figures false"
+    extra = f"--data-dir {data_dir} --epochs 60 --patience 60 --min-steps 0 --patience-steps 0 --draw-figures false --device cpu"
     first, _ = submit(cluster, run_dir, "3", "0", extra)
     second, _ = submit(cluster, run_dir, "3", "0", extra)  # at once: the node runs both tasks together
     wait(cluster, first, second)
