@@ -34,8 +34,10 @@ REQUIRED = os.environ.get("CASCADE_REQUIRE_SLURM") == "1"
 # the settings of every trial here: seconds each (3 epochs of digits, no MIN_STEPS), on the CPU
 # also where there is a GPU (the cluster's tasks and the runs here compare to the last bit)
 QUICK = "--epochs 3 --min-steps 0 --patience-steps 0 --draw-figures false --device cpu"
-# no Slurm setting of the session running the tests reaches the test cluster
-CLEAN_ENV = {k: v for k, v in ENV.items() if not k.startswith(("SLURM_", "SBATCH_", "SQUEUE_", "SALLOC_", "SRUN_"))}
+# no Slurm setting of the session running the tests reaches the test cluster; nor PYTHONUNBUFFERED:
+# that the logs are unbuffered (the cancel test reads them as the task trains) is slurm_sweep.sh's doing
+CLEAN_ENV = {k: v for k, v in ENV.items()
+             if not k.startswith(("SLURM_", "SBATCH_", "SQUEUE_", "SALLOC_", "SRUN_")) and k != "PYTHONUNBUFFERED"}
 
 
 def bash(script, *args, env=None, timeout=60):
@@ -156,7 +158,11 @@ def submit(cluster, run_dir, classes, seeds, extra, *sbatch_options, **settings)
 def wait(cluster, *jobs, timeout=300):
     """Until no task of `jobs` is pending or running (a bounded wait: cancelled at the deadline)."""
     deadline = time.monotonic() + timeout
-    while cluster.run("squeue", "-h", "-o", "%i", "-j", ",".join(jobs)).stdout.strip():
+    while True:
+        queued = cluster.run("squeue", "-h", "-o", "%i", "-j", ",".join(jobs))
+        assert queued.returncode == 0, queued.stderr  # the controller answers
+        if not queued.stdout.strip():
+            return
         if time.monotonic() > deadline:
             cluster.run("scancel", *jobs)
             pytest.fail(f"jobs {jobs} still running after {timeout}s")
@@ -313,6 +319,7 @@ def test_a_task_cancelled_while_training_resumes_from_its_checkpoint_and_ends_li
         assert time.monotonic() < deadline and cluster.run("squeue", "-h", "-j", job).stdout.strip(), \
             "the task ended (or took too long) before its fifth epoch"
         time.sleep(0.1)
+    time.sleep(1)  # a few epochs more: lines a buffered log had not yet written would be lost in the cancel
     assert cluster.run("scancel", job).returncode == 0
     wait(cluster, job)
     trial = run_dir / "class2_seed0"
@@ -321,7 +328,8 @@ def test_a_task_cancelled_while_training_resumes_from_its_checkpoint_and_ends_li
     saved = torch.load(trial / "last.pt", weights_only=True)["state"]["epoch"]
     assert 5 <= saved < 100
     first = epochs_logged(log(run_dir, job, 0))
-    assert first[0] == 1 and first[-1] in (saved, saved - 1)  # killed after the checkpoint or after its log line
+    # every epoch's line in the log as it ended: killed after the checkpoint of its last epoch, or after its line
+    assert first == list(range(1, first[-1] + 1)) and first[-1] in (saved, saved - 1), (first, saved)
 
     here = tmp_path / "here"
     uninterrupted = local_run(here, "--classes", "2", "--seeds", "0", *extra.split())  # on the other core
