@@ -1,26 +1,33 @@
 #!/bin/bash
-# A sweep on a Slurm cluster: one array task per (class, seed) unit, every task writing into one
-# shared run folder (main.py --run-dir: the first task creates it, the others check that their
-# settings match it; a finished unit is skipped, so a task can simply be submitted again).
+# One array task of a sweep on a Slurm cluster: task i trains and scores one (class, seed) trial
+# into the shared run folder (main.py --run-dir: the first task creates it, the others check that
+# their settings match it; a finished trial is skipped, so a task can simply be submitted again).
+#
+# Submit it with scripts/slurm_submit.sh, which sizes the array from the classes and seeds, puts
+# the logs beside the run folder and asks for a GPU per task only where the partition has GPUs
+# (docs/cluster.md):
 #
 #   python preprocess.py --dataset fmnist                 # once, on the login node (needs the raw files)
-#   sbatch scripts/slurm_sweep.sh                         # from the repository root: the settings below
-#   DATASET=mnist MODEL=ae SEEDS="0 1 2 3 4" RUN_DIR=runs/mnist/ae/cluster sbatch --array=0-49 scripts/slurm_sweep.sh
-#   sbatch --array=7,23 scripts/slurm_sweep.sh            # only the units of tasks 7 and 23 again
+#   DATASET=fmnist MODEL=cascade SEEDS="0 1 2" RUN_DIR=runs/fmnist/cascade/cluster scripts/slurm_submit.sh
 #   python main.py --table runs/fmnist/cascade/cluster    # the table, once every task has ended
 #
-# Task i runs class i % N_CLASSES with seed number i / N_CLASSES of SEEDS, so the array must be
-# 0 .. N_CLASSES x (number of seeds) - 1: 0-29 for 10 classes and 3 seeds (a larger index ends
-# without doing anything). #SBATCH lines cannot read variables: change --array here, or give it to
-# sbatch, when the number of classes or seeds changes.
+# By hand, the same (#SBATCH lines cannot read variables, so the array and the log folder are
+# given to sbatch; options given to sbatch replace the #SBATCH lines below):
+#
+#   mkdir -p runs/fmnist/cascade/cluster.logs
+#   DATASET=fmnist SEEDS="0 1 2" RUN_DIR=runs/fmnist/cascade/cluster sbatch --array=0-29 \
+#       --output=runs/fmnist/cascade/cluster.logs/%A_%a.out scripts/slurm_sweep.sh
+#
+# Task i runs class i % (number of classes) with seed number i / (number of classes) of SEEDS, so
+# the array is 0 .. classes x seeds - 1 (0-29 for 10 classes and 3 seeds), or any part of it (to
+# run some trials again: --array=7,23). An array reaching past it is refused by every task (one
+# line `error: ...` in each log, exit code 2): its settings are not the ones it was sized for.
 #
 #SBATCH --job-name=cascade-memory
-#SBATCH --array=0-29                # N_CLASSES x number of SEEDS tasks (10 classes x 3 seeds)
-#SBATCH --gres=gpu:1                # one GPU per task (drop this line for CPU-only nodes)
-#SBATCH --cpus-per-task=4           # CPU threads of a task (also its torch threads, below)
-#SBATCH --mem=16G
-#SBATCH --time=02:00:00             # per task, i.e. per unit (a 28 x 28 unit takes minutes on one GPU)
-#SBATCH --output=slurm-%A_%a.out    # one log per task: job id, task id
+#SBATCH --cpus-per-task=1           # THREADS (1) torch threads per trial: more CPUs go unused unless EXTRA="--threads N"
+#SBATCH --mem=4G                    # a trial's peak is about 1.1 GB (README, Speed)
+#SBATCH --time=02:00:00             # per task, i.e. per trial (a 28 x 28 trial takes minutes on one GPU)
+#SBATCH --output=slurm-%A_%a.out    # one log per task (job id, task id); slurm_submit.sh puts it beside the run folder
 
 set -euo pipefail
 
@@ -29,26 +36,43 @@ DATASET=${DATASET:-fmnist}          # a prepared dataset (python preprocess.py -
 MODEL=${MODEL:-cascade}             # a preset of models/__init__.py
 SEEDS=${SEEDS:-"0 1 2"}             # the seeds, separated by spaces
 N_CLASSES=${N_CLASSES:-10}          # classes of the dataset (10 for mnist, fmnist, kmnist, cifar10, digits)
+CLASSES=${CLASSES:-}                # the classes to run (indices or names); empty: 0 .. N_CLASSES - 1
 RUN_DIR=${RUN_DIR:-runs/$DATASET/$MODEL/cluster}   # the shared run folder (relative: to the repository)
 EXTRA=${EXTRA:-}                    # more main.py settings, the same for every task, e.g. "--epochs 50"
 REPO=${REPO:-${SLURM_SUBMIT_DIR:-$PWD}}            # the repository: sbatch's working directory by default
 PYTHON=${PYTHON:-python}            # e.g. .venv/bin/python
 # -------------------------------------------------------------------------------------------------
 
-TASK=${SLURM_ARRAY_TASK_ID:?"not an array task: submit with sbatch --array=0-N (or set SLURM_ARRAY_TASK_ID)"}
+fail() { echo "error: $*" >&2; exit 2; }
+
+[[ $N_CLASSES =~ ^[1-9][0-9]*$ ]] || fail "N_CLASSES must be a positive whole number, not '$N_CLASSES'"
+[[ -n $CLASSES ]] || CLASSES=$(seq -s " " 0 $((N_CLASSES - 1)))
 read -r -a SEED_LIST <<< "$SEEDS"
-N_UNITS=$(( N_CLASSES * ${#SEED_LIST[@]} ))
-if (( TASK >= N_UNITS )); then
-    echo "task $TASK: no unit (the sweep has $N_UNITS: $N_CLASSES classes x ${#SEED_LIST[@]} seeds)"
+read -r -a CLASS_LIST <<< "$CLASSES"
+((${#SEED_LIST[@]} > 0)) || fail "SEEDS is empty: give the seeds separated by spaces, e.g. SEEDS=\"0 1 2\""
+((${#CLASS_LIST[@]} > 0)) || fail "CLASSES is empty: give the classes separated by spaces, e.g. CLASSES=\"0 1\""
+N_TRIALS=$(( ${#CLASS_LIST[@]} * ${#SEED_LIST[@]} ))
+if [[ ${1:-} == --count ]]; then    # scripts/slurm_submit.sh sizes the array with this
+    echo "$N_TRIALS ${#CLASS_LIST[@]} ${#SEED_LIST[@]}"
     exit 0
 fi
-CLASS=$(( TASK % N_CLASSES ))
-SEED=${SEED_LIST[$(( TASK / N_CLASSES ))]}
+[[ -n ${SLURM_ARRAY_TASK_ID:-} ]] \
+    || fail "not an array task: submit with scripts/slurm_submit.sh, or sbatch --array=0-$((N_TRIALS - 1)) (classes x seeds - 1)"
+TASK=$SLURM_ARRAY_TASK_ID
+LAST=${SLURM_ARRAY_TASK_MAX:-$TASK}
+if (( LAST >= N_TRIALS )); then
+    fail "the array reaches task $LAST, but the sweep has $N_TRIALS trials (${#CLASS_LIST[@]} classes x" \
+         "${#SEED_LIST[@]} seeds): submit it with scripts/slurm_submit.sh, or sbatch --array=0-$((N_TRIALS - 1))"
+fi
+CLASS=${CLASS_LIST[$(( TASK % ${#CLASS_LIST[@]} ))]}
+SEED=${SEED_LIST[$(( TASK / ${#CLASS_LIST[@]} ))]}
 
-cd "$REPO"
-# torch's CPU threads: the CPUs Slurm gave this task (not every core of the node)
+cd "$REPO" 2>/dev/null || fail "cannot enter the repository folder $REPO (REPO)"
+# torch's CPU threads are main.py's THREADS (1 unless EXTRA has --threads); this is for the others
 export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-${OMP_NUM_THREADS:-1}}
-echo "task $TASK on $(hostname): $DATASET / $MODEL, class $CLASS, seed $SEED -> $RUN_DIR"
-# shellcheck disable=SC2086  # EXTRA is split into flags on purpose
+export PYTHONUNBUFFERED=1           # each epoch's line reaches the log at once (and is kept when the task is killed)
+echo "task $TASK of job ${SLURM_ARRAY_JOB_ID:-?} on $(hostname): $DATASET / $MODEL, class $CLASS, seed $SEED -> $RUN_DIR"
+set -f                              # EXTRA is split into flags on purpose, never expanded as a file pattern
+# shellcheck disable=SC2086
 exec "$PYTHON" main.py --dataset "$DATASET" --model "$MODEL" --classes "$CLASS" --seeds "$SEED" \
     --run-dir "$RUN_DIR" $EXTRA
