@@ -314,8 +314,8 @@ def test_a_task_cancelled_while_training_resumes_from_its_checkpoint_and_ends_li
     extra = (f"--data-dir {data_dir} --epochs 100 --patience 100 --min-steps 0 --patience-steps 0 "
              f"--checkpoint-seconds 0 --draw-figures false --device cpu")
     job, _ = submit(cluster, run_dir, "2", "0", extra)
-    deadline, first_log = time.monotonic() + 300, Path(f"{run_dir}.logs/{job}_0.out")
-    while max(epochs_logged(first_log.read_text() if first_log.exists() else ""), default=0) < 5:
+    deadline, train_log = time.monotonic() + 300, run_dir / "class2_seed0" / "train.log"  # a line per epoch
+    while max(epochs_logged(train_log.read_text() if train_log.exists() else ""), default=0) < 5:
         assert time.monotonic() < deadline and cluster.run("squeue", "-h", "-j", job).stdout.strip(), \
             "the task ended (or took too long) before its fifth epoch"
         time.sleep(0.1)
@@ -327,7 +327,7 @@ def test_a_task_cancelled_while_training_resumes_from_its_checkpoint_and_ends_li
     assert not (trial / "results.json").exists(), "the trial finished before it was cancelled"
     saved = torch.load(trial / "last.pt", weights_only=True)["state"]["epoch"]
     assert 5 <= saved < 100
-    first = epochs_logged(log(run_dir, job, 0))
+    first = epochs_logged(train_log.read_text())
     # every epoch's line in the log as it ended: killed after the checkpoint of its last epoch, or after its line
     assert first == list(range(1, first[-1] + 1)) and first[-1] in (saved, saved - 1), (first, saved)
 
@@ -340,7 +340,7 @@ def test_a_task_cancelled_while_training_resumes_from_its_checkpoint_and_ends_li
         finish(uninterrupted)
     state = tasks(cluster, again)[0]
     assert (state["JobState"], state["ExitCode"]) == ("COMPLETED", "0:0")
-    assert epochs_logged(log(run_dir, again, 0)) == list(range(saved + 1, 101))  # from the checkpoint on
+    assert epochs_logged(train_log.read_text()) == first + list(range(saved + 1, 101))  # from the checkpoint on
     assert (trial / "results.json").is_file() and not (trial / "last.pt").exists()
     assert_same_trials(run_dir, here)
     assert len(json.loads((run_dir / "config.json").read_text())["history"]) == 2  # both tasks
@@ -356,11 +356,11 @@ def test_two_arrays_on_one_run_folder_run_each_trial_once(cluster, data_dir, tmp
         state = tasks(cluster, job)[0]
         assert (state["JobState"], state["ExitCode"]) == ("COMPLETED", "0:0")
     logs = [log(run_dir, job, 0) for job in (first, second)]
-    trained = [text for text in logs if epochs_logged(text)]
+    trained = [text for text in logs if re.search(r"^class 3 seed 0: recon AUROC", text, re.MULTILINE)]
     skipped = [text for text in logs if "class 3 seed 0: skipped here, another process is running it" in text]
     assert len(trained) == 1 and len(skipped) == 1 and trained != skipped, logs
-    assert epochs_logged(trained[0]) == list(range(1, 61))
     trial = run_dir / "class3_seed0"
+    assert epochs_logged((trial / "train.log").read_text()) == list(range(1, 61))  # each epoch once
     assert (trial / "results.json").is_file()
     assert len(list((trial / "tb").glob("events.out.tfevents.*"))) == 1  # one process trained it
     assert len(json.loads((run_dir / "config.json").read_text())["history"]) == 2  # both came
