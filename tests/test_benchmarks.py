@@ -59,3 +59,21 @@ def test_throughput_benchmark_refuses_an_unknown_preset(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--presets", "nope"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "unknown preset" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_gpu_check_runs_its_steps_on_the_cpu_path(data_dir, tmp_path):
+    """benchmarks/gpu_check.py --device cpu: every step a person with a GPU runs, on a CPU; its
+    report holds the four runs and four passed checks, and a second run into the same folder is
+    refused (nothing is overwritten)."""
+    out = tmp_path / "check"
+    done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--dataset", "digits",
+                           "--epochs", "2", "--data-dir", str(data_dir), "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    report = (out / "gpu_check.md").read_text()
+    for run in ("cpu-fp32", "cpu-fp32-again", "cpu-bf16", "reference-cpu-fp32"):
+        assert f"| {run} |" in report
+    assert report.count("- PASS: ") == 4 and "FAIL" not in report
+    again = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--dataset", "digits",
+                            "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "is not empty" in again.stderr
