@@ -51,10 +51,11 @@ def test_compare_puts_every_model_in_one_table(data_dir, tmp_path):
     for model in ("cascade", "knn"):
         run_main(data_dir, tmp_path, "--model", model, "--classes", "0", "1", "--seeds", "0", "--epochs", "1")
     best = main.run(["--compare", str(tmp_path)])  # SCORE "best": each network's best score, named
-    assert "| cascade [fused-lof] |" in best and "| knn [knn] |" in best
+    assert "| cascade [fused-lof] (classes 0 1 only) |" in best and "| knn [knn] (classes 0 1 only) |" in best
     text = main.run(["--compare", str(tmp_path), "--score", "recon"])
     assert (tmp_path / "comparison.md").read_text() == text
-    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    rows = {line.split("|")[1].strip().removesuffix(" (classes 0 1 only)"): line for line in text.splitlines()
+            if line.startswith("| ")}
     knn = results_of(next((tmp_path / "digits" / "knn").iterdir()))
     mean = np.mean([r["metrics"]["knn"]["auroc"] for r in knn.values()]) * 100
     assert f"{mean:.2f}" in rows["knn"] and "cascade" in rows
@@ -63,7 +64,8 @@ def test_compare_puts_every_model_in_one_table(data_dir, tmp_path):
 
     # an ablation: runs of one model with other settings get a row each, labelled by what differs
     run_main(data_dir, tmp_path, "--classes", "0", "1", "--seeds", "0", "--epochs", "2")
-    labels = [line.split("|")[1].strip() for line in main.run(["--compare", str(tmp_path), "--score", "recon"]).splitlines()
+    labels = [line.split("|")[1].strip().removesuffix(" (classes 0 1 only)")
+              for line in main.run(["--compare", str(tmp_path), "--score", "recon"]).splitlines()
               if line.startswith("| cascade")]
     assert labels[:2] == ["cascade epochs=1", "cascade epochs=2"]
 
@@ -216,3 +218,18 @@ def test_an_older_run_is_migrated_once_and_then_reads_like_a_new_one(finished_ru
 def test_a_score_that_does_not_exist_is_refused_by_the_table_actions(finished_run, action):
     with pytest.raises(UserError, match="--score \\(SCORE\\) 'bogus' is not a score: valid are best, recon, .*, all"):
         main.run([action, str(finished_run), "--score", "bogus"])
+
+
+def test_the_published_figures_stand_beside_a_run_only_when_it_covers_every_class(finished_run, tmp_path, capsys,
+                                                                                    monkeypatch):
+    """A one-class run's mean printed above the paper's 10-class mean misled (issue 31): the
+    published rows come with a run of every class only."""
+    monkeypatch.setitem(report.PUBLISHED, "digits", {"Some method (published)": {"auroc": 99.0}})
+    run_dir = copy_run(finished_run, tmp_path)  # class 0 only
+    report.run_table(run_dir, write=False)
+    assert "Some method (published)" not in capsys.readouterr().out
+    saved = json.loads((run_dir / "config.json").read_text())
+    saved["config"]["classes"] = None  # the same run planned over every class
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    report.run_table(run_dir, write=False)
+    assert "Some method (published)" in capsys.readouterr().out

@@ -28,7 +28,8 @@ from tool.results import read_results, write_results
 from tool.runs import (is_finished, load_trial_model, new_run_dir, open_run_dir, read_run_config, trial_dir,
                        trial_lock, write_scoring)
 from tool.scores import Scorer
-from tool.settings import check_model_size, check_score, describe, make_parser, overrides_from, resolve_device, validate
+from tool.settings import (check_model_size, check_score, describe, epochs_note, make_parser, overrides_from,
+                           resolve_device, validate)
 from tool.train import cpu_lacks_bf16
 
 
@@ -102,6 +103,8 @@ def command_line(argv, defaults, run_trial, doc, main_file):
         refuse(given, ("device", "jobs", "classes", "seeds"), "--resume", args.run_dir)
         config = {**defaults, **read_run_config(args.resume), **given}
     else:
+        if "epochs" in given and "min_steps" not in given:
+            given["min_steps"] = 0  # the epochs asked for are the epochs trained: MIN_STEPS is for main.py's EPOCHS
         config = {**defaults, **given}
     return sweep(config, defaults, run_trial, args.resume or args.run_dir)
 
@@ -116,6 +119,10 @@ def sweep(config, defaults, run_trial, run_dir=None):
     check_trials(ds, config["protocol"], ds.class_list(config["classes"]), config["val_fraction"])
     check_model_size(config, ds.shape)
     print(describe(config, defaults))
+    smallest = min(int(sum(_normal_train(ds, config["protocol"], c))) for c in ds.class_list(config["classes"]))
+    note = epochs_note(config, smallest - int(round(config["val_fraction"] * smallest)))
+    if note:
+        print(f"{config['dataset']}: {note}")
     device = resolve_device(config["device"])
     print(f"device: {device}")
     if config["precision"] == "bf16" and cpu_lacks_bf16(device):
@@ -130,6 +137,10 @@ def sweep(config, defaults, run_trial, run_dir=None):
     report.run_table(run_dir)
     print(f"results: {run_dir}")
     return run_dir
+
+
+def _normal_train(ds, protocol, c):
+    return (ds.train_labels != c) if protocol == "one-anomalous-class" else (ds.train_labels == c)
 
 
 class locked:

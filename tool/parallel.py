@@ -42,8 +42,10 @@ def run_trials(run_trial, config, ds, trials, run_dir, device):
     jobs = trial_jobs(config, len(trials), device)
     if jobs == 1:
         torch.set_num_threads(trial_threads(config, 1, device))
-        for c, s in trials:
-            run_trial(config, ds, c, s, run_dir, device)
+        with tqdm(total=len(trials), desc="trials", unit="trial", disable=None) as bar:  # a terminal only
+            for c, s in trials:
+                run_trial(config, ds, c, s, run_dir, device, log=tqdm.write)
+                bar.update(1)
         return
     import multiprocessing as mp
 

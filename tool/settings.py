@@ -51,28 +51,95 @@ def _bool(text):
 _bool.__name__ = "bool"
 
 
+GROUPS = {  # the --help sections, in main.py's order within each
+    "data": ("dataset", "protocol", "classes", "seeds", "val_fraction", "data_dir"),
+    "model": ("model", "n_slots", "top_k", "forget_rate", "addressing_threshold", "connector", "latent_dim",
+              "channels", "memae_slots", "memae_shrink_threshold", "memae_entropy_weight", "kl_weight", "ssl",
+              "ssl_weight", "ssl_temperature"),
+    "training": ("epochs", "min_steps", "patience", "patience_steps", "batch_size", "lr", "weight_decay",
+                 "precision", "checkpoint_seconds", "compile"),
+    "scoring": ("threshold_percentile", "score"),
+    "run control": ("device", "jobs", "threads", "draw_figures", "output_dir"),
+}
+
+
+def choices():
+    """The metavar of each setting with a fixed set of values: its choices."""
+    from models import PRESETS, SSL_KINDS
+    from tool.classical import CLASSICAL
+    from tool.data.protocol import PROTOCOLS
+
+    return {"protocol": PROTOCOLS, "model": (*PRESETS, *CLASSICAL), "connector": ("leaky_relu", "relu"),
+            "precision": ("fp32", "bf16"), "ssl": ("none", *SSL_KINDS), "device": ("auto", "cpu", "cuda", "cuda:N", "mps"),
+            "score": ("best", "recon", "...")}
+
+
+class _Flag(argparse.Action):
+    """A boolean setting as --name / --no-name; --name VALUE (true, false, ...) is the older spelling,
+    still taken."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string.startswith("--no-"):
+            value = False
+        elif values is None:
+            value = True
+        else:
+            try:
+                value = _bool(values)
+            except ValueError:
+                raise UserError(f"{option_string} takes no value (or true / false): got {values!r}") from None
+        setattr(namespace, self.dest, value)
+
+
 def add_setting_flags(parser, defaults, help_texts=None):
-    """One flag per setting, typed from its default."""
+    """One flag per setting, typed from its default, in the --help group of GROUPS it belongs to."""
+    grouped = {key: name for name, keys in GROUPS.items() for key in keys}
+    groups = {name: parser.add_argument_group(name) for name in [*GROUPS, "other"]}
+    fixed = choices()
     for key, default in defaults.items():
         flag = "--" + key.replace("_", "-")
-        help_text = (help_texts or {}).get(key, "").replace("%", "%%")  # argparse formats help with %
-        help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
-        if isinstance(default, (list, tuple)) or key in LIST_TYPES:
+        group = groups[grouped.get(key, "other")]
+        help_text = _short((help_texts or {}).get(key, "")).replace("%", "%%")  # argparse formats help with %
+        shown = "none" if default is None else " ".join(map(str, default)) if isinstance(default, list) else default
+        help_text = f"{help_text} [{shown}]" if help_text else f"[{shown}]"
+        metavar = "{" + ",".join(fixed[key]) + "}" if key in fixed else None
+        if isinstance(default, bool):
+            group.add_argument(f"--no-{flag[2:]}", dest=key, nargs=0, action=_Flag, default=argparse.SUPPRESS,
+                               help=argparse.SUPPRESS)
+            group.add_argument(flag, dest=key, nargs="?", action=_Flag, default=argparse.SUPPRESS,
+                               help=f"{help_text}; --no-{flag[2:]}: off", metavar="true|false")
+        elif isinstance(default, (list, tuple)) or key in LIST_TYPES:
             kind = LIST_TYPES.get(key) or (type(default[0]) if default else str)
-            parser.add_argument(flag, dest=key, nargs="*", type=kind, default=argparse.SUPPRESS, help=help_text)
+            group.add_argument(flag, dest=key, nargs="*", type=kind, default=argparse.SUPPRESS, help=help_text,
+                               metavar=kind.__name__.upper())
         else:
             kind = SCALAR_TYPES.get(key) or type(default)
-            kind = _bool if kind is bool else kind
             if key in OPTIONAL:
                 kind = _none_or(kind)
-            parser.add_argument(flag, dest=key, type=kind, default=argparse.SUPPRESS, help=help_text,
-                                metavar=kind.__name__.upper())
+            group.add_argument(flag, dest=key, type=kind, default=argparse.SUPPRESS, help=help_text,
+                               metavar=metavar or kind.__name__.upper())
+
+
+def _short(comment, limit=58):
+    """A constant's comment in main.py cut to its first clause (main.py keeps the whole of it)."""
+    import re
+
+    text = re.split(r"; | \((?=released|paper|MemAE|fmnist|results|README|docs|models|tool)", comment,
+                    maxsplit=1)[0].strip().rstrip(".,")
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=32, width=min(120, max(80, __import__("shutil").get_terminal_size().columns)))
+
+    def _format_usage(self, usage, actions, groups, prefix):  # the usage line names the forms, not every flag
+        return f"usage: {self._prog} [CONFIG.py] [--SETTING VALUE ...] | --ACTION RUN_DIR [...]\n\n"
 
 
 def make_parser(defaults, description, help_texts=None, prog="main.py"):
-    parser = OneLineParser(prog=prog, description=description, allow_abbrev=False,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_setting_flags(parser.add_argument_group("settings (main.py's constants)"), defaults, help_texts)
+    parser = OneLineParser(prog=prog, description=description, allow_abbrev=False, formatter_class=_Formatter)
+    add_setting_flags(parser, defaults, help_texts)
     for old, (new, why) in RENAMED.items():
         parser.add_argument(old, nargs="*", action=_Renamed, help=argparse.SUPPRESS, new=new, why=why)
     return parser
@@ -265,14 +332,23 @@ def resolve_device(name):
 
 
 def describe(config, defaults):
-    """The effective configuration, one line per setting, '*' marking what differs from main.py."""
-    width = max(len(k) for k in config)
-    lines = ["configuration ('*' = differs from main.py's defaults):"]
-    for key, value in config.items():
-        changed = key in defaults and _normal(value) != _normal(defaults[key])
-        lines.append(f" {'*' if changed else ' '} {key:<{width}} = {value}"
-                     + (f"   (default {defaults[key]})" if changed else ""))
-    return "\n".join(lines)
+    """The settings that differ from main.py's, one a line (every setting is in the run's config.json)."""
+    changed = {k: v for k, v in config.items() if k in defaults and _normal(v) != _normal(defaults[k])}
+    if not changed:
+        return "settings: main.py's defaults (every setting is in the run's config.json)"
+    width = max(len(k) for k in changed)
+    return "\n".join(["settings that differ from main.py's (every setting is in the run's config.json):",
+                      *(f"  {k:<{width}} = {v}   (main.py: {defaults[k]})" for k, v in changed.items())])
+
+
+def epochs_note(config, n_train):
+    """Why a trial on `n_train` training images trains longer than EPOCHS, in words, or None."""
+    steps = sum(min(config["batch_size"], n_train - start) >= 2 for start in range(0, n_train, config["batch_size"]))
+    needed = -(-config["min_steps"] // max(steps, 1))
+    if needed <= config["epochs"]:
+        return None
+    return (f"{steps} optimiser step(s) an epoch on {n_train} training images: MIN_STEPS {config['min_steps']} -> "
+            f"at least {needed} epochs, more than EPOCHS {config['epochs']} (give --epochs N to train N epochs)")
 
 
 def _normal(value):

@@ -17,6 +17,7 @@ the results are written, and a failure to draw prints a warning instead of stopp
 """
 import io
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -118,7 +119,7 @@ def _trial_title(results):
 # ---------------------------------------------------------------------------------------------
 def _roc_curve(ax, results, label):
     fpr, tpr, _ = roc_curve(results["targets"], results["scores"])  # target 1 = anomaly, higher = more anomalous
-    ax.plot(fpr, tpr, label=f"{label}AUROC {results['metrics']['auroc']:.3f}")
+    ax.plot(fpr, tpr, label=f"{label}AUROC {100 * results['metrics']['auroc']:.1f}%")
 
 
 def _roc_axes(ax, title):
@@ -151,7 +152,7 @@ def scores_figure(results, path):
     scores, targets = np.asarray(results["scores"]), np.asarray(results["targets"])
     threshold = results["threshold"]
     edges = np.histogram_bin_edges(scores, bins=int(np.clip(np.sqrt(len(scores)), 10, 50)))
-    figure = _figure(7, 4)
+    figure = _figure(7, 5)
     ax = figure.add_subplot()
     for target, name, colour in ((0, "normal", "tab:blue"), (1, "anomalous", "tab:red")):
         ax.hist(scores[targets == target], bins=edges, density=True, alpha=0.55, color=colour,
@@ -160,10 +161,9 @@ def scores_figure(results, path):
                label=f"validation threshold {threshold['value']:.4g} "
                      f"({threshold['percentile_of_validation_scores']:g}th percentile of normal validation scores)")
     about = SCORES[results["score"]].about if results["score"] in SCORES else ABOUT_FUSIONS
-    ax.set(xlabel=f"anomaly score: {results['score']} ({about})",
-           ylabel="density")
+    ax.set(xlabel=textwrap.fill(f"anomaly score: {results['score']} ({about})", 80), ylabel="density")
     ax.set_title(_trial_title(results), fontsize="small")
-    ax.legend(fontsize="small")
+    figure.legend(loc="outside lower center", fontsize="small", ncols=1)  # below the axes: never over the bars
     _save(figure, path)
 
 
@@ -220,11 +220,15 @@ def _reconstruct(model, images):
 
 
 def memory_figure(counts, n_images, path):
+    from matplotlib.ticker import MaxNLocator
+
     figure = _figure(7, 0.5 + 2.2 * len(counts))
     axes = figure.subplots(len(counts), 1, squeeze=False)[:, 0]
     for stage, (ax, used) in enumerate(zip(axes, counts), 1):
         ax.stairs(np.sort(used)[::-1], fill=True)
         ax.set(xlim=(0, len(used)), xlabel="slots, sorted by use", ylabel="images")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # it counts images
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"stage {stage}: {len(used)} slots, {int((used > 0).sum())} addressed at least once",
                      fontsize="small")
     figure.suptitle(f"memory slot usage on the {n_images} normal validation images (weight > 0)", fontsize="small")

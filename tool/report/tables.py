@@ -150,7 +150,8 @@ def run_table(run_dir, results=None, decimals=2, write=True, score=None):
     classes, seeds = planned_trials(run_dir, config, len(class_names) if class_names else None)
     class_names = class_names or [str(c) for c in range(max(classes, default=-1) + 1)]
     header, rows = table_rows(results, classes, class_names, seeds, decimals, score)
-    published = published_rows(config["dataset"]) if config["protocol"] == "one-anomalous-class" else []
+    every_class = classes == list(range(len(class_names)))  # the published figures are means over every class
+    published = published_rows(config["dataset"]) if config["protocol"] == "one-anomalous-class" and every_class else []
     shown = {score_name(r, score) for r in results.values()} - {None}
     title = (f"{config['dataset']} / {config['model']} / {config['protocol']}, score {', '.join(sorted(shown)) or score}: "
              f"metrics in %, mean ± std over seeds {seeds}")
@@ -163,7 +164,7 @@ def run_table(run_dir, results=None, decimals=2, write=True, score=None):
         if config.get("draw_figures", True):
             from tool.report import figures
 
-            figures.draw_run(run_dir, results, class_names, title, score)
+            figures.draw_run(run_dir, results, class_names, title.split(": metrics in %")[0], score)
     return header, rows
 
 
@@ -246,6 +247,8 @@ def compare(root, score="recon", ensemble=False):
             names = class_names_of(config)
             classes, seeds = planned_trials(run_dir, config, len(names) if names else None)
             summary = summarise(results, classes, seeds, name)
+            if names and classes != list(range(len(names))):  # a mean over other classes than the published ones
+                model = f"{model} (classes {' '.join(map(str, classes))} only)"
             cells = [format_cell(summary["mean"][m]) for m in METRICS]
             complete = summary["mean"]["auroc"][2] if summary["mean"]["auroc"] else 0  # seeds in the mean
             seeds_text = f"{complete}" if complete == len(seeds) else f"{complete} of {len(seeds)}"
