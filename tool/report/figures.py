@@ -235,6 +235,39 @@ def memory_figure(counts, n_images, path):
     _save(figure, path)
 
 
+def comparison_figure(per_class, class_names, title, path):
+    """Every row of a --compare table (per_class: {row label: {class: (mean, std, n)}}) as one line of
+    cells, a cell a class, its AUROC written in it and coloured by how far it lies above (blue) or
+    below (red) the pixel kNN's AUROC of that class (the row labelled knn), or by the AUROC itself
+    when there is no such row. A failure is a warning."""
+    try:
+        labels = list(per_class)
+        classes = sorted({c for cells in per_class.values() for c in cells})
+        value = np.array([[100 * per_class[m][c][0] if per_class[m].get(c) else np.nan for c in classes]
+                          for m in labels])
+        value = np.column_stack([value, value.mean(axis=1)])  # and the mean over the classes (NaN: one missing)
+        reference = next((i for i, m in enumerate(labels) if m.split(" ")[0] == "knn"), None)
+        shade = value - value[reference] if reference is not None else value - np.nanmean(value)
+        limit = max(1.0, float(np.nanmax(np.abs(shade))))
+        figure = _figure(2.5 + 0.62 * len(classes) + 0.055 * max(len(m) for m in labels), 1.4 + 0.32 * len(labels))
+        ax = figure.add_subplot()
+        ax.imshow(shade, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+        for i in range(len(labels)):
+            for j in range(value.shape[1]):
+                if np.isfinite(value[i, j]):
+                    ax.text(j, i, f"{value[i, j]:.1f}", ha="center", va="center", fontsize="x-small",
+                            color="white" if abs(shade[i, j]) > 0.6 * limit else "black")
+        ax.axvline(len(classes) - 0.5, color="black", lw=1)
+        ax.set_xticks(range(value.shape[1]), [*(class_label(c, class_names.get(c, "")) for c in classes), "mean"],
+                      rotation=30, ha="right", fontsize="small")
+        ax.set_yticks(range(len(labels)), labels, fontsize="x-small")
+        against = "the pixel kNN of the same class" if reference is not None else "the mean of the column"
+        ax.set_title(f"{title}: AUROC per class (%), blue above and red below {against}", fontsize="small")
+        _save(figure, path)
+    except Exception as error:  # a figure is an extra: never lose a table to it
+        _warn(f"{path} not drawn", error)
+
+
 def redraw(run_dir, device, score=None):
     """Draw every trial's figures again (python main.py --figures RUN_DIR) from its results and
     checkpoint, of SCORE `score` (None: the run's own)."""

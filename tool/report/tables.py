@@ -34,6 +34,7 @@ PUBLISHED = {
     "kmnist": {"VAE (published)": {"auroc": 72.57, "auprc": 25.34, "f1_oracle": 32.37},
                "Cascade memory, untuned (published)": {"auroc": 76.44, "auprc": 29.48, "f1_oracle": 35.93}},
 }
+FIGURE_ROWS = 24  # --compare draws its per-class figure up to this many rows
 ROW_ORDER = ["cascade", "cascade-released", "cascade-mlp", "memae", "ae", "ae-mlp", "vae", "knn", "iforest", "ocsvm"]
 
 
@@ -286,6 +287,10 @@ def compare(root, score="recon", ensemble=False):
         if leakage:
             class_rows = [row + [f"{leakage.get(c, {}).get(key, float('nan')):.2f}" if key in leakage.get(c, {}) else "-"
                                  for key in ("pixels", "latent")] for c, row in zip(classes, class_rows)]
+        if len(models) <= FIGURE_ROWS:  # comparison-<dataset>.png: every row's AUROC per class against the pixel kNN
+            from tool.report import figures
+
+            figures.comparison_figure(per_class, class_names, f"{dataset}, {protocol}", root / f"comparison-{dataset}.png")
         markdown += [f"AUROC per class ({dataset}, {protocol}), in %"
                      + ("; neighbourhood class leakage beside it (1: the class mixes with the others as if at random, "
                         "0: not at all; python main.py --leakage RUN_DIR, tool/leakage.py)" if leakage else "") + ":", "",
