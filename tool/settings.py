@@ -281,14 +281,14 @@ def check_model_size(config, shape, memory=True):
     except ValueError as error:
         raise UserError(str(error)) from None
     n = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
-    memory = _machine_memory() if memory else None
+    memory = machine_memory() if memory else None
     if memory and 16 * n > MODEL_MEMORY_SHARE * memory:
         raise UserError(f"the {config['model']} model for {' x '.join(map(str, shape))} images would have {n:,} "
                         f"parameters ({16 * n / 2**30:.1f} GiB to train), more than this machine's memory allows "
                         f"({memory / 2**30:.1f} GiB): lower --latent-dim, --n-slots, --memae-slots or --channels.")
 
 
-def _machine_memory():
+def machine_memory():
     """Bytes of physical memory (None when the system does not say)."""
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -222,6 +222,7 @@ def prepare_folder(path=None, name=None, root=None, size=None, grayscale=False, 
     train_sizes = Counter(image.shape[:2] for _, image, _ in entries["train"])
     size = train_sizes.most_common(1)[0][0] if chosen else tuple(size)  # chosen on the training images only
     sizes = Counter(image.shape[:2] for items in entries.values() for _, image, _ in items)
+    _check_memory(sum(len(items) for items in entries.values()), 1 if grayscale else 3, size)
     splits = {split: (torch.from_numpy(np.stack([to_chw(image, size) for _, image, _ in items])),
                       torch.tensor([label for label, _, _ in items], dtype=torch.int64))
               for split, items in entries.items()}
@@ -244,6 +245,21 @@ def prepare_folder(path=None, name=None, root=None, size=None, grayscale=False, 
             print(f"note: {size[0]} x {size[1]} images make a large model and slow training; smaller ones "
                   f"(e.g. --size 64 64 --force) are usually enough for anomaly detection.")
     return "prepared"
+
+
+MEMORY_SHARE = 0.5  # the prepared tensors (and their copy while saved) must fit in this share of the memory
+
+
+def _check_memory(n_images, channels, size):
+    """Refuse, before anything is allocated, a dataset whose uint8 tensors (written as a copy too)
+    would not fit in MEMORY_SHARE of this machine's memory."""
+    from tool.settings import machine_memory
+
+    needed, memory = 2 * n_images * channels * size[0] * size[1], machine_memory()
+    if memory and needed > MEMORY_SHARE * memory:
+        raise UserError(f"{n_images} images of {channels} x {size[0]} x {size[1]} need {needed / 2**30:.1f} GiB to "
+                        f"prepare, more than this machine's memory allows ({memory / 2**30:.1f} GiB): choose a "
+                        f"smaller --size.")
 
 
 def _report(name, source, classes, splits, sizes, size, skipped, root):

@@ -149,7 +149,10 @@ def run_table(run_dir, results=None, decimals=2, write=True, score=None):
         return [run_table(run_dir, results, decimals, False, name) for name in names or [config.get("score", "recon")]]
     class_names = class_names_of(config)
     classes, seeds = planned_trials(run_dir, config, len(class_names) if class_names else None)
-    class_names = class_names or [str(c) for c in range(max(classes, default=-1) + 1)]
+    # the dataset's names, and beyond them (a folder dataset prepared again with fewer classes) the trials' own
+    recorded = {c: r.get("class_name", str(c)) for (c, _), r in results.items()}
+    class_names = [*(class_names or []), *(str(recorded.get(c, c)) for c in range(len(class_names or []),
+                                                                             max(classes, default=-1) + 1))]
     header, rows = table_rows(results, classes, class_names, seeds, decimals, score)
     every_class = classes == list(range(len(class_names)))  # the published figures are means over every class
     published = published_rows(config["dataset"]) if config["protocol"] == "one-anomalous-class" and every_class else []
