@@ -103,8 +103,6 @@ def command_line(argv, defaults, run_trial, doc, main_file):
         refuse(given, ("device", "jobs", "classes", "seeds"), "--resume", args.run_dir)
         config = {**defaults, **read_run_config(args.resume), **given}
     else:
-        if "epochs" in given and "min_steps" not in given:
-            given["min_steps"] = 0  # the epochs asked for are the epochs trained: MIN_STEPS is for main.py's EPOCHS
         config = {**defaults, **given}
     return sweep(config, defaults, run_trial, args.resume or args.run_dir)
 

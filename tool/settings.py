@@ -348,7 +348,7 @@ def epochs_note(config, n_train):
     if needed <= config["epochs"]:
         return None
     return (f"{steps} optimiser step(s) an epoch on {n_train} training images: MIN_STEPS {config['min_steps']} -> "
-            f"at least {needed} epochs, more than EPOCHS {config['epochs']} (give --epochs N to train N epochs)")
+            f"at least {needed} epochs, more than EPOCHS {config['epochs']} (--min-steps 0: EPOCHS epochs exactly)")
 
 
 def _normal(value):
