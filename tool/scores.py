@@ -54,7 +54,7 @@ FUSIONS = {  # a fused score: the scores it sums (those the model has), and the 
     "fused-ssl": (("recon", "memory", "transform", "views-knn"), "transform"),
 }
 ABOUT_FUSIONS = "each member standardised by its mean and spread on the normal validation images, summed"
-RECOMMENDED = ("fused-ssl", "fused-hidden", "fused-lof")  # the best score of a network, the first it has
+RECOMMENDED = ("fused-ssl", "fused-hidden", "fused-lof", "fused")  # the best score of a network, the first it has
 # (chosen on fmnist-tune, results/tuning.md: fused-lof for conv encoders, fused-hidden for MLP ones, fused-ssl
 # with a self-supervised task); SCORE = "best" in main.py, and the detector's and score.py's default
 NEIGHBOURS = 5  # k of every knn and lof score (fmnist-tune, results/tuning.md)
