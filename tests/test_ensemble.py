@@ -1,4 +1,4 @@
-"""Tests of tool/ensemble.py: a seed ensemble from the results files, standardised per trial, and
+"""Tests of tool/report/ensemble.py: a seed ensemble from the results files, standardised per trial, and
 its rows in --compare."""
 import shutil
 

@@ -1,4 +1,4 @@
-"""Tests of tool/figures.py: figures beside every trial and run, redrawn by --figures; errors only warn."""
+"""Tests of tool/report/figures.py: figures beside every trial and run, redrawn by --figures; errors only warn."""
 import cv2
 
 import main

@@ -1,4 +1,4 @@
-"""Tests of tool/folder.py: own image folders (own split or a seeded stratified one), bad folders, any file name."""
+"""Tests of tool/data/folder.py: own image folders (own split or a seeded stratified one), bad folders, any file name."""
 import json
 import os
 

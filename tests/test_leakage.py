@@ -1,4 +1,4 @@
-"""Tests of tool/leakage.py: neighbourhood class leakage on hand-made geometry, and on a run."""
+"""Tests of tool/report/leakage.py: neighbourhood class leakage on hand-made geometry, and on a run."""
 import json
 
 import pytest

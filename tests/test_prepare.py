@@ -1,4 +1,4 @@
-"""Tests of tool/prepare.py: finding, downloading and preparing raw files, tuning splits, ensure_prepared."""
+"""Tests of tool/data/prepare.py: finding, downloading and preparing raw files, tuning splits, ensure_prepared."""
 import re
 import shutil
 import urllib.error

@@ -1,4 +1,4 @@
-"""Tests of tool/protocol.py: both protocols' splits, the seeded validation hold-out, classes by name or index,
+"""Tests of tool/data/protocol.py: both protocols' splits, the seeded validation hold-out, classes by name or index,
 every planned trial's split checked up front."""
 import re
 

@@ -1,4 +1,4 @@
-"""Tests of tool/readers.py: IDX, CIFAR-10 batches, the MNIST pickle and digits read exactly; bad raw files named clearly."""
+"""Tests of tool/data/readers.py: IDX, CIFAR-10 batches, the MNIST pickle and digits read exactly; bad raw files named clearly."""
 import gzip
 import hashlib
 import os

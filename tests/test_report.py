@@ -1,4 +1,4 @@
-"""Tests of tool/report.py: a run's table by key, every run of a dataset in one table, the export."""
+"""Tests of tool/report/tables.py: a run's table by key, every run of a dataset in one table, the export."""
 import json
 import shutil
 from pathlib import Path

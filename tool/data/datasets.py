@@ -5,7 +5,7 @@ dict ``{"images": uint8 (N, C, H, W), "labels": int64 (N,)}``, and ``meta.json``
 shape, counts per class, every raw file with its sha256). ``meta.json`` is written last: a
 folder without it is not prepared. The three files are written into a hidden staging folder
 beside ``processed/`` that replaces it only once all three are complete, so preparing again
-(--force) on a full disk leaves the old dataset as it was. tool/prepare.py and tool/folder.py
+(--force) on a full disk leaves the old dataset as it was. tool/data/prepare.py and tool/data/folder.py
 write this format; every other module reads it through `load_dataset`.
 """
 import re

@@ -1,5 +1,5 @@
 """Preparing datasets: find a dataset's raw files (or download them), read them, and write the
-processed format (tool/datasets.py); the tuning splits made from training images only.
+processed format (tool/data/datasets.py); the tuning splits made from training images only.
 
 Raw files are looked for, in this order:
 1. ``datasets/<name>/raw/`` (files as their home sites ship them: IDX or gzipped IDX, the

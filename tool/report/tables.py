@@ -228,7 +228,7 @@ def _order(label):
 def compare(root, score="recon", ensemble=False):
     """Print and write comparison.md / comparison.csv of every run below `root`, of SCORE `score`
     ("all": a row per score of every run), with `ensemble` a row more after each network row of
-    several seeds: their seed ensemble (tool/ensemble.py); return the Markdown."""
+    several seeds: their seed ensemble (tool/report/ensemble.py); return the Markdown."""
     root = Path(root)
     runs = find_runs(root)
     markdown, rows_csv = [], [["dataset", "protocol", "model", "score", "metric", "mean", "std"]]
@@ -296,7 +296,7 @@ def compare(root, score="recon", ensemble=False):
             figures.comparison_figure(per_class, class_names, f"{dataset}, {protocol}", root / f"comparison-{dataset}.png")
         markdown += [f"AUROC per class ({dataset}, {protocol}), in %"
                      + ("; neighbourhood class leakage beside it (1: the class mixes with the others as if at random, "
-                        "0: not at all; python main.py --leakage RUN_DIR, tool/leakage.py)" if leakage else "") + ":", "",
+                        "0: not at all; python main.py --leakage RUN_DIR, tool/report/leakage.py)" if leakage else "") + ":", "",
                      to_markdown(["class", *models, *leak_header], class_rows)]
     text = "\n".join(markdown)
     atomic_write_text(root / "comparison.md", text)
