@@ -44,12 +44,12 @@ class MemoryUnit(nn.Module):
     2. in training, a random set of floor(forget_rate * N) slots is forgotten, one set per batch:
        torch.randperm(N)[:n_forget] from torch's default generator (tests/test_models.py replays it);
     3. top-k similarities and their slot indices;                     (B x k)
-    4. a threshold on the kept similarities;
+    4. the addressing threshold on the kept similarities;
     5. softmax over the k kept values gives the weights w;            (B x k)
     6. h' = sum_j w_j * M[index_j].                                   (B x k) x (k x D) = B x D
 
     behaviour="paper" (as the paper's figure draws it): a forgotten slot is closed and can never
-    be chosen; kept similarities at or below `threshold` get weight exactly 0 and the others are
+    be chosen; kept similarities at or below `addressing_threshold` get weight exactly 0 and the others are
     renormalised; when no kept similarity passes, the row falls back to weight 1 on its most
     similar slot, so the output is always a finite, convex mix of slots.
 
@@ -58,7 +58,7 @@ class MemoryUnit(nn.Module):
     still gets weight e^0 / Z.
     """
 
-    def __init__(self, n_slots, slot_dim, top_k, forget_rate=0.0, threshold=0.0, behaviour="paper"):
+    def __init__(self, n_slots, slot_dim, top_k, forget_rate=0.0, addressing_threshold=0.0, behaviour="paper"):
         super().__init__()
         if behaviour not in BEHAVIOURS:
             raise ValueError(f"unknown memory behaviour '{behaviour}'; valid: {', '.join(BEHAVIOURS)}")
@@ -69,7 +69,7 @@ class MemoryUnit(nn.Module):
             raise ValueError(f"top_k={top_k} needs 1 <= top_k <= {n_open} (slots left open after forgetting "
                              f"{n_forgotten(forget_rate, n_slots)} of {n_slots})")
         self.n_slots, self.slot_dim, self.top_k = n_slots, slot_dim, top_k
-        self.forget_rate, self.threshold, self.behaviour = forget_rate, threshold, behaviour
+        self.forget_rate, self.addressing_threshold, self.behaviour = forget_rate, addressing_threshold, behaviour
         self.n_forget = n_forgotten(forget_rate, n_slots)
         bound = 1.0 / math.sqrt(slot_dim)
         self.slots = nn.Parameter(torch.empty(n_slots, slot_dim).uniform_(-bound, bound))  # M: N x D
@@ -97,13 +97,13 @@ class MemoryUnit(nn.Module):
         top_sim, indices = sim.topk(self.top_k, dim=1)
         if sim.shape[1] < self.n_slots:
             indices = open_slots[indices]  # positions among the open slots -> slot indices
-        # 4.-5. threshold, then softmax over the kept values
+        # 4.-5. the addressing threshold, then softmax over the kept values
         if self.behaviour == "paper":
-            keep = top_sim > self.threshold
+            keep = top_sim > self.addressing_threshold
             keep[:, 0] |= ~keep.any(dim=1)  # nothing passes: weight 1 on the most similar slot
             weights = top_sim.masked_fill(~keep, float("-inf")).softmax(dim=1)
         else:  # released quirk 2: ReLU, then softmax: a clipped score still gets weight e^0 / Z
-            weights = top_sim.clamp_min(self.threshold).softmax(dim=1)
+            weights = top_sim.clamp_min(self.addressing_threshold).softmax(dim=1)
         # 6. weighted sum of the chosen slots
         if self.n_slots <= DENSE_READOUT_SLOTS:  # small memory: (B x N) x (N x D) = B x D is cheapest
             out = h.new_zeros(len(h), self.n_slots).scatter(1, indices, weights) @ self.slots
@@ -114,7 +114,7 @@ class MemoryUnit(nn.Module):
     def extra_repr(self):
         return (f"n_slots={self.n_slots}, slot_dim={self.slot_dim}, top_k={self.top_k}, "
                 f"forget_rate={self.forget_rate} ({self.n_forget} slots per pass), "
-                f"threshold={self.threshold}, behaviour={self.behaviour}")
+                f"addressing_threshold={self.addressing_threshold}, behaviour={self.behaviour}")
 
 
 class CascadeMemory(nn.Module):
@@ -125,12 +125,12 @@ class CascadeMemory(nn.Module):
     One stage is the single-memory ablation; zero stages is the identity (a plain autoencoder).
     """
 
-    def __init__(self, slot_dim, stages, activation="leaky_relu", threshold=0.0, behaviour="paper"):
+    def __init__(self, slot_dim, stages, activation="leaky_relu", addressing_threshold=0.0, behaviour="paper"):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown connector activation '{activation}'; valid: {', '.join(ACTIVATIONS)}")
         self.units = nn.ModuleList(
-            MemoryUnit(s["n_slots"], slot_dim, s["top_k"], s.get("forget_rate", 0.0), threshold, behaviour)
+            MemoryUnit(s["n_slots"], slot_dim, s["top_k"], s.get("forget_rate", 0.0), addressing_threshold, behaviour)
             for s in stages)
         self.connectors = nn.ModuleList(
             nn.Sequential(nn.BatchNorm1d(slot_dim), ACTIVATIONS[activation]()) for _ in stages)

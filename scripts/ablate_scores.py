@@ -28,7 +28,7 @@ from tool.errors import UserError, cli  # noqa: E402
 from tool.data.protocol import make_split  # noqa: E402
 from tool.evaluation import batches  # noqa: E402
 from tool.runs import is_finished, load_trial_model, read_run_config  # noqa: E402
-from tool.scores import Scorer, fusion_stats, standardised  # noqa: E402
+from tool.scores import Scorer, validation_stats, standardised  # noqa: E402
 from tool.settings import OneLineParser  # noqa: E402
 
 
@@ -68,7 +68,7 @@ def ablate(run_dir, draws):
         for name, parts in {"fused": ["recon", "latent-knn", "memory"],
                             "fused-tt": ["tt-recon", "latent-knn", "memory"]}.items():
             parts = [p for p in parts if p in val]
-            stats = fusion_stats({p: val[p] for p in parts})
+            stats = validation_stats({p: val[p] for p in parts})
             val[name], test[name] = (sum(standardised(stats, p, scores[p]) for p in parts) for scores in (val, test))
         targets = split.test_targets.numpy()
         rows[folder.name] = {name: 100 * roc_auc_score(targets, values) for name, values in test.items()}

@@ -4,7 +4,7 @@
     python scripts/compare_fusions.py RUN --fusion recon,memory,transform --fusion transform,views-knn
 
 Each candidate is a sum of member scores, each standardised by its mean and spread on the trial's
-normal validation images (results.json "fusion"), exactly as tool/scores.py fuses: so a candidate
+normal validation images (results.json "validation_stats"), exactly as tool/scores.py fuses: so a candidate
 can be judged from scores.npz without the checkpoints. Prints the AUROC (%) of every score the
 trials hold and of every candidate, per class and their mean. It refuses a run that is not on a
 tuning split: a fusion is chosen on training images only, never on a test split.
@@ -45,8 +45,8 @@ def table(run_dir, candidates):
         for name in scores:
             rows.setdefault(name, {})[c] = 100 * compute_metrics(scores[name], targets)["auroc"]
         for members in candidates:
-            if all(m in scores and m in results["fusion"] for m in members):
-                fused = sum(standardised(results["fusion"], m, scores[m]) for m in members)
+            if all(m in scores and m in results["validation_stats"] for m in members):
+                fused = sum(standardised(results["validation_stats"], m, scores[m]) for m in members)
                 rows.setdefault(" + ".join(members), {})[c] = 100 * compute_metrics(fused, targets)["auroc"]
     return rows
 

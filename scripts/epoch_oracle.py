@@ -42,7 +42,7 @@ from tool.seeding import seed_everything  # noqa: E402
 from tool.train import TrainConfig, train_model  # noqa: E402
 
 
-def oracle_trial(config, ds, target_class, seed, out_dir, device, quiet=False):
+def oracle_trial(config, ds, target_class, seed, out_dir, device, log=print):
     """Train one trial as main.py does, scoring the test split after every epoch; write and
     return its record ({"metrics": {"val-chosen" | "last" | "test-chosen": {"auroc": ...}}, ...})."""
     out_dir = Path(out_dir)
@@ -58,7 +58,7 @@ def oracle_trial(config, ds, target_class, seed, out_dir, device, quiet=False):
     with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
         result = train_model(model, scale_images(split.train, device), scale_images(split.val, device),
                              TrainConfig.from_settings(config), Path(scratch) / "last.pt", seed,
-                             desc=f"class {target_class} seed {seed}", log=None if quiet else print,
+                             desc=f"class {target_class} seed {seed}", log=log,
                              on_epoch=on_epoch)
     best_test = max(per_epoch, key=per_epoch.get)
     record = {"class": target_class, "class_name": ds.classes[target_class], "seed": seed,

@@ -35,7 +35,7 @@ def migrate_settings(config):
 
 def migrate_results(results):
     """A trial's results.json in today's layout: metrics and thresholds per score, the history by
-    columns, the fusion statistics (none recorded: {})."""
+    columns, the validation statistics (once named "fusion"; none recorded: {})."""
     results = dict(results)
     if "auroc" in results.get("metrics", {}):  # the first versions: one score, recon (or the detector's own)
         name = results.get("model") if results.get("model") in CLASSICAL else "recon"
@@ -47,8 +47,8 @@ def migrate_results(results):
     if isinstance(results.get("history"), list):
         results["history"] = history_columns(results["history"])
     results.setdefault("history", {})
-    results.setdefault("fusion", {})
-    return results
+    results["validation_stats"] = results.pop("fusion", results.get("validation_stats", {}))  # renamed: it standardises
+    return results                                                                        # ensembles too
 
 
 def migrate(root):

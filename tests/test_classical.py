@@ -70,6 +70,6 @@ def test_a_classical_detector_has_the_shape_of_a_networks_scorer(data_dir):
     scorer = classical.ClassicalScorer.fit("knn", split.train, split.val, 0, 95.0)
     val = scorer.scores(split.val)["knn"]
     assert scorer.names == ["knn"] and scorer.thresholds == {"knn": float(np.percentile(val, 95.0))}
-    assert scorer.fusion == {"knn": [float(val.mean()), float(val.std())]} and scorer.percentile == 95.0
+    assert scorer.val_stats == {"knn": [float(val.mean()), float(val.std())]} and scorer.percentile == 95.0
     test = scorer.scores(split.test)["knn"]
     assert test.shape == (len(split.test),) and compute_metrics(test, split.test_targets)["auroc"] > 0.9

@@ -43,7 +43,7 @@ def test_the_detector_is_a_trial_of_main(digits, fitted, tmp_path):
                                                                  "fused", "fused-lof"}
     stored = {name: fitted.decision_function(ds.test_images, score=name).astype(np.float16).astype(float)
               for name in fitted.thresholds if name not in FUSIONS}  # scores.npz keeps float16
-    stored.update(fusions(trial["fusion"], stored))  # and rebuilds the fused ones from them
+    stored.update(fusions(trial["validation_stats"], stored))  # and rebuilds the fused ones from them
     for name in fitted.thresholds:
         scores = fitted.decision_function(ds.test_images, score=name)
         assert stored[name].tolist() == trial["test_scores"][name]
@@ -189,9 +189,9 @@ def test_loading_a_forged_file_runs_nothing(tmp_path):
     lambda s: s["scorer"]["banks"].__setitem__("code", torch.full((4, 128), 1e30)),
     lambda s: s["scorer"]["thresholds"].__setitem__("recon", float("nan")),
     lambda s: s["scorer"]["thresholds"].__setitem__("recon", float("inf")),
-    lambda s: s["scorer"]["fusion"].__setitem__("recon", [0.0, 0.0]),
-    lambda s: s["scorer"]["fusion"].__setitem__("recon", [1.0, 2.0, 3.0]),
-    lambda s: s["scorer"].__setitem__("fusion", {}),
+    lambda s: s["scorer"]["validation_stats"].__setitem__("recon", [0.0, 0.0]),
+    lambda s: s["scorer"]["validation_stats"].__setitem__("recon", [1.0, 2.0, 3.0]),
+    lambda s: s["scorer"].__setitem__("validation_stats", {}),
     lambda s: s.__setitem__("input_shape", [1, -8, 8]),
     lambda s: s["settings"].__setitem__("a_future_setting", 1),
     lambda s: s.clear(),

@@ -20,7 +20,7 @@ def trial(folder, seed, targets, scores, fusion):
     folder.mkdir(parents=True)
     names = [*scores, *fusions(fusion, scores)]
     write_results(folder, {"class": 0, "seed": seed, "metrics": {n: METRICS for n in names},
-                           "thresholds": dict.fromkeys(names, 1.0), "threshold_percentile": 95.0, "fusion": fusion,
+                           "thresholds": dict.fromkeys(names, 1.0), "threshold_percentile": 95.0, "validation_stats": fusion,
                            "history": {}}, targets, scores)
     return folder, read_results(folder)
 
@@ -69,10 +69,11 @@ def test_compare_with_ensemble_adds_a_row_per_network_run_of_several_seeds(data_
     run_main(data_dir, out, "--model", "ae", "--classes", "0", "1", "--seeds", "0", "1", "--epochs", "1")
     run_main(data_dir, out, "--model", "knn", "--classes", "0", "1", "--seeds", "0", "1")
     text = main.run(["--compare", str(out), "--score", "fused", "--ensemble"])
-    labels = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")]
+    labels = [line.split("|")[1].strip().replace(" (classes 0 1 only)", "") for line in text.splitlines()
+              if line.startswith("| ")]
     assert "ae, ensemble of seeds 0 1" in labels
     assert not any(label.startswith("knn, ensemble") for label in labels)  # a classical detector is not ensembled
-    row = next(line for line in text.splitlines() if line.startswith("| ae, ensemble"))
+    row = next(line for line in text.splitlines() if line.startswith("| ae (classes 0 1 only), ensemble"))
     assert "2 seeds averaged" in row and row.split("|")[5].strip() == "-"  # no F1 at a validation threshold
     assert "ensemble" not in main.run(["--compare", str(out), "--score", "fused"])  # only when asked
 

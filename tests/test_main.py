@@ -17,7 +17,7 @@ FAST = ["--epochs", "6", "--patience", "3"]
 
 def test_training_beats_chance_and_writes_everything(data_dir, tmp_path):
     run_dir = run_main(data_dir, tmp_path, "--classes", "0", "--seeds", "0", "--epochs", "30")
-    unit = run_dir / "class0_seed0"
+    trial = run_dir / "class0_seed0"
     result = results_of(run_dir)["class0_seed0"]
     # digit 0 as the anomaly: measured AUROC 0.95 with this setting; the floor leaves a wide margin
     assert result["metrics"]["recon"]["auroc"] >= 0.8
@@ -29,12 +29,12 @@ def test_training_beats_chance_and_writes_everything(data_dir, tmp_path):
     assert sum(result["targets"]) == result["counts"]["test"][1]
     assert result["threshold_percentile"] == 95.0
     assert 1 <= result["best_epoch"] <= result["epochs_trained"] <= 30
-    config = json.loads((unit / "config.json").read_text())
+    config = json.loads((trial / "config.json").read_text())
     assert config["seed"] == 0 and config["config"]["model"] == "cascade"
     for key in ("torch", "numpy", "git_commit", "cuda"):
         assert key in config["environment"]
-    assert (unit / "best.pt").is_file() and not (unit / "last.pt").exists()
-    assert any((unit / "tb").iterdir())  # tensorboard events
+    assert (trial / "best.pt").is_file() and not (trial / "last.pt").exists()
+    assert any((trial / "tb").iterdir())  # tensorboard events
     assert (run_dir / "table.md").is_file() and (run_dir / "table.csv").is_file()
     assert "mean" in (run_dir / "table.md").read_text()
 
@@ -95,7 +95,7 @@ def test_eval_only_adds_the_scores_an_older_trial_lacks(data_dir, tmp_path, caps
     # the trial as a version of this code with the paper's score only wrote it (migrated: scripts/migrate_runs.py)
     old = {k: v for k, v in now.items() if k not in ("test_scores", "targets")}
     old.update(metrics={"recon": now["metrics"]["recon"]}, thresholds={"recon": now["thresholds"]["recon"]},
-               fusion={})
+               validation_stats={})
     (trial / "results.json").write_text(json.dumps(old))
     np.savez(trial / "scores.npz", targets=np.array(now["targets"], np.uint8),
              recon=np.array(now["test_scores"]["recon"], np.float16))

@@ -42,10 +42,10 @@ def softmax(values):
     return [e / sum(exps) for e in exps]
 
 
-def unit_with_slots(slots, top_k, forget_rate=0.0, threshold=0.0, behaviour="paper"):
+def unit_with_slots(slots, top_k, forget_rate=0.0, addressing_threshold=0.0, behaviour="paper"):
     """A float64 MemoryUnit whose slot matrix is `slots` (a list of rows)."""
     slots = torch.tensor(slots, dtype=torch.float64)
-    unit = MemoryUnit(len(slots), slots.shape[1], top_k, forget_rate, threshold, behaviour).double()
+    unit = MemoryUnit(len(slots), slots.shape[1], top_k, forget_rate, addressing_threshold, behaviour).double()
     unit.slots.data.copy_(slots)
     return unit
 
@@ -96,7 +96,7 @@ def reference_unit(h, slots, top_k, threshold, behaviour, forgotten=frozenset())
 @pytest.mark.parametrize("threshold", [0.0, 0.3])
 def test_unit_weights_are_a_sparse_convex_mix(behaviour, training, threshold):
     n_slots, top_k = 30, 6
-    unit = MemoryUnit(n_slots, 16, top_k, forget_rate=0.5, threshold=threshold, behaviour=behaviour).train(training)
+    unit = MemoryUnit(n_slots, 16, top_k, forget_rate=0.5, addressing_threshold=threshold, behaviour=behaviour).train(training)
     h = latents(64, 16)
     out, info = seeded_forward(unit, h, seed=1)
     assert out.shape == h.shape and torch.isfinite(out).all()
@@ -221,7 +221,7 @@ HAND_BUILT = {
 def test_hand_built_addressing(case, behaviour):
     slots, top_k, threshold, paper, released = HAND_BUILT[case]
     expected = paper if behaviour == "paper" else released
-    unit = unit_with_slots(slots, top_k, threshold=threshold, behaviour=behaviour).eval()
+    unit = unit_with_slots(slots, top_k, addressing_threshold=threshold, behaviour=behaviour).eval()
     out, info = unit(torch.tensor([[1.0, 0.0]], dtype=torch.float64))
     assert_addressing(addressing(info), [expected])
     torch.testing.assert_close(out[0], mix(slots, expected), rtol=0, atol=1e-12)

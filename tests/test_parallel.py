@@ -15,7 +15,7 @@ SMALL = ["--dataset", "digits", "--classes", "0", "1", "--seeds", "0", "--epochs
 
 @pytest.fixture(autouse=True)
 def keep_torch_threads():
-    """main.run sets torch's thread count for its units; give the next test the count it had."""
+    """main.run sets torch's thread count for its trials; give the next test the count it had."""
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
@@ -27,15 +27,15 @@ def test_jobs_2_gives_the_same_results_as_jobs_1(data_dir, tmp_path):
     parallel = main.run([*common, "--jobs", "2", "--run-dir", str(tmp_path / "parallel")])
     a, b = results_of(serial), results_of(parallel)
     assert sorted(a) == sorted(b) == ["class0_seed0", "class1_seed0"]
-    for unit in a:
+    for trial in a:
         for key in ("metrics", "test_scores", "targets", "thresholds", "best_val_loss", "best_epoch"):
-            assert a[unit][key] == b[unit][key], f"{unit}: {key} differs between --jobs 1 and --jobs 2"
-        assert a[unit]["history"]["val_loss"] == b[unit]["history"]["val_loss"]
-        for run_dir in (serial, parallel):  # the thread count a unit ran with is recorded beside it
-            unit_config = json.loads((Path(run_dir) / unit / "config.json").read_text())
-            assert unit_config["config"]["threads"] == 1
-            assert unit_config["environment"]["torch_threads"] == 1
+            assert a[trial][key] == b[trial][key], f"{trial}: {key} differs between --jobs 1 and --jobs 2"
+        assert a[trial]["history"]["val_loss"] == b[trial]["history"]["val_loss"]
+        for run_dir in (serial, parallel):  # the thread count a trial ran with is recorded beside it
+            trial_config = json.loads((Path(run_dir) / trial / "config.json").read_text())
+            assert trial_config["config"]["threads"] == 1
+            assert trial_config["environment"]["torch_threads"] == 1
 
-    # the thread count changes float sums, so a folder refuses units computed with another one
+    # the thread count changes float sums, so a folder refuses trials computed with another one
     with pytest.raises(UserError, match="threads"):
         main.run([*common, "--threads", "2", "--run-dir", str(serial)])

@@ -211,7 +211,7 @@ def test_an_older_run_is_migrated_once_and_then_reads_like_a_new_one(finished_ru
              "threshold": {"value": 1.0, "percentile_of_validation_scores": 95.0}}
     moved = migrate_runs.migrate_results(first)
     assert moved["metrics"] == {"knn": first["metrics"]} and moved["thresholds"] == {"knn": 1.0}
-    assert moved["threshold_percentile"] == 95.0 and "scores" not in moved and moved["fusion"] == {}
+    assert moved["threshold_percentile"] == 95.0 and "scores" not in moved and moved["validation_stats"] == {}
 
 
 @pytest.mark.parametrize("action", ["--table", "--eval-only", "--compare"])

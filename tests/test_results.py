@@ -21,7 +21,7 @@ METRICS = dict.fromkeys(("auroc", "auprc", "f1_oracle", "f1_val_threshold"), 0.5
 def trial(**fields):
     """The smallest results.json every reader accepts, with `fields`."""
     return {"class": 0, "seed": 0, "metrics": {"recon": METRICS}, "thresholds": {"recon": 1.0},
-            "threshold_percentile": 95.0, "fusion": {"recon": [0.5, 0.25]}, "history": {}, **fields}
+            "threshold_percentile": 95.0, "validation_stats": {"recon": [0.5, 0.25]}, "history": {}, **fields}
 
 
 def test_results_and_scores_round_trip_with_scores_in_float16(tmp_path):
@@ -40,10 +40,10 @@ SCHEMA_DAMAGES = {  # what a hostile tester put into results.json, and what the 
     "threshold 10**400": ({"thresholds": {"recon": 10 ** 400}}, "thresholds"),
     "threshold NaN": ({"thresholds": {"recon": float("nan")}}, "thresholds"),
     "a score without threshold": ({"thresholds": {}}, "none for recon"),
-    "fusion missing": ({"fusion": None}, "fusion"),
-    "fusion a string": ({"fusion": "x"}, "fusion"),
-    "fusion spread 0": ({"fusion": {"recon": [0.5, 0.0]}}, "fusion"),
-    "fusion of 3": ({"fusion": {"recon": [0.5, 1.0, 2.0]}}, "fusion"),
+    "fusion missing": ({"validation_stats": None}, "validation_stats"),
+    "fusion a string": ({"validation_stats": "x"}, "validation_stats"),
+    "fusion spread 0": ({"validation_stats": {"recon": [0.5, 0.0]}}, "validation_stats"),
+    "fusion of 3": ({"validation_stats": {"recon": [0.5, 1.0, 2.0]}}, "validation_stats"),
     "no percentile": ({"threshold_percentile": None}, "threshold_percentile"),
     "AUROC 10**400": ({"metrics": {"recon": {**METRICS, "auroc": 10 ** 400}}}, "metrics"),
     "AUROC -5": ({"metrics": {"recon": {**METRICS, "auroc": -5}}}, "metrics"),
@@ -59,7 +59,7 @@ SCHEMA_DAMAGES = {  # what a hostile tester put into results.json, and what the 
 def test_a_results_json_readers_would_trip_over_is_refused_once_where_it_is_read(tmp_path, damage):
     fields, named = SCHEMA_DAMAGES[damage]
     results = trial(**fields)
-    if fields.get("fusion", "") is None or fields.get("threshold_percentile", "") is None:
+    if fields.get("validation_stats", "") is None or fields.get("threshold_percentile", "") is None:
         results = {k: v for k, v in results.items() if v is not None}
     (tmp_path / "results.json").write_text(json.dumps(results))  # NaN and Infinity as Python writes them
     with pytest.raises(UserError, match=f"is not a trial's results: .*{named}"):
@@ -132,7 +132,7 @@ def _fused_trial(tmp_path, fusion):
     exact = fusions(fusion, members)
     names = [*members, *exact]
     write_results(tmp_path, trial(metrics=dict.fromkeys(names, METRICS), thresholds=dict.fromkeys(names, 1.0),
-                                  fusion=fusion), rng.integers(0, 2, 50), {**members, **exact})
+                                  validation_stats=fusion), rng.integers(0, 2, 50), {**members, **exact})
     return members, exact
 
 
@@ -155,7 +155,7 @@ def test_an_ensemble_of_a_score_without_statistics_says_to_score_again(tmp_path)
         folder.mkdir()
         _fused_trial(folder, stats)
     results = json.loads((folders[1] / "results.json").read_text())
-    results["fusion"] = {k: v for k, v in stats.items() if k != "memory"}
+    results["validation_stats"] = {k: v for k, v in stats.items() if k != "memory"}
     (folders[1] / "results.json").write_text(json.dumps(results))
     with pytest.raises(UserError, match="no validation statistics for them; score it again"):
         ensemble_scores(folders, [read_results(f) for f in folders], "memory")

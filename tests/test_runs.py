@@ -23,7 +23,7 @@ def test_a_new_run_never_overwrites_an_old_one(data_dir, tmp_path):
     assert a != b and (a / "class1_seed0" / "results.json").is_file()
 
 
-def test_resume_skips_finished_units(data_dir, tmp_path, capsys):
+def test_resume_skips_finished_trials(data_dir, tmp_path, capsys):
     run_dir = run_main(data_dir, tmp_path, "--classes", "6", "--seeds", "0", "--epochs", "1")
     stamp = (run_dir / "class6_seed0" / "results.json").stat().st_mtime_ns
     main.run(["--resume", str(run_dir)])

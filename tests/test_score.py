@@ -19,8 +19,8 @@ from tool.io import REPO
 from tool.results import read_results, read_scores
 
 
-def score_run(unit, *args):
-    return score.run(["--checkpoint", str(unit), *map(str, args), "--device", "cpu"])
+def score_run(trial, *args):
+    return score.run(["--checkpoint", str(trial), *map(str, args), "--device", "cpu"])
 
 
 def test_scoring_the_test_images_reproduces_results_json(own_trial, own_images, own_prepared, tmp_path):
@@ -119,7 +119,7 @@ def float16_slack(trial, name):
     members) the members' rounding (2^-11 of each), standardised as the fusion does, summed."""
     if name not in FUSIONS:
         return np.zeros(len(read_scores(trial)[0]))
-    stats, scores = read_results(trial)["fusion"], read_scores(trial)[1]
+    stats, scores = read_results(trial)["validation_stats"], read_scores(trial)[1]
     return sum(np.abs(scores[m]) * 2.0 ** -10 / stats[m][1] for m in FUSIONS[name][0] if m in scores)
 
 

@@ -18,9 +18,9 @@ def u8(n, shape=(1, 8, 8), seed=0):
 
 @pytest.fixture
 def small_banks(monkeypatch):
-    monkeypatch.setitem(scores.BANKS, "code", 40)
-    monkeypatch.setitem(scores.BANKS, "hidden", 30)
-    monkeypatch.setitem(scores.BANKS, "views", 30)
+    monkeypatch.setitem(scores.BANK_SIZES, "code", 40)
+    monkeypatch.setitem(scores.BANK_SIZES, "hidden", 30)
+    monkeypatch.setitem(scores.BANK_SIZES, "views", 30)
 
 
 def test_recon_is_the_l2_norm_of_the_reconstruction_error_and_batches_do_not_change_it():
@@ -81,7 +81,7 @@ def test_latent_lof_is_the_local_outlier_factor_and_tells_density_apart_where_kn
 def test_each_fusion_sums_its_own_standardised_members_and_none_is_made_without_the_one_it_needs():
     val = {"recon": np.array([1.0, 3.0]), "latent-knn": np.array([0.0, 2.0]), "latent-lof": np.array([1.0, 1.5]),
            "memory": np.array([2.0, 4.0]), "flat": np.array([5.0, 5.0])}
-    stats = scores.fusion_stats(val)
+    stats = scores.validation_stats(val)
     assert stats["flat"] == [5.0, 1.0]  # no spread: divided by 1
     z = {name: (values - stats[name][0]) / stats[name][1] for name, values in val.items()}
     made = scores.fusions(stats, val)
@@ -109,7 +109,7 @@ def test_every_network_gets_every_score_that_applies(preset, ssl, names, small_b
     train, val, test = u8(50), u8(20, seed=1), u8(30, seed=2)
     scorer = Scorer.fit(model, train, val, seed=0, percentile=95.0)
     assert set(scorer.names) == names and set(scorer.thresholds) == names
-    assert set(scorer.fusion) == names - set(FUSIONS)
+    assert set(scorer.val_stats) == names - set(FUSIONS)
     drawn = {size: train[torch.from_numpy(np.sort(np.random.default_rng(0).permutation(50)[:size]))] for size in (30, 40)}
     code = network_outputs(model, drawn[40])["code"]
     assert torch.equal(scorer.banks["code"], code.half().float())  # what bank.pt stores, exactly
@@ -165,9 +165,9 @@ def test_the_recommended_score_is_the_first_best_one_a_network_has():
     (lambda s: s["banks"].update(code=torch.full((5, 128), 1e30)), "damaged"),
     (lambda s: s["banks"].update(code=torch.zeros(5, 7)), "damaged"),
     (lambda s: s["banks"].update(code="codes"), "not a tensor"),
-    (lambda s: s["fusion"].update(recon=[0.0, 0.0]), "fusion"),
-    (lambda s: s["fusion"].update(recon=[float("nan"), 1.0]), "fusion"),
-    (lambda s: s["fusion"].update(recon=[1.0, 2.0, 3.0]), "fusion"),
+    (lambda s: s["validation_stats"].update(recon=[0.0, 0.0]), "validation statistics"),
+    (lambda s: s["validation_stats"].update(recon=[float("nan"), 1.0]), "validation statistics"),
+    (lambda s: s["validation_stats"].update(recon=[1.0, 2.0, 3.0]), "validation statistics"),
     (lambda s: s["thresholds"].update(recon=float("nan")), "thresholds"),
     (lambda s: s["thresholds"].update(recon=None), "thresholds"),
     (lambda s: s.update(banks=torch.zeros(3)), "no banks"),

@@ -192,7 +192,7 @@ def assert_same_trials(ours, theirs):
     assert sorted(a) == sorted(b) and a
     for name in a:
         for key in ("metrics", "thresholds", "epochs_trained", "best_epoch", "best_val_loss", "stopped_early",
-                    "fusion", "test_scores", "targets", "counts"):
+                    "validation_stats", "test_scores", "targets", "counts"):
             assert a[name].get(key) == b[name].get(key), (name, key)
         history = [{k: v for k, v in r[name]["history"].items() if k != "seconds"} for r in (a, b)]  # columns
         assert history[0] == history[1] and len(history[0]["val_loss"]) == a[name]["epochs_trained"], name

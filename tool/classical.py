@@ -17,7 +17,7 @@ from sklearn.svm import OneClassSVM
 
 from tool.data.datasets import scale_images
 from tool.evaluation import validation_threshold
-from tool.scores import fusion_stats
+from tool.scores import validation_stats
 
 CLASSICAL = {
     "knn": "k-nearest-neighbour distance (k = 5) to the normal training images, pixels",
@@ -61,16 +61,16 @@ class ClassicalScorer:
     """A classical detector in the shape of tool.scores.Scorer: one score, named after it, its
     validation statistics and its decision threshold."""
 
-    def __init__(self, name, detect, fusion, thresholds, percentile):
+    def __init__(self, name, detect, val_stats, thresholds, percentile):
         self.names, self._detect = [name], detect
-        self.fusion, self.thresholds, self.percentile = fusion, thresholds, percentile
+        self.val_stats, self.thresholds, self.percentile = val_stats, thresholds, percentile
 
     @classmethod
     def fit(cls, name, train_images, val_images, seed, percentile):
         """Fitted on the uint8 normal `train_images`; threshold at `percentile` of `val_images`' scores."""
         detect = fit_detector(name, _flat(train_images), seed)
         val = detect(_flat(val_images))
-        return cls(name, detect, fusion_stats({name: val}), {name: validation_threshold(val, percentile)}, percentile)
+        return cls(name, detect, validation_stats({name: val}), {name: validation_threshold(val, percentile)}, percentile)
 
     def scores(self, images, names=None):
         return {self.names[0]: np.asarray(self._detect(_flat(images)), dtype=np.float64)}

@@ -63,4 +63,4 @@ def evaluate(test_scores, targets, scorer):
     return {"metrics": {name: compute_metrics(values, targets, scorer.thresholds[name])
                         for name, values in test_scores.items()},
             "thresholds": {name: scorer.thresholds[name] for name in test_scores},
-            "threshold_percentile": scorer.percentile, "fusion": scorer.fusion}
+            "threshold_percentile": scorer.percentile, "validation_stats": scorer.val_stats}

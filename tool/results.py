@@ -93,7 +93,7 @@ RESULTS_SCHEMA = {  # what every reader of a results.json needs: key -> (check, 
     "thresholds": (lambda v: isinstance(v, dict) and all(_number(t) for t in v.values()),
                    "each score's decision threshold, a finite number"),
     "threshold_percentile": (lambda v: _number(v, 0, 100), "a number in [0, 100]"),
-    "fusion": (lambda v: isinstance(v, dict) and all(_pair(p) for p in v.values()),
+    "validation_stats": (lambda v: isinstance(v, dict) and all(_pair(p) for p in v.values()),
                "each score's validation [mean, spread], finite, the spread above 0"),
     "class": (lambda v: type(v) is int and v >= 0, "the class, an integer >= 0"),
     "seed": (lambda v: type(v) is int and v >= 0, "the seed, an integer >= 0"),
@@ -116,7 +116,7 @@ def read_results(folder):
         wrong = [f"thresholds (none for {', '.join(sorted(set(results['metrics']) - set(results['thresholds'])))})"]
     if wrong:
         legacy = " It may come from an earlier version: python scripts/migrate_runs.py FOLDER." if \
-            "fusion" in " ".join(wrong) or "history" in " ".join(wrong) else ""
+            "validation_stats" in " ".join(wrong) or "history" in " ".join(wrong) else ""
         raise UserError(f"{path} is not a trial's results: {'; '.join(wrong)} missing or malformed. "
                         f"{what_to_do}{legacy}")
     return results
@@ -139,7 +139,7 @@ def read_scores(folder, results=None):
     except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile, EOFError) as error:
         raise UserError(f"{folder} holds no readable test scores (scores.npz missing, truncated, corrupt or of the "
                         f"wrong shape: {type(error).__name__}). {what_to_do}") from None
-    stats = (results or read_results(folder))["fusion"]
+    stats = (results or read_results(folder))["validation_stats"]
     members = {name: values for name, values in arrays.items() if name not in FUSIONS}
     with np.errstate(over="ignore"):
         rebuilt = fusions({m: stats[m] for m in members if m in stats}, members)

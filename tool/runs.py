@@ -266,7 +266,7 @@ def load_scorer(folder, model, results):
         raise UserError(f"{path} does not belong to the weights in {Path(folder) / 'best.pt'} (copied from another "
                         f"trial, or written before they were). {again}.")
     try:
-        return Scorer.from_state(model, {"banks": saved.get("banks"), "fusion": results.get("fusion", {}),
+        return Scorer.from_state(model, {"banks": saved.get("banks"), "validation_stats": results.get("validation_stats", {}),
                                          "thresholds": results["thresholds"],
                                          "percentile": results["threshold_percentile"]})
     except ValueError as error:

@@ -58,7 +58,7 @@ RECOMMENDED = ("fused-ssl", "fused-hidden", "fused-lof", "fused")  # the best sc
 # (chosen on fmnist-tune, results/tuning.md: fused-lof for conv encoders, fused-hidden for MLP ones, fused-ssl
 # with a self-supervised task); SCORE = "best" in main.py, and the detector's and score.py's default
 NEIGHBOURS = 5  # k of every knn and lof score (fmnist-tune, results/tuning.md)
-BANKS = {"code": 16384, "hidden": 8192, "views": 8192}  # normal training images whose features a trial keeps
+BANK_SIZES = {"code": 16384, "hidden": 8192, "views": 8192}  # normal training images whose features a trial keeps
 
 
 def names_of(features, banks=None, stats=None):
@@ -165,8 +165,9 @@ def csi_score(codes, bank):
     return (-best * codes.norm(dim=1)).double().numpy()
 
 
-def fusion_stats(val_scores):
-    """{score: [mean, spread]} of each score's normal validation scores (a spread of 0 counts as 1)."""
+def validation_stats(val_scores):
+    """{score: [mean, spread]} of each score's normal validation scores (a spread of 0 counts as 1):
+    what the fused scores and the seed ensembles standardise with (results.json "validation_stats")."""
     return {name: [float(np.mean(v)), float(np.std(v)) or 1.0] for name, v in val_scores.items()}
 
 
@@ -191,9 +192,9 @@ def fusions(stats, scores):
 class Scorer:
     """Every score of one trained network (see the top of this file)."""
 
-    def __init__(self, model, banks, fusion=None, thresholds=None, percentile=None):
+    def __init__(self, model, banks, val_stats=None, thresholds=None, percentile=None):
         self.model, self.banks = model, banks  # {feature: float32 tensor on the CPU, float16-exact}
-        self.fusion, self.thresholds, self.percentile = fusion or {}, thresholds or {}, percentile
+        self.val_stats, self.thresholds, self.percentile = val_stats or {}, thresholds or {}, percentile
         self.names = names_of(features_of(model))
         self._lofs = {}
 
@@ -203,11 +204,11 @@ class Scorer:
         (statistics and thresholds at the `percentile`)."""
         features = features_of(model)
         banks = {feature: network_outputs(model, training_subset(train_images, seed, size))[feature].half().float()
-                 for feature, size in BANKS.items() if feature in features}
+                 for feature, size in BANK_SIZES.items() if feature in features}
         scorer = cls(model, banks, percentile=percentile)
         val = scorer.scores(val_images, base_only=True)
-        scorer.fusion = fusion_stats(val)
-        val.update(fusions(scorer.fusion, val))
+        scorer.val_stats = validation_stats(val)
+        val.update(fusions(scorer.val_stats, val))
         scorer.thresholds = {name: validation_threshold(values, percentile) for name, values in val.items()}
         return scorer
 
@@ -220,7 +221,7 @@ class Scorer:
         found = {name: self._score(name, out) for name in SCORES if name in base and SCORES[name].feature in out}
         if base_only:
             return found
-        found.update(fusions(self.fusion, found))
+        found.update(fusions(self.val_stats, found))
         return {name: found[name] for name in names if name in found}
 
     def _score(self, name, out):
@@ -245,7 +246,7 @@ class Scorer:
     def state(self):
         """What the scorer fitted, in types torch.load(weights_only=True) reads: the banks as
         float16 (exactly the values it scores with), the statistics and the thresholds."""
-        return {"banks": {f: b.half().contiguous() for f, b in self.banks.items()}, "fusion": self.fusion,
+        return {"banks": {f: b.half().contiguous() for f, b in self.banks.items()}, "validation_stats": self.val_stats,
                 "thresholds": self.thresholds, "percentile": self.percentile}
 
     @classmethod
@@ -254,16 +255,16 @@ class Scorer:
         checked: a ValueError says what is wrong (the callers name the file)."""
         if not isinstance(state, dict) or not isinstance(state.get("banks"), dict):
             raise ValueError("no banks")
-        needs = {f for f in features_of(model) if f in BANKS}
+        needs = {f for f in features_of(model) if f in BANK_SIZES}
         banks = {f: _checked_bank(state["banks"].get(f), f, model) for f in needs if f in state["banks"]}
-        fusion, thresholds = state.get("fusion"), state.get("thresholds")
-        if not (isinstance(fusion, dict) and all(_is_mean_and_spread(v) for v in fusion.values())):
-            raise ValueError("the fusion statistics are not [mean, spread] pairs of finite numbers")
+        val_stats, thresholds = state.get("validation_stats"), state.get("thresholds")
+        if not (isinstance(val_stats, dict) and all(_is_mean_and_spread(v) for v in val_stats.values())):
+            raise ValueError("the validation statistics are not [mean, spread] pairs of finite numbers")
         if not (isinstance(thresholds, dict) and all(_finite_number(v) for v in thresholds.values())):
             raise ValueError("the thresholds are not finite numbers")
-        scorer = cls(model, banks, {k: [float(a), float(b)] for k, (a, b) in fusion.items()},
+        scorer = cls(model, banks, {k: [float(a), float(b)] for k, (a, b) in val_stats.items()},
                      {k: float(v) for k, v in thresholds.items()}, state.get("percentile"))
-        scorer.names = names_of(features_of(model), banks, scorer.fusion)
+        scorer.names = names_of(features_of(model), banks, scorer.val_stats)
         return scorer
 
 

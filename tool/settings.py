@@ -251,7 +251,7 @@ def validate(config):
     check_ranges(config)
     check_score(config["score"])
     resolve_device(config["device"])
-    check_model_size(config, (1, 28, 28), memory=False)  # the memory's settings together (lengths, top_k vs slots)
+    check_model_size(config, (1, 28, 28), against_memory=False)  # the memory's settings together (lengths, top_k vs slots)
 
 
 def check_score(score, allow_all=False):
@@ -267,9 +267,9 @@ def check_score(score, allow_all=False):
 MODEL_MEMORY_SHARE = 0.5  # a model whose training state needs more than this share of the machine's memory is refused
 
 
-def check_model_size(config, shape, memory=True):
+def check_model_size(config, shape, against_memory=True):
     """Build the model for images of `shape` on the meta device (no memory is allocated): its
-    settings must fit together, and (memory=True) its weights, gradients and Adam's two moments
+    settings must fit together, and (against_memory) its weights, gradients and Adam's two moments
     (16 bytes a parameter) must fit in MODEL_MEMORY_SHARE of this machine's memory."""
     from models import PRESETS, ModelConfig, build_model
 
@@ -281,7 +281,7 @@ def check_model_size(config, shape, memory=True):
     except ValueError as error:
         raise UserError(str(error)) from None
     n = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
-    memory = machine_memory() if memory else None
+    memory = machine_memory() if against_memory else None
     if memory and 16 * n > MODEL_MEMORY_SHARE * memory:
         raise UserError(f"the {config['model']} model for {' x '.join(map(str, shape))} images would have {n:,} "
                         f"parameters ({16 * n / 2**30:.1f} GiB to train), more than this machine's memory allows "

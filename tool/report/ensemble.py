@@ -2,7 +2,7 @@
 detector (python main.py --compare DIR --ensemble; an option beside the tables, never a paper row).
 
 The ensemble's score of an image is the mean of the trials' scores of it, each standardised by the
-mean and spread of its own trial's scores on the normal validation images (results.json "fusion").
+mean and spread of its own trial's scores on the normal validation images (results.json "validation_stats").
 Standardising first matters: each seed learns a code and a reconstruction of its own scale. The
 fused scores are sums of such standardised scores already and are averaged as they are.
 Classical detectors are not ensembled (knn gives the same scores for every seed).
@@ -25,7 +25,7 @@ def ensemble_scores(folders, results, score):
     targets, members = None, []
     for folder, result in zip(folders, results):
         trial_targets, scores = read_scores(folder, result)
-        if score not in scores or (score not in FUSIONS and score not in result["fusion"]):
+        if score not in scores or (score not in FUSIONS and score not in result["validation_stats"]):
             raise UserError(f"{folder} has no {score} scores or no validation statistics for them; score it again: "
                             f"python main.py --eval-only {folder.parent}")
         if targets is None:
@@ -33,7 +33,7 @@ def ensemble_scores(folders, results, score):
         elif not np.array_equal(targets, trial_targets):
             raise UserError(f"{folder}: its test images differ from those of the other seeds of its class "
                             f"(scores.npz targets); an ensemble needs the same test split for every seed.")
-        members.append(scores[score] if score in FUSIONS else standardised(result["fusion"], score, scores[score]))
+        members.append(scores[score] if score in FUSIONS else standardised(result["validation_stats"], score, scores[score]))
     if not all(np.isfinite(m).all() for m in members) or len(np.unique(targets)) != 2:
         raise UserError(f"{folders[0]}: the seeds' {score} scores are not all finite, or the test split lacks "
                         f"anomalous or normal images; score the trials again: python main.py --eval-only "
@@ -50,7 +50,7 @@ def ensemble_summary(run_dir, results, classes, seeds, score):
     complete = [s for s in seeds if all((c, s) in results and score in results[(c, s)]["metrics"] for c in classes)]
     if len(complete) < 2:
         return None
-    if score not in FUSIONS and any(score not in results[(c, s)]["fusion"] for c in classes for s in complete):
+    if score not in FUSIONS and any(score not in results[(c, s)]["validation_stats"] for c in classes for s in complete):
         return None  # trials scored before the validation statistics were kept: no ensemble row (not an error)
     rows = {}
     for c in classes:

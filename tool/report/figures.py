@@ -46,7 +46,7 @@ def trial_view(folder, results, score):
         raise UserError(f"{folder} has no score '{score}' (it has {', '.join(results['metrics'])}).")
     targets, scores = read_scores(folder)
     if name not in scores:
-        raise UserError(f"{folder} has no {name} scores of its test images (scores.npz, or the fusion statistics in "
+        raise UserError(f"{folder} has no {name} scores of its test images (scores.npz, or the validation statistics in "
                         f"results.json to rebuild them, missing or damaged); score it again: python main.py "
                         f"--eval-only {Path(folder).parent}")
     return {**results, "score": name, "metrics": results["metrics"][name], "scores": scores[name], "targets": targets,
