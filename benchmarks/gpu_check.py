@@ -77,11 +77,17 @@ def score_on_cpu(folder, out):
 
 
 def check(args):
+    from tool.data.datasets import check_dataset_name
+    from tool.io import make_dir
+
     device = resolve_device(args.device)
+    if args.epochs < 1 or args.cpu_threads < 0:
+        raise UserError(f"--epochs must be at least 1 and --cpu-threads at least 0, got {args.epochs}, {args.cpu_threads}")
+    check_dataset_name(args.dataset, args.data_dir)
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} exists and is not empty: give a new --out folder")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} exists and is not an empty folder: give a new --out folder")
+    make_dir(out)
     name = device.replace(":", "")
     runs = [trial(out, f"{name}-fp32", args.dataset, args.epochs, device, "fp32", 1, args.data_dir),
             trial(out, f"{name}-fp32-again", args.dataset, args.epochs, device, "fp32", 1, args.data_dir),
@@ -130,7 +136,10 @@ def check(args):
 
 
 def run(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from tool.settings import OneLineParser
+
+    parser = OneLineParser(prog="benchmarks/gpu_check.py", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", help="the device to check (default cuda)")
     parser.add_argument("--dataset", default="fmnist", help="a prepared dataset (default fmnist)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of each trial (default 3)")

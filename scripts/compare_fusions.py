@@ -21,7 +21,8 @@ from tool.errors import UserError, cli  # noqa: E402
 from tool.evaluation import compute_metrics  # noqa: E402
 from tool.results import load_results, read_scores  # noqa: E402
 from tool.runs import read_run_config  # noqa: E402
-from tool.scores import FUSIONS, standardised  # noqa: E402
+from tool.scores import FUSIONS, SCORES, standardised  # noqa: E402
+from tool.settings import OneLineParser  # noqa: E402
 
 CANDIDATES = [  # decided before the tuning run was scored (results/tuning.md)
     ("recon", "memory", "transform", "views-knn"),
@@ -35,24 +36,37 @@ CANDIDATES = [  # decided before the tuning run was scored (results/tuning.md)
 
 def table(run_dir, candidates):
     """{row name: {class: AUROC %}} of every score and candidate, over the run's finished trials."""
+    unknown = sorted({m for members in candidates for m in members} - set(SCORES))
+    if unknown or any(not members for members in candidates):
+        raise UserError(f"--fusion: {', '.join(unknown) or 'an empty candidate'} is not a score of tool/scores.py "
+                        f"({', '.join(SCORES)})")
     config = read_run_config(run_dir)
     if not config["dataset"].endswith("-tune"):
         raise UserError(f"{run_dir} is a run on {config['dataset']}, not on a tuning split: fusions are chosen on "
                         f"training images only (python preprocess.py --tuning-split {config['dataset']}).")
-    rows = {}
-    for (c, seed), results in sorted(load_results(run_dir).items()):
-        targets, scores = read_scores(Path(run_dir) / f"class{c}_seed{seed}", results)
-        for name in scores:
-            rows.setdefault(name, {})[c] = 100 * compute_metrics(scores[name], targets)["auroc"]
-        for members in candidates:
-            if all(m in scores and m in results["validation_stats"] for m in members):
-                fused = sum(standardised(results["validation_stats"], m, scores[m]) for m in members)
-                rows.setdefault(" + ".join(members), {})[c] = 100 * compute_metrics(fused, targets)["auroc"]
+    rows, trials = {}, sorted(load_results(run_dir).items())
+    if not trials:
+        raise UserError(f"{run_dir} holds no finished trial (no class*_seed*/results.json).")
+    for (c, seed), results in trials:
+        folder = Path(run_dir) / f"class{c}_seed{seed}"
+        targets, scores = read_scores(folder, results)
+        try:
+            for name in scores:
+                rows.setdefault(name, {})[c] = 100 * compute_metrics(scores[name], targets)["auroc"]
+            for members in candidates:
+                if all(m in scores and m in results["validation_stats"] for m in members):
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        fused = sum(standardised(results["validation_stats"], m, scores[m]) for m in members)
+                    rows.setdefault(" + ".join(members), {})[c] = 100 * compute_metrics(fused, targets)["auroc"]
+        except ValueError as error:  # scores that are not finite, or a test split of one kind of image
+            raise UserError(f"{folder}: {error}; score the trial again (python main.py --eval-only "
+                            f"{Path(run_dir)}).") from None
     return rows
 
 
 def run(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="scripts/compare_fusions.py", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--fusion", action="append", metavar="A,B,...", help="a candidate (default: CANDIDATES)")
     args = parser.parse_args(argv)

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tool.errors import UserError, cli  # noqa: E402
 from tool.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
 from tool.results import history_columns, results_text  # noqa: E402
+from tool.settings import OneLineParser  # noqa: E402
 
 RENAMED = {"threshold": "addressing_threshold"}  # settings renamed since: old name -> today's
 ADDED = {  # settings added since, with the value every run made before them had
@@ -55,8 +56,9 @@ def migrate(root):
     """Migrate every config.json and results.json below `root`; returns how many files changed."""
     changed = 0
     for path in sorted(Path(root).rglob("*.json")):
-        if path.name not in ("config.json", "results.json") or any(p.startswith(".") for p in path.parts):
-            continue
+        if path.name not in ("config.json", "results.json") or any(
+                p.startswith(".") for p in path.relative_to(root).parts):
+            continue  # a hidden folder below the root (an export's staging folder, .vscode/)
         saved = read_json(path, "Restore it from a copy.")
         if path.name == "config.json" and isinstance(saved, dict) and isinstance(saved.get("config"), dict):
             new = {**saved, "config": migrate_settings(saved["config"])}
@@ -64,7 +66,12 @@ def migrate(root):
                 atomic_write_json(path, new)
                 changed += 1
         elif path.name == "results.json" and isinstance(saved, dict) and "metrics" in saved:
-            new = migrate_results(saved)
+            try:
+                new = migrate_results(saved)
+            except (TypeError, AttributeError, ValueError, KeyError) as error:
+                raise UserError(f"{path} is not a trial's results.json in any layout this code wrote "
+                                f"({type(error).__name__}); restore it from a copy or move it away. The files "
+                                f"before it are migrated; run the script again afterwards.") from None
             if new != saved:
                 atomic_write_text(path, results_text(new))
                 changed += 1
@@ -72,7 +79,8 @@ def migrate(root):
 
 
 def run(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="scripts/migrate_runs.py", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("roots", nargs="+", metavar="FOLDER", help="folders of run folders")
     args = parser.parse_args(argv)
     for root in args.roots:

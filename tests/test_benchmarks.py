@@ -76,4 +76,4 @@ def test_the_gpu_check_runs_its_steps_on_the_cpu_path(data_dir, tmp_path):
     assert report.count("- PASS: ") == 4 and "FAIL" not in report
     again = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--dataset", "digits",
                             "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 2 and "is not empty" in again.stderr
+    assert again.returncode == 2 and "is not an empty folder" in again.stderr

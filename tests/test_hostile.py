@@ -231,3 +231,156 @@ def test_preparing_images_larger_than_memory_is_refused_before_anything_is_alloc
                    "20000", "--data-dir", tmp_path)
     one_error(done, "GiB to prepare, more than this machine's memory allows", "choose a smaller --size")
     assert not (tmp_path / "huge").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The third hostile round (on the finished tree)
+# ---------------------------------------------------------------------------------------------
+def test_files_read_are_regular_and_bounded_so_no_fifo_or_device_hangs_a_command(finished_run, tmp_path):
+    """A FIFO where a config file, a run's config.json, a trial's results.json or last.pt stands
+    blocked the command forever; a device or a huge file was read without end."""
+    import main
+
+    fifo = tmp_path / "c.py"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match="not a regular file"):
+        main.run([str(fifo)])
+    tree = tmp_path / "tree"
+    run = copy_run(finished_run, tree)
+    (tree / "other").mkdir()
+    os.mkfifo(tree / "other" / "config.json")
+    with pytest.raises(UserError, match="not a regular file"):
+        main.run(["--compare", str(tree)])
+    (tree / "other" / "config.json").unlink()
+    (run / "class0_seed0" / "results.json").unlink()
+    os.mkfifo(run / "class0_seed0" / "last.pt")
+    with pytest.raises(UserError, match="last.pt is not a checkpoint this code wrote: it is not a regular file"):
+        main.run(["--resume", str(run)])
+    huge = tmp_path / "huge.py"
+    with open(huge, "wb") as f:
+        f.truncate(2 ** 30)  # sparse: a gigabyte claimed, nothing read
+    with pytest.raises(UserError, match="larger than such a file can be"):
+        main.run([str(huge)])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("EPOCHS = " + "-" * 100000 + "1\n", "cannot be read"),
+    ("CLASSES = {[1]: 2}\n", "must be a plain value"),
+    ("CLASSES = 3\n", "should be of the kind"),
+    ("EPOCHS = " + "9" * 5000 + "\n", "cannot be read"),
+    ("EPOCHS = " + hex(10 ** 5000) + "\n", "EPOCHS\\) must be at most 2147483648, got an integer of about"),
+    ("LR = " + "1" + "0" * 400 + "\n", "--lr \\(LR\\) must be"),
+])
+def test_a_hostile_config_file_is_one_clear_error(tmp_path, text, message):
+    import main
+
+    path = tmp_path / "row.py"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        main.run([str(path), "--dataset", "digits"])
+
+
+def test_an_image_whose_header_claims_too_many_pixels_is_not_decoded(tmp_path):
+    import cv2
+    import struct
+
+    from tool.data.folder import image_problem
+
+    ok, png = cv2.imencode(".png", np.zeros((8, 8), np.uint8))
+    data = bytearray(png.tobytes())
+    data[16:24] = struct.pack(">II", 60000, 60000)  # the IHDR's width and height
+    (tmp_path / "big.png").write_bytes(bytes(data))
+    assert "60000 x 60000 pixels, more than an image may have" in image_problem(tmp_path / "big.png", "rgb")
+
+
+def test_a_trial_without_its_bank_gives_the_scores_that_need_none(own_trial, own_images, tmp_path):
+    import score
+
+    trial = Path(shutil.copytree(own_trial, tmp_path / "trial"))
+    (trial / "bank.pt").unlink()
+    _, rows = score.run(["--trial", str(trial), str(own_images / "test" / "dark"), "--output", str(tmp_path / "a.csv"),
+                         "--device", "cpu"])  # the recommended fused-lof needs the bank: recon is the one left
+    assert len(rows) == 6
+    with pytest.raises(UserError, match="--score fused: this trial has the scores recon, memory "):
+        score.run(["--trial", str(trial), str(own_images / "test"), "--score", "fused", "--device", "cpu"])
+
+
+def test_the_scripts_refuse_odd_files_and_inputs_in_one_line(finished_run, tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    import migrate_runs
+
+    odd = tmp_path / "odd" / "run" / "class0_seed0"
+    odd.mkdir(parents=True)
+    (odd / "results.json").write_text('{"metrics": 5}')
+    with pytest.raises(UserError, match="is not a trial's results.json in any layout"):
+        migrate_runs.migrate(tmp_path / "odd")
+    hidden = tmp_path / ".hidden"
+    run = copy_run(finished_run, hidden)
+    saved = json.loads((run / "config.json").read_text())
+    saved["config"].pop("ssl")
+    (run / "config.json").write_text(json.dumps(saved))
+    assert migrate_runs.migrate(hidden) == 1  # a dot in the path above the root hides nothing
+    one_error(command("scripts/compare_fusions.py", run, "--fusion", "bogus,recon"), "bogus is not a score")
+    one_error(command("scripts/migrate_runs.py", "--nope"), "the following arguments are required: FOLDER")
+    (tmp_path / "file").write_text("x")
+    one_error(command("benchmarks/gpu_check.py", "--device", "cpu", "--dataset", "digits", "--out", tmp_path / "file"),
+              "is not an empty folder")
+    one_error(command("benchmarks/gpu_check.py", "--device", "cpu", "--epochs", "0", "--out", tmp_path / "new"),
+              "--epochs must be at least 1")
+    assert not (tmp_path / "new").exists()
+
+
+def test_the_python_api_refuses_what_it_cannot_take_in_its_own_words(tmp_path):
+    from tool.detector import CascadeMemoryDetector, as_images
+
+    pixels = torch_zeros = __import__("torch").zeros(4, 1, 8, 8)
+    for images, message in ((pixels.to_sparse(), "sparse tensor"), (torch_zeros.to("meta"), "meta tensor")):
+        with pytest.raises(UserError, match=message):
+            as_images(images)
+    with pytest.raises(UserError, match="would have .* parameters"):
+        CascadeMemoryDetector(latent_dim=10 ** 9).fit(np.zeros((40, 8, 8), np.uint8))
+    for bad in ({"epochs": 10 ** 5000}, {"lr": 10 ** 400}, {"verbose": "no"}):
+        with pytest.raises(UserError):
+            CascadeMemoryDetector(**bad)
+    detector = CascadeMemoryDetector(epochs=1, min_steps=0, patience_steps=0)
+    with pytest.raises(UserError, match="must be"):
+        detector.set_params(epochs=-1)
+    assert detector.get_params()["epochs"] == 1  # a refused set_params changes nothing
+    detector.fit(np.random.default_rng(0).integers(0, 256, (40, 8, 8), dtype=np.uint8))
+    with pytest.raises(UserError, match="null byte"):
+        detector.save(str(tmp_path / "a\0b"))
+    detector.set_params(score="recon")
+    assert detector.model is not None and detector.score_name == "recon"  # still fitted, as scikit-learn keeps it
+    detector.save(tmp_path / "d.pt")
+    saved = __import__("torch").load(tmp_path / "d.pt", weights_only=True)
+    saved["scorer"]["thresholds"] = {}
+    saved["scorer"]["validation_stats"]["recon"] = [1e308, 1e-308]
+    __import__("torch").save(saved, tmp_path / "bad.pt")
+    with pytest.raises(UserError, match="bad.pt"):
+        CascadeMemoryDetector.load(tmp_path / "bad.pt")
+
+
+def test_export_copies_no_link_and_drops_no_trial(finished_run, tmp_path):
+    from tool.report.export import export
+
+    secret = tmp_path / "secret"
+    secret.write_text("a secret")
+    run = copy_run(finished_run, tmp_path / "runs")
+    (run / "table.md").unlink()
+    (run / "table.md").symlink_to(secret)
+    with pytest.raises(UserError, match="is a symbolic link: an export copies a run's own files only"):
+        export(run, tmp_path / "results")
+    assert not (tmp_path / "results").exists()
+    (run / "table.md").unlink()
+    shutil.move(run / "class0_seed0", tmp_path / "elsewhere")
+    (run / "class0_seed0").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match="class0_seed0 is a symbolic link"):
+        export(run, tmp_path / "results")
+
+
+def test_classes_none_means_every_class():
+    import main
+    from tool.commands import parse
+
+    _, given = parse(["--classes", "none"], main.DEFAULTS, "", Path(main.__file__))
+    assert given["classes"] is None

@@ -93,8 +93,8 @@ def command_line(argv, defaults, run_trial, doc, main_file):
         return run_leakage(args.leakage, resolve_device(given.get("device", "auto")))
     if args.eval_only or args.table or args.figures:
         refuse(given, ("device", "score"), "--eval-only, --table and --figures each", args.run_dir)
-        if args.table:
-            return report.run_table(args.table, score=given.get("score"))
+        if args.table:  # prints only: a run's own table.md, table.csv and roc_all.png are the sweep's to write
+            return report.run_table(args.table, score=given.get("score"), write=False)
         if args.figures:
             figures.redraw(args.figures, resolve_device(given.get("device", "auto")), given.get("score"))
             return report.run_table(args.figures, score=given.get("score"))  # and roc_all.png

@@ -6,7 +6,10 @@ one table row each (only the constants that differ).
 """
 from pathlib import Path
 
-from tool.errors import UserError
+from tool.errors import UserError, shown
+from tool.io import read_small_file
+
+MAX_CONFIG_BYTES = 2 ** 20  # a file of main.py's constants is a few kB
 
 
 def read_constants(path, what="a file of main.py's constants"):
@@ -16,10 +19,11 @@ def read_constants(path, what="a file of main.py's constants"):
     skipped (they are code)."""
     import ast
 
+    data = read_small_file(path, f"Give {what}.", limit=MAX_CONFIG_BYTES)
     try:
-        tree = ast.parse(Path(path).read_bytes(), filename=str(path))
-    except (OSError, SyntaxError, ValueError) as error:
-        raise UserError(f"{path} cannot be read as {what} ({type(error).__name__}: {error}).") from None
+        tree = ast.parse(data, filename=str(path))
+    except (SyntaxError, ValueError, MemoryError, RecursionError) as error:
+        raise UserError(f"{path} cannot be read as {what} ({type(error).__name__}: {str(error)[:200]}).") from None
     constants = {}
     for node in tree.body:
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
@@ -32,7 +36,7 @@ def read_constants(path, what="a file of main.py's constants"):
                             f"(main.py's constants, e.g. EPOCHS = 40); it is read, never run.")
         try:
             constants[target.id.lower()] = ast.literal_eval(node.value)
-        except ValueError:
+        except (ValueError, TypeError, MemoryError, RecursionError):
             raise UserError(f"{path}, line {node.lineno}: {target.id} must be a plain value (a number, string, "
                             f"list, True/False/None), not an expression.") from None
     return constants
@@ -53,10 +57,15 @@ def read_config_file(path, defaults):
     unknown = sorted(set(given) - set(defaults))
     if unknown:
         raise UserError(f"{path}: {', '.join(k.upper() for k in unknown)} is not one of main.py's constants.")
+    from tool.settings import LIST_TYPES, SCALAR_TYPES
+
     for key, value in given.items():
         default = defaults[key]
-        if default is not None and value is not None and not _same_kind(value, default):
-            raise UserError(f"{path}: {key.upper()} = {value!r} should be of the kind of main.py's {default!r}.")
+        if default is None:  # the kind main.py's None stands for
+            default = [] if key in LIST_TYPES else SCALAR_TYPES.get(key, str)()
+        if value is not None and not _same_kind(value, default):
+            raise UserError(f"{path}: {key.upper()} = {shown(value)} should be of the kind of main.py's "
+                            f"{shown(defaults[key])}{' (a list, or None)' if isinstance(default, list) else ''}.")
     return given
 
 

@@ -33,10 +33,10 @@ from models import PRESETS, ModelConfig, build_model
 from tool.constants import main_defaults
 from tool.data.datasets import scale_images
 from tool.data.protocol import validation_holdout
-from tool.errors import UserError
+from tool.errors import UserError, shown
 from tool.io import atomic_torch_save, check_target, load_checkpoint
 from tool.scores import FUSIONS, SCORES, Scorer, features_of, names_of, recommended
-from tool.settings import check_ranges, resolve_device
+from tool.settings import check_model_size, check_ranges, resolve_device
 from tool.seeding import seed_everything
 from tool.train import TrainConfig, train_model
 
@@ -68,7 +68,9 @@ class CascadeMemoryDetector:
         if not isinstance(device, str):
             raise UserError(f"device must be a string: auto, cpu, cuda, cuda:N or mps; got {device!r}")
         if type(seed) is not int:
-            raise UserError(f"seed must be an integer; got {seed!r}")
+            raise UserError(f"seed must be an integer; got {shown(seed)}")
+        if not isinstance(verbose, bool):
+            raise UserError(f"verbose must be True or False; got {shown(verbose)}")
         self.preset, self.score, self.seed, self.verbose, self.device_asked = preset, score, seed, verbose, device
         self.device = resolve_device(device)
         self.settings = {**defaults, **settings}
@@ -85,8 +87,12 @@ class CascadeMemoryDetector:
                 "verbose": self.verbose, **self.settings}
 
     def set_params(self, **params):
-        merged = {**self.get_params(), **params}
-        self.__init__(**merged)
+        """New parameters, checked as the constructor checks them before any is taken (a refusal
+        leaves the detector as it was); a fitted detector keeps its fit until fit is called again,
+        as scikit-learn's estimators do."""
+        checked = type(self)(**{**self.get_params(), **params})
+        for name in ("preset", "score", "seed", "verbose", "device_asked", "device", "settings"):
+            setattr(self, name, getattr(checked, name))
         return self
 
     def __repr__(self):
@@ -104,6 +110,12 @@ class CascadeMemoryDetector:
         train_idx, val_idx = validation_holdout(np.arange(len(images)), self.settings["val_fraction"], self.seed)
         train_x, val_x = (images[torch.from_numpy(i)] for i in (train_idx, val_idx))
         self.input_shape = tuple(images.shape[1:])
+        try:  # the model at the images' size must fit in memory (as main.py checks before a sweep)
+            check_model_size({**self.settings, "model": self.preset}, self.input_shape)
+        except UserError as error:
+            self.input_shape = None
+            raise UserError(str(error).replace("--latent-dim, --n-slots, --memae-slots or --channels",
+                                               "latent_dim, n_slots, memae_slots or channels")) from None
         self.model = self._build().to(self.device)
         with tempfile.TemporaryDirectory() as tmp:  # train_model's resumable checkpoint, not kept
             train_model(self.model, scale_images(train_x, self.device), scale_images(val_x, self.device),
@@ -192,7 +204,7 @@ class CascadeMemoryDetector:
             detector._check_score()
         except UserError as error:
             raise UserError(f"{path}: {error}") from None
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, OverflowError) as error:
             raise UserError(f"{path} is not a detector saved by CascadeMemoryDetector.save, or it is damaged "
                             f"({type(error).__name__}: {str(error)[:200]}).") from None
         return detector
@@ -233,7 +245,10 @@ def as_images(images, expected=None):
     accepted = ("images must be a numpy array or torch tensor of shape (N, C, H, W), (N, H, W) or (N, H, W, C), "
                 "of pixels 0..255 (uint8) or floats in [0, 1]")
     if isinstance(images, torch.Tensor):
-        array = images.detach().cpu().numpy() if images.dtype != torch.bfloat16 else images.detach().float().numpy()
+        if images.layout != torch.strided or images.is_meta:
+            raise UserError(f"{accepted}; got a {'meta' if images.is_meta else 'sparse'} tensor (give a dense one)")
+        images = images.detach().cpu()
+        array = (images.float() if images.dtype in (torch.bfloat16, torch.float16) else images).numpy()
     elif isinstance(images, (np.ndarray, list, tuple)):
         try:
             array = np.asarray(images)

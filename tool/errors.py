@@ -13,6 +13,16 @@ class UserError(Exception):
     """
 
 
+def shown(value, limit=80):
+    """A value as an error message quotes it: its repr (quoted, one line), cut to `limit`
+    characters; an integer too long for Python to print, by its size."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond sys.get_int_max_str_digits
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (what Slurm's scancel, systemd and `timeout` send) while a command runs: raised in
     the main thread like Ctrl-C's KeyboardInterrupt, so the same clean-up runs (worker processes
@@ -48,8 +58,7 @@ def cli(main):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(141)
         except Terminated:
-            print("terminated (SIGTERM); an interrupted sweep continues with python main.py --resume RUN_DIR",
-                  file=sys.stderr)
+            print("terminated (SIGTERM)", file=sys.stderr)
             sys.exit(143)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

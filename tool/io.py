@@ -75,6 +75,8 @@ def check_target(path):
     a folder, a device node, a FIFO, a socket (a rename would replace it: as root, `/dev/full`
     itself). A symbolic link counts as what it points to; a dangling one, or no file, is fine."""
     path = Path(path)
+    if "\0" in str(path):
+        raise UserError(f"cannot write {str(path)!r}: a file name cannot hold a null byte.")
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -97,6 +99,7 @@ def _atomic(path, write, errors=(OSError,), exclusive=False):
     temp file is removed whatever happens, and `path` keeps its old content (or stays absent). A
     target that is not a regular file (check_target) is refused before anything is written."""
     path = Path(path)
+    check_target(path)  # before make_dir: a null byte in the name is refused before any folder is made
     make_dir(path.parent)
     check_target(path)
     tmp = None
@@ -220,6 +223,9 @@ def load_checkpoint(path, device="cpu", what_to_do="Train it again.", what="a ch
     """A checkpoint this code wrote, loaded with torch.load(weights_only=True): tensors, numbers,
     strings and containers only, so a forged file can never run code. Anything else is a
     UserError naming the file and what to do."""
+    info = os.stat(path) if os.path.exists(path) else None
+    if info is not None and not stat.S_ISREG(info.st_mode):  # a FIFO would block torch.load forever
+        raise UserError(f"{path} is not {what}: it is not a regular file (a folder, device, FIFO or socket). {what_to_do}")
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
@@ -228,14 +234,31 @@ def load_checkpoint(path, device="cpu", what_to_do="Train it again.", what="a ch
                         f"({type(error).__name__}). {what_to_do}") from None
 
 
-def read_json(path, what_to_do):
-    """The JSON in `path` (never code: JSON holds data only); a missing, unreadable, truncated or
-    malformed file is a UserError that names it and says `what_to_do`. Callers check the shape of
-    what they get."""
+MAX_READ_BYTES = 256 * 2 ** 20  # a JSON or config file larger than this is not one this code wrote
+
+
+def read_small_file(path, what_to_do, limit=MAX_READ_BYTES):
+    """The bytes of a regular file of at most `limit` bytes; a FIFO, a device, a folder (which
+    would block or never end) or a larger file is a UserError naming it and saying `what_to_do`."""
     try:
-        text = Path(path).read_bytes().decode("utf-8")
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise UserError(f"{path} is not a regular file (a folder, device, FIFO or socket). {what_to_do}")
+        if info.st_size > limit:
+            raise UserError(f"{path} is {info.st_size / 2 ** 20:.0f} MB, larger than such a file can be "
+                            f"({limit >> 20} MB). {what_to_do}")
+        return Path(path).read_bytes()
     except OSError as error:
         raise UserError(f"{path} cannot be read ({error.strerror or type(error).__name__}). {what_to_do}") from None
+
+
+def read_json(path, what_to_do):
+    """The JSON in `path` (never code: JSON holds data only); a missing, unreadable, truncated,
+    malformed or oversized file, or one that is not a regular file, is a UserError that names it
+    and says `what_to_do`. Callers check the shape of what they get."""
+    data = read_small_file(path, what_to_do)
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise UserError(f"{path} is truncated or corrupt (not UTF-8 text). {what_to_do}") from None
     try:

@@ -61,10 +61,7 @@ def run_trials(run_trial, config, ds, trials, run_dir, device):
     try:
         tasks = [(run_trial, config, c, s, str(run_dir)) for c, s in trials]
         with tqdm(total=len(tasks), desc="trials", unit="trial", disable=None) as bar:
-            for c, s, results in pool.imap_unordered(_worker, tasks):
-                tqdm.write(f"class {c} seed {s}: " + ("skipped, another process runs it" if results is None else
-                                                      "  ".join(f"{name} AUROC {m['auroc']:.4f}"
-                                                                for name, m in results["metrics"].items())))
+            for _ in pool.imap_unordered(_worker, tasks):  # each worker logs its own trial's line
                 bar.update(1)
         pool.close()
     except BaseException:  # a trial failed, Ctrl-C, SIGTERM: stop every worker now

@@ -14,7 +14,7 @@ import numpy as np
 from tool.errors import UserError
 from tool.evaluation import METRICS
 from tool.io import atomic_write_bytes, atomic_write_text, read_json
-from tool.scores import FUSIONS, fusions, recommended
+from tool.scores import FUSIONS, fusions, is_mean_and_spread, recommended
 
 
 def results_text(results):
@@ -81,10 +81,6 @@ def _number(value, low=-math.inf, high=math.inf):
         return False
 
 
-def _pair(value):
-    return isinstance(value, list) and len(value) == 2 and all(_number(v) for v in value) and value[1] > 0
-
-
 RESULTS_SCHEMA = {  # what every reader of a results.json needs: key -> (check, what it must be)
     "metrics": (lambda v: isinstance(v, dict) and v and all(
         isinstance(m, dict) and all(_number(m.get(k), 0, 1) for k in METRICS if k in m)
@@ -93,8 +89,8 @@ RESULTS_SCHEMA = {  # what every reader of a results.json needs: key -> (check, 
     "thresholds": (lambda v: isinstance(v, dict) and all(_number(t) for t in v.values()),
                    "each score's decision threshold, a finite number"),
     "threshold_percentile": (lambda v: _number(v, 0, 100), "a number in [0, 100]"),
-    "validation_stats": (lambda v: isinstance(v, dict) and all(_pair(p) for p in v.values()),
-               "each score's validation [mean, spread], finite, the spread above 0"),
+    "validation_stats": (lambda v: isinstance(v, dict) and all(is_mean_and_spread(p) for p in v.values()),
+               "each score's validation [mean, spread]: finite, the spread above 0, neither beyond 1e12"),
     "class": (lambda v: type(v) is int and v >= 0, "the class, an integer >= 0"),
     "seed": (lambda v: type(v) is int and v >= 0, "the seed, an integer >= 0"),
     "history": (lambda v: isinstance(v, dict), "the training history by columns"),

@@ -35,7 +35,7 @@ from models import ModelConfig, build_model
 from tool.data.datasets import NAME_PATTERN
 from tool.errors import UserError
 from tool.io import (REPO, WriteError, atomic_torch_save, atomic_write_json, environment, file_lock, file_sha256,
-                     load_checkpoint, make_dir, read_json, remove_temp_files, write_reason)
+                     load_checkpoint, make_dir, read_json, read_small_file, remove_temp_files, write_reason)
 
 # Settings that do not change what a trial computes: they may differ between runs of one folder.
 PLACEMENT_KEYS = ("classes", "seeds", "jobs", "device", "output_dir", "data_dir", "draw_figures", "score",
@@ -95,16 +95,18 @@ def is_run_config(path):
     tool's config.json that happens to lie in a tree of runs; a file that is not JSON at all is a
     damaged run config (read_run_config then says so)."""
     try:
-        saved = json.loads(Path(path).read_bytes())
-    except (OSError, ValueError, RecursionError):
-        return True
+        saved = json.loads(read_small_file(path, ""))
+    except (UserError, ValueError, RecursionError):
+        return True  # read_run_config then says what is wrong with it
     return isinstance(saved, dict) and "config" in saved
 
 
 def read_run_config(run_dir):
     """The settings a run folder was made with (renamed settings under their new names)."""
     path = Path(run_dir) / "config.json"
-    if not path.is_file():
+    if TRIAL_NAME.fullmatch(Path(run_dir).name) and (Path(run_dir).parent / "config.json").is_file():
+        raise UserError(f"{run_dir} is a trial folder; give its run folder, {Path(run_dir).parent}.")
+    if not path.exists():  # one that is there but not a regular file: read_json says so
         raise UserError(f"{run_dir} is not a run folder (no config.json). Give a folder that main.py made, "
                         f"e.g. runs/<dataset>/<model>/<timestamp>.")
     what_to_do = "Restore it from a copy, or run again in a new folder."

@@ -65,13 +65,18 @@ BANK_SIZES = {"code": 16384, "hidden": 8192, "views": 8192}  # normal training i
 def names_of(features, banks=None, stats=None):
     """Every score (fused ones included) a model with `features` (network_outputs' keys) has; with
     `banks`, only the neighbour scores whose bank is there, and with `stats` ({score: [mean,
-    spread]}), only the fusions whose every member has its statistics."""
-    base = [name for name, score in SCORES.items() if score.feature in features
-            and (banks is None or score.method == "value" or score.feature in banks)]
+    spread]}), only fusions whose members all have theirs. A fusion is there only when every member
+    the model has is: a fused score is never quietly made of fewer members than it was fitted with."""
+    def has(name):
+        score = SCORES[name]
+        return score.feature in features and (banks is None or score.method == "value" or score.feature in banks)
+
+    base = [name for name in SCORES if has(name)]
     fused = []
     for name, (members, needs) in FUSIONS.items():
-        present = [m for m in members if m in base]
-        if present and (needs is None or needs in present) and (stats is None or all(m in stats for m in present)):
+        own = [m for m in members if SCORES[m].feature in features]  # the members this kind of model has
+        if (own and all(has(m) and (stats is None or m in stats) for m in own)
+                and (needs is None or needs in own)):
             fused.append(name)
     return base + fused
 
@@ -259,13 +264,13 @@ class Scorer:
         needs = {f for f in features_of(model) if f in BANK_SIZES}
         banks = {f: _checked_bank(state["banks"].get(f), f, model) for f in needs if f in state["banks"]}
         val_stats, thresholds = state.get("validation_stats"), state.get("thresholds")
-        if not (isinstance(val_stats, dict) and all(_is_mean_and_spread(v) for v in val_stats.values())):
+        if not (isinstance(val_stats, dict) and all(is_mean_and_spread(v) for v in val_stats.values())):
             raise ValueError("the validation statistics are not [mean, spread] pairs of finite numbers")
         if not (isinstance(thresholds, dict) and all(_finite_number(v) for v in thresholds.values())):
             raise ValueError("the thresholds are not finite numbers")
         scorer = cls(model, banks, {k: [float(a), float(b)] for k, (a, b) in val_stats.items()},
                      {k: float(v) for k, v in thresholds.items()}, state.get("percentile"))
-        scorer.names = names_of(features_of(model), banks, scorer.val_stats)
+        scorer.names = [n for n in names_of(features_of(model), banks, scorer.val_stats) if n in scorer.thresholds]
         return scorer
 
 
@@ -273,11 +278,16 @@ def _finite_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(float(value)))
 
 
-def _is_mean_and_spread(value):
-    """[mean, spread] of finite numbers, the spread above 0."""
+STATS_LIMIT = 1e12  # |mean| and spread of a score's validation statistics; its spread at least 1 / STATS_LIMIT
+
+
+def is_mean_and_spread(value):
+    """A score's validation [mean, spread] as every reader needs it (results.json, a detector file,
+    the seed ensembles): two finite numbers, |mean| and spread at most STATS_LIMIT and the spread at
+    least 1 / STATS_LIMIT, so that standardising a finite score gives a finite number."""
     try:
         return (isinstance(value, (list, tuple)) and len(value) == 2 and all(_finite_number(v) for v in value)
-                and float(value[1]) > 0)
+                and abs(float(value[0])) <= STATS_LIMIT and 1 / STATS_LIMIT <= float(value[1]) <= STATS_LIMIT)
     except OverflowError:  # an integer beyond float's range
         return False
 

@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from tool.errors import UserError
+from tool.errors import UserError, shown
 
 LIST_TYPES = {  # settings whose default may be empty or None: their element type
     "classes": str, "seeds": int, "n_slots": int, "top_k": int, "forget_rate": float, "channels": int,
@@ -161,11 +161,16 @@ def overrides_from(args, defaults):
         if hasattr(args, key):
             value = getattr(args, key)
             given[key] = list(value) if isinstance(value, list) else value
+            if key in OPTIONAL and isinstance(value, list) and [str(v).lower() for v in value] == ["none"]:
+                given[key] = None  # --classes none: every class
     return given
 
 
 def _finite(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    try:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:  # an integer beyond float's range
+        return False
 
 
 def _in(low, high, low_open=False, high_open=False):
@@ -239,11 +244,11 @@ def validate(config):
 
     check_dataset_name(config["dataset"], config["data_dir"])
     if config["protocol"] not in PROTOCOLS:
-        raise UserError(f"unknown protocol '{config['protocol']}'. Valid: {', '.join(PROTOCOLS)}")
+        raise UserError(f"unknown protocol {shown(config['protocol'])}. Valid: {', '.join(PROTOCOLS)}")
     if config["model"] not in PRESETS and config["model"] not in CLASSICAL:
-        raise UserError(f"unknown model preset '{config['model']}'. Valid: {', '.join([*PRESETS, *CLASSICAL])}")
+        raise UserError(f"unknown model preset {shown(config['model'])}. Valid: {', '.join([*PRESETS, *CLASSICAL])}")
     if config["ssl"] is not None and config["ssl"] not in SSL_KINDS:
-        raise UserError(f"unknown self-supervised task --ssl (SSL) '{config['ssl']}'. Valid: none, {', '.join(SSL_KINDS)}")
+        raise UserError(f"unknown self-supervised task --ssl (SSL) {shown(config['ssl'])}. Valid: none, {', '.join(SSL_KINDS)}")
     if config["ssl"] is not None and config["model"] in CLASSICAL:
         raise UserError(f"--ssl trains a network's encoder; {config['model']} is a classical detector: drop --ssl")
     if config["classes"] is not None and not config["classes"]:
@@ -260,7 +265,7 @@ def check_score(score, allow_all=False):
     from tool.scores import FUSIONS, SCORES
 
     if score not in (*SCORES, *FUSIONS, *CLASSICAL, "best") and not (allow_all and score == "all"):
-        raise UserError(f"--score (SCORE) '{score}' is not a score: valid are best, {', '.join([*SCORES, *FUSIONS])}"
+        raise UserError(f"--score (SCORE) {shown(score)} is not a score: valid are best, {', '.join([*SCORES, *FUSIONS])}"
                         f"{', all' if allow_all else ''} (a classical detector shows its own: {', '.join(CLASSICAL)})")
 
 
@@ -296,14 +301,22 @@ def machine_memory():
         return None
 
 
+INT_LIMIT = 2 ** 31  # no integer setting (epochs, steps, sizes, seeds' count ...) means anything above this
+
+
 def check_ranges(config, keys=None):
-    """Check `keys` of `config` (default: every setting with a rule) against RULES; a UserError
-    names the first setting out of range."""
+    """Check `keys` of `config` (default: every setting with a rule) against RULES, and that no
+    integer anywhere in them is beyond INT_LIMIT; a UserError names the first setting out of range."""
+    for key, value in config.items():
+        values = value if isinstance(value, list) else [value]
+        if key != "seeds" and any(type(v) is int and abs(v) > INT_LIMIT for v in values):
+            raise UserError(f"--{key.replace('_', '-')} ({key.upper()}) must be at most {INT_LIMIT}, got "
+                            f"{shown(value)}")
     for key in RULES if keys is None else keys:
         if key in config:
             check, rule = RULES[key]
             if not check(config[key]):
-                raise UserError(f"--{key.replace('_', '-')} ({key.upper()}) must be {rule}, got {config[key]}")
+                raise UserError(f"--{key.replace('_', '-')} ({key.upper()}) must be {rule}, got {shown(config[key])}")
 
 
 def resolve_device(name):
@@ -338,7 +351,7 @@ def describe(config, defaults):
         return "settings: main.py's defaults (every setting is in the run's config.json)"
     width = max(len(k) for k in changed)
     return "\n".join(["settings that differ from main.py's (every setting is in the run's config.json):",
-                      *(f"  {k:<{width}} = {v}   (main.py: {defaults[k]})" for k, v in changed.items())])
+                      *(f"  {k:<{width}} = {shown(v, 200)}   (main.py: {defaults[k]!r})" for k, v in changed.items())])
 
 
 def epochs_note(config, n_train):

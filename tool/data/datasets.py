@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tool.errors import UserError
+from tool.errors import UserError, shown
 from tool.io import (REPO, WriteError, atomic_torch_save, atomic_write_json, load_checkpoint, make_dir, read_json,
                      staging_dir, write_reason)
 
@@ -69,12 +69,12 @@ def is_prepared(name, root=None):
 def check_dataset_name(name, root=None):
     """A known dataset, or a folder dataset someone prepared under datasets/<name>/."""
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        raise UserError(f"--dataset '{name}' is not a dataset name but a path, an empty name or one over 100 "
+        raise UserError(f"--dataset {shown(name)} is not a dataset name but a path, an empty name or one over 100 "
                         f"characters: give the name of a dataset in {Path(root or DATA_ROOT)} (e.g. digits, fmnist, "
                         f"or your folder dataset's --name), and --data-dir for another datasets folder.")
     if name in DATASETS or is_prepared(name, root):
         return name
-    raise UserError(f"unknown dataset '{name}'. Valid: {', '.join(DATASETS)} "
+    raise UserError(f"unknown dataset {shown(name)}. Valid: {', '.join(DATASETS)} "
                     f"(or the name of a folder dataset prepared with preprocess.py --dataset folder)")
 
 

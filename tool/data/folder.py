@@ -26,7 +26,6 @@ import stat
 from collections import Counter
 from pathlib import Path
 
-os.environ.setdefault("CV_IO_MAX_IMAGE_PIXELS", str(2 ** 27))  # OpenCV refuses to decode more pixels than this
 import cv2  # noqa: E402
 
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # an unreadable file: reported here, in one line
@@ -47,6 +46,7 @@ READ_MODES = {  # how cv2.imdecode decodes a file; every mode gives 8-bit pixels
 INTERPOLATIONS = {"area": cv2.INTER_AREA}  # name recorded in meta.json -> OpenCV flag
 INTERPOLATION = "area"  # averages pixels when shrinking (no aliasing), bilinear-like when enlarging
 MAX_IMAGE_BYTES = 256 * 2 ** 20  # a larger file is not read (a forged or sparse file of gigabytes)
+MAX_IMAGE_PIXELS = 2 ** 27  # an image of more pixels is not decoded (a small PNG can claim 60000 x 60000)
 TEST_FRACTION = 0.2  # share of each class held out as test when the folder has no train/ and test/
 SEED = 0  # numpy seed of that split
 
@@ -59,8 +59,8 @@ def read_image(path, mode):
 
     The file's bytes are read by Python and decoded by OpenCV from memory: OpenCV never sees the
     file's name, so any name works (cv2.imread crashes the process on a name that is not UTF-8).
-    Only a regular file of at most MAX_IMAGE_BYTES is read, and OpenCV decodes at most
-    CV_IO_MAX_IMAGE_PIXELS pixels (2**27 unless the environment says otherwise)."""
+    Only a regular file of at most MAX_IMAGE_BYTES is read, and only an image whose header claims at
+    most MAX_IMAGE_PIXELS is decoded (OpenCV's own limit is not applied by imdecode)."""
     return _read_image(path, mode)[0]
 
 
@@ -81,6 +81,9 @@ def _read_image(path, mode):
         return None, f"cannot be read ({error.strerror or type(error).__name__})"
     if data.size == 0:
         return None, "empty"
+    size = header_size(data.tobytes()[:65536])
+    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+        return None, f"{size[1]} x {size[0]} pixels, more than an image may have ({MAX_IMAGE_PIXELS:,})"
     try:
         image = cv2.imdecode(data, READ_MODES[mode])
     except cv2.error:
@@ -88,6 +91,34 @@ def _read_image(path, mode):
     if image is None:
         return None, "corrupt, too large, or not a PNG, JPEG or BMP image"
     return (image[:, :, None] if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)), None
+
+
+def header_size(head):
+    """(width, height) that a PNG, BMP or JPEG file's header claims, from its first bytes; None
+    when they name no such image (OpenCV then refuses it, or it is another format)."""
+    import struct
+
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
+        return struct.unpack(">II", head[16:24])
+    if head[:2] == b"BM" and len(head) >= 26:
+        width, height = struct.unpack("<ii", head[18:26])
+        return abs(width), abs(height)
+    if head[:2] == b"\xff\xd8":  # JPEG: the first start-of-frame segment holds the size
+        i = 2
+        while i + 9 < len(head):
+            if head[i] != 0xFF:
+                i += 1
+                continue
+            marker = head[i + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+                i += 1 if marker == 0xFF else 2
+                continue
+            length = struct.unpack(">H", head[i + 2:i + 4])[0]
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                height, width = struct.unpack(">HH", head[i + 5:i + 9])
+                return width, height
+            i += 2 + length
+    return None
 
 
 def shown(path):

@@ -17,13 +17,17 @@ def export(run_dir, dest=None):
     the settings. Only finished trials are copied (a run still training can be exported as far as it
     got). The copy is made in a hidden folder beside the target (staging_dir) and renamed into place
     when complete, so a failed export leaves nothing behind, and a killed one's folder is removed by
-    the next export."""
+    the next export. A run folder holding a symbolic link is refused: its target could be any file."""
     run_dir = Path(run_dir).resolve()  # "--export ." names the run by its folder's own name
     config = read_run_config(run_dir)
     tuning = ("tuning",) if config["dataset"].endswith("-tune") else ()
     target = Path(dest or REPO / "results").joinpath(*tuning, config["dataset"], config["model"], run_dir.name)
     if target.exists():
         raise UserError(f"{target} exists; an export never overwrites one.")
+    linked = [p for p in run_dir.rglob("*") if p.is_symlink()]
+    if linked:  # an export copies the run's own files: never what a link points to (a secret), nor skips a trial
+        raise UserError(f"{linked[0]} is a symbolic link: an export copies a run's own files only. Replace the link "
+                        f"by the file or folder itself, or remove it.")
     for results in load_results(run_dir).values():  # every results.json and scores.npz must be readable before
         read_scores(run_dir / f"class{results['class']}_seed{results['seed']}", results)  # anything is written
     make_dir(target.parent)

@@ -54,10 +54,11 @@ def trial_view(folder, results, score):
                           "percentile_of_validation_scores": results["threshold_percentile"]}}
 
 
-def draw_trial(folder, results, score, split=None, model=None):
+def draw_trial(folder, results, score, split=None, model=None, strict=False):
     """roc.png and scores.png (of SCORE `score`) in a finished trial's folder; given its model and
     split, also reconstructions.png and (for a model with memory) memory.png. A failure is a
-    warning."""
+    warning, but with `strict` (--figures, where the figures are what was asked for) a folder that
+    cannot be written is the command's one error."""
     try:
         device = next(model.parameters()).device if model is not None else "cpu"
         view = trial_view(folder, results, score)
@@ -70,6 +71,8 @@ def draw_trial(folder, results, score, split=None, model=None):
             if counts:
                 memory_figure(counts, len(split.val), folder / "memory.png")
     except Exception as error:  # a figure is an extra: never lose a finished trial to it
+        if strict and isinstance(error, UserError):
+            raise
         _warn(f"figures of {folder} not drawn", error)
 
 
@@ -283,5 +286,5 @@ def redraw(run_dir, device, score=None):
         folder = run_dir / f"class{c}_seed{seed}"
         split = make_split(ds, config["protocol"], c, config["val_fraction"], seed)
         model = load_trial_model(folder, device)[1] if (folder / "best.pt").is_file() else None
-        draw_trial(folder, trial_results, score, split, model)
+        draw_trial(folder, trial_results, score, split, model, strict=True)
     return results

@@ -231,7 +231,7 @@ def compare(root, score="recon", ensemble=False):
     several seeds: their seed ensemble (tool/report/ensemble.py); return the Markdown."""
     root = Path(root)
     runs = find_runs(root)
-    markdown, rows_csv = [], [["dataset", "protocol", "model", "score", "metric", "mean", "std"]]
+    markdown, rows_csv, pictures = [], [["dataset", "protocol", "model", "score", "metric", "mean", "std"]], []
     for (dataset, protocol), labelled in sorted(runs.items()):
         loaded = {label: load_results(run_dir) for label, run_dir in labelled.items()}
         rows = []  # (row label, run label, score)
@@ -290,10 +290,8 @@ def compare(root, score="recon", ensemble=False):
         if leakage:
             class_rows = [row + [f"{leakage.get(c, {}).get(key, float('nan')):.2f}" if key in leakage.get(c, {}) else "-"
                                  for key in ("pixels", "latent")] for c, row in zip(classes, class_rows)]
-        if len(models) <= FIGURE_ROWS:  # comparison-<dataset>.png: every row's AUROC per class against the pixel kNN
-            from tool.report import figures
-
-            figures.comparison_figure(per_class, class_names, f"{dataset}, {protocol}", root / f"comparison-{dataset}.png")
+        if len(models) <= FIGURE_ROWS:  # comparison-<dataset>.png, drawn once the tables are written
+            pictures.append((per_class, class_names, f"{dataset}, {protocol}", root / f"comparison-{dataset}.png"))
         markdown += [f"AUROC per class ({dataset}, {protocol}), in %"
                      + ("; neighbourhood class leakage beside it (1: the class mixes with the others as if at random, "
                         "0: not at all; python main.py --leakage RUN_DIR, tool/report/leakage.py)" if leakage else "") + ":", "",
@@ -301,5 +299,9 @@ def compare(root, score="recon", ensemble=False):
     text = "\n".join(markdown)
     atomic_write_text(root / "comparison.md", text)
     atomic_write_text(root / "comparison.csv", _csv_text(rows_csv))
-    print(f"written: {root / 'comparison.md'}, {root / 'comparison.csv'}")
+    from tool.report import figures
+
+    for picture in pictures:  # every row's AUROC per class against the pixel kNN
+        figures.comparison_figure(*picture)
+    print(f"written: {root / 'comparison.md'}, {root / 'comparison.csv'}" + "".join(f", {p[-1]}" for p in pictures))
     return text
