@@ -19,7 +19,7 @@ from tool.data.datasets import DATASETS, is_prepared
 from tool.data.prepare import find_raw, how_to_get, prepare, prepare_tuning_split
 from tool.errors import UserError, cli
 from tool.data.folder import prepare_folder
-from tool.settings import OneLineParser
+from tool.flags import OneLineParser
 
 FOLDER_FLAGS = ("path", "name", "size", "grayscale", "test_fraction", "seed")  # --dataset folder's own flags
 

@@ -29,13 +29,14 @@ import numpy as np
 import torch
 from prettytable import PrettyTable
 
-from tool.settings import OneLineParser, resolve_device
-from tool.errors import UserError, cli
 from tool.data.folder import INTERPOLATION, INTERPOLATIONS, image_problem, list_images, read_image, shown, to_chw
+from tool.errors import UserError, cli
+from tool.flags import OneLineParser
 from tool.io import check_target, create_new_file
 from tool.results import read_results
 from tool.runs import load_scorer, load_trial_model
 from tool.scores import FUSIONS, SCORES, recommended
+from tool.settings import resolve_device
 
 
 def parse_args(argv=None):

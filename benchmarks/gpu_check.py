@@ -29,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import main  # noqa: E402
 from tool.errors import UserError, cli  # noqa: E402
-from tool.io import REPO, atomic_write_text, environment  # noqa: E402
+from tool.io import REPO, atomic_write_text  # noqa: E402
 from tool.parallel import trial_jobs  # noqa: E402
+from tool.provenance import environment  # noqa: E402
 from tool.results import read_results, read_scores  # noqa: E402
 from tool.settings import resolve_device  # noqa: E402
 
@@ -136,7 +137,7 @@ def check(args):
 
 
 def run(argv=None):
-    from tool.settings import OneLineParser
+    from tool.flags import OneLineParser
 
     parser = OneLineParser(prog="benchmarks/gpu_check.py", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -29,7 +29,7 @@ from tool.data.protocol import make_split  # noqa: E402
 from tool.evaluation import batches  # noqa: E402
 from tool.runs import is_finished, load_trial_model, read_run_config  # noqa: E402
 from tool.scores import Scorer, validation_stats, standardised  # noqa: E402
-from tool.settings import OneLineParser  # noqa: E402
+from tool.flags import OneLineParser  # noqa: E402
 
 
 @torch.inference_mode()

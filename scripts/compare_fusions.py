@@ -22,7 +22,7 @@ from tool.evaluation import compute_metrics  # noqa: E402
 from tool.results import load_results, read_scores  # noqa: E402
 from tool.runs import read_run_config  # noqa: E402
 from tool.scores import FUSIONS, SCORES, standardised  # noqa: E402
-from tool.settings import OneLineParser  # noqa: E402
+from tool.flags import OneLineParser  # noqa: E402
 
 CANDIDATES = [  # decided before the tuning run was scored (results/tuning.md)
     ("recon", "memory", "transform", "views-knn"),

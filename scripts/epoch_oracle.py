@@ -27,18 +27,19 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from main import DEFAULTS  # noqa: E402
 from models import ModelConfig, build_model  # noqa: E402
+from tool.classical import CLASSICAL  # noqa: E402
 from tool.data.datasets import scale_images  # noqa: E402
+from tool.data.prepare import ensure_prepared  # noqa: E402
+from tool.data.protocol import check_trials, make_split  # noqa: E402
 from tool.errors import UserError, cli  # noqa: E402
 from tool.evaluation import compute_metrics  # noqa: E402
-from tool.scores import network_outputs  # noqa: E402
-from tool.io import atomic_write_json, atomic_write_text, environment, git_commit, make_dir, read_json  # noqa: E402
+from tool.flags import make_parser, overrides_from  # noqa: E402
+from tool.io import atomic_write_json, atomic_write_text, make_dir, read_json  # noqa: E402
 from tool.parallel import run_trials  # noqa: E402
-from tool.data.prepare import ensure_prepared  # noqa: E402
-from tool.data.protocol import make_split  # noqa: E402
-from tool.classical import CLASSICAL  # noqa: E402
-from tool.data.protocol import check_trials  # noqa: E402
-from tool.settings import check_model_size, make_parser, overrides_from, resolve_device, validate  # noqa: E402
+from tool.provenance import environment, git_commit  # noqa: E402
+from tool.scores import network_outputs  # noqa: E402
 from tool.seeding import seed_everything  # noqa: E402
+from tool.settings import check_model_size, resolve_device, validate  # noqa: E402
 from tool.train import TrainConfig, train_model  # noqa: E402
 
 

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tool.errors import UserError, cli  # noqa: E402
 from tool.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
 from tool.results import history_columns, results_text  # noqa: E402
-from tool.settings import OneLineParser  # noqa: E402
+from tool.flags import OneLineParser  # noqa: E402
 
 RENAMED = {"threshold": "addressing_threshold"}  # settings renamed since: old name -> today's
 ADDED = {  # settings added since, with the value every run made before them had

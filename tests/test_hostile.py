@@ -15,8 +15,8 @@ import filelock
 import numpy as np
 import pytest
 
-from conftest import ENV, REPO, command, copy_run, one_error, run_main
-from tool.report.export import EXPORTED, export
+from conftest import ENV, REPO, command, copy_run, one_error
+from tool.report.export import export
 from tool.errors import UserError
 from tool.io import atomic_torch_save, atomic_write_bytes, create_new_file, staging_dir
 

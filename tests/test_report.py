@@ -9,10 +9,9 @@ import pytest
 import main
 import faults
 from conftest import copy_run, files_in, leftovers, results_of, run_main
-from tool.report.export import EXPORTED, export
+from tool.report.export import export
 from tool.report import tables as report
 from tool.errors import UserError
-from tool.results import read_scores
 
 
 def _result(auroc, **others):

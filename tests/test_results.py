@@ -8,8 +8,7 @@ import pytest
 import main
 import score
 from conftest import command, copy_run, files_in, one_error
-from tool.report.export import EXPORTED, export
-from tool.report import figures, tables as report
+from tool.report.export import export
 from tool.errors import UserError
 from tool.report.ensemble import ensemble_scores
 from tool.results import history_columns, read_results, read_scores, write_results

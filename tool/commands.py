@@ -18,8 +18,9 @@ from tool.data.prepare import ensure_prepared
 from tool.data.protocol import check_trials, make_split
 from tool.errors import UserError
 from tool.evaluation import evaluate
-from tool.io import git_commit
+from tool.flags import make_parser, overrides_from
 from tool.parallel import run_trials, trial_threads
+from tool.provenance import git_commit
 from tool.report import figures
 from tool.report import tables as report
 from tool.report.export import export
@@ -28,8 +29,7 @@ from tool.results import read_results, write_results
 from tool.runs import (is_finished, load_trial_model, new_run_dir, open_run_dir, read_run_config, trial_dir,
                        trial_lock, write_scoring)
 from tool.scores import Scorer
-from tool.settings import (check_model_size, check_score, describe, epochs_note, make_parser, overrides_from,
-                           resolve_device, validate)
+from tool.settings import check_model_size, check_score, describe, epochs_note, resolve_device, validate
 from tool.train import cpu_lacks_bf16
 
 

@@ -4,7 +4,6 @@ one table row each (only the constants that differ).
 
     python main.py configs/fmnist-cascade.py          # that row's settings; flags still override them
 """
-from pathlib import Path
 
 from tool.errors import UserError, shown
 from tool.io import read_small_file

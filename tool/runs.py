@@ -29,13 +29,13 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-import torch
 
 from models import ModelConfig, build_model
 from tool.data.datasets import NAME_PATTERN
 from tool.errors import UserError
-from tool.io import (REPO, WriteError, atomic_torch_save, atomic_write_json, environment, file_lock, file_sha256,
-                     load_checkpoint, make_dir, read_json, read_small_file, remove_temp_files, write_reason)
+from tool.io import (REPO, WriteError, atomic_torch_save, atomic_write_json, file_lock, file_sha256, load_checkpoint,
+                     make_dir, read_json, read_small_file, remove_temp_files, write_reason)
+from tool.provenance import environment
 
 # Settings that do not change what a trial computes: they may differ between runs of one folder.
 PLACEMENT_KEYS = ("classes", "seeds", "jobs", "device", "output_dir", "data_dir", "draw_figures", "score",
