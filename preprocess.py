@@ -12,6 +12,8 @@ Writes datasets/<name>/processed/{train.pt,test.pt,meta.json}; see tool/data/dat
 and the places raw files are looked for.
 """
 import argparse
+import shutil
+import textwrap
 
 from prettytable import PrettyTable
 
@@ -96,6 +98,12 @@ def main(argv=None):
         except UserError as error:
             failed.append(name)
             table.add_row([name, "failed", str(error)])
+    # the advice, one way a line, wraps between words so that the table fits the terminal
+    taken = sum(max(len(str(row[i])) for row in [table.field_names, *table.rows]) for i in (0, 1)) + 10
+    width = max(30, shutil.get_terminal_size().columns - 1 - taken)
+    for row in table.rows:
+        row[2] = "\n".join(textwrap.fill(way, width, break_on_hyphens=False)
+                           for way in row[2].split("; "))
     print(table)
     if failed:
         raise UserError(f"could not prepare {', '.join(failed)}: see the table above for why and what to do")

@@ -33,6 +33,20 @@ def truncate_idx_images(root):
     return images
 
 
+def table_rows(stdout):
+    """{dataset: its row's cells, each cell's wrapped lines joined by spaces, joined by ' | '} of
+    preprocess.py's table."""
+    rows, name = {}, None
+    for line in stdout.splitlines():
+        if line.startswith("|"):
+            cells = [cell.strip() for cell in line.split("|")[1:-1]]
+            name = cells[0] or name
+            parts = rows.setdefault(name, [[] for _ in cells])
+            for part, cell in zip(parts, cells):
+                part.append(cell)
+    return {name: " | ".join(" ".join(filter(None, part)) for part in parts) for name, parts in rows.items()}
+
+
 def test_cli_unknown_dataset(repo, tmp_path):
     result = run_cli(repo, "--dataset", "imagenet", "--data-dir", str(tmp_path))
     assert_clean_failure(result, "unknown dataset 'imagenet'", "Valid: mnist, fmnist, kmnist, cifar10, digits")
@@ -58,7 +72,7 @@ def test_cli_truncated_idx_file(repo, tmp_path):
 def test_cli_without_arguments_prints_the_table(repo, tmp_path):
     result = run_cli(repo, "--data-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    table = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("|")}
+    table = table_rows(result.stdout)
     for name in ("mnist", "kmnist", "cifar10"):
         assert "missing" in table[name] and f"python preprocess.py --dataset {name} --download" in table[name]
     assert "| prepared" in table["digits"]
@@ -67,11 +81,24 @@ def test_cli_without_arguments_prints_the_table(repo, tmp_path):
     assert ("| prepared" in table["fmnist"]) == (find_raw(DATASETS["fmnist"], tmp_path / "nowhere") is not None)
 
 
+@pytest.mark.parametrize("columns", [60, 100])
+def test_the_table_fits_the_terminal_and_never_splits_a_flag(repo, tmp_path, columns):
+    """The advice wraps between words, one way a line, so that the table fits the terminal's
+    width (it was over 300 characters wide); every flag stays whole for copying."""
+    result = subprocess.run([sys.executable, "preprocess.py", "--data-dir", str(tmp_path / "data")], cwd=repo,
+                            capture_output=True, text=True, env={**os.environ, "COLUMNS": str(columns)}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("|", "+"))]
+    assert lines and max(map(len, lines)) <= columns, "\n".join(lines)
+    assert not any(line.rstrip(" |").endswith("--") for line in lines)
+    assert "python preprocess.py --dataset kmnist --download" in table_rows(result.stdout)["kmnist"]
+
+
 def test_cli_without_arguments_reports_a_broken_dataset_and_prepares_the_rest(repo, tmp_path):
     truncate_idx_images(tmp_path)
     result = run_cli(repo, "--data-dir", str(tmp_path))
     assert_clean_failure(result, "could not prepare mnist")
-    table = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("|")}
+    table = table_rows(result.stdout)
     assert "failed" in table["mnist"] and "truncated or corrupt" in table["mnist"]
     assert "| prepared" in table["digits"]  # the broken mnist did not stop the datasets after it
     assert files_in(processed_dir("mnist", tmp_path)) == []
