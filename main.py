@@ -39,7 +39,7 @@ MEMAE_SHRINK_THRESHOLD = None  # MemAE hard-shrinkage lambda; None = 1 / MEMAE_S
 MEMAE_ENTROPY_WEIGHT = 0.0002  # MemAE entropy loss weight (MemAE paper)
 KL_WEIGHT = 1.0  # VAE baseline: weight of the KL term (per pixel, like the MSE)
 EPOCHS = 100  # most epochs per trial (the paper's count is not public; early stopping ends most runs sooner)...
-MIN_STEPS = 2000  # ...unless they make fewer optimiser steps than this (digits: 4 batches an epoch, so 500 epochs)
+MIN_STEPS = 2000  # ...unless they make fewer optimiser steps than this (digits: 4 batches an epoch, so 500 epochs; an epoch of fewer batches counts as 4)
 PATIENCE = 10  # early stopping: epochs without a lower validation loss (released code: 10)...
 PATIENCE_STEPS = 1000  # ...and at least this many optimiser steps without one (digits has 4 batches an epoch; chosen on digits-tune, results/tuning.md)
 BATCH_SIZE = 256  # images per optimiser step (released code: 256)

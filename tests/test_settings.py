@@ -75,3 +75,18 @@ def test_a_run_config_with_a_wrong_type_is_refused(key, value):
 def test_every_command_line_error_is_one_line(script):
     """A flag argparse rejects is one 'error: ...' line naming the script's --help, no usage dump."""
     one_error(command(script, "--no-such-flag"), f"python {script} --help")
+
+
+def test_epochs_note_says_why_a_small_dataset_trains_longer_than_epochs():
+    """The sweep's first lines say when MIN_STEPS raises EPOCHS, and by how much: digits (4 batches
+    an epoch) 500 epochs; a folder of 144 training images (1 batch) the same 500, counted as 4
+    steps an epoch; Fashion-MNIST (190 batches) nothing."""
+    from tool.settings import epochs_note
+
+    config = {**main.DEFAULTS, "epochs": 100, "min_steps": 2000, "batch_size": 256}
+    assert epochs_note(config, 1020).startswith("4 optimiser step(s) an epoch on 1020 training images: MIN_STEPS "
+                                                "2000 -> at least 500 epochs, more than EPOCHS 100")
+    assert "1 optimiser step(s) an epoch (counted as 4) on 144 training images" in epochs_note(config, 144)
+    assert "at least 500 epochs" in epochs_note(config, 144)
+    assert epochs_note(config, 48600) is None
+    assert epochs_note({**config, "min_steps": 0}, 144) is None

@@ -222,24 +222,42 @@ class _Flat(torch.nn.Module):
         return {"recon": x, "loss": (self.w * 0 + 1.0).sum(), "memory": []}
 
 
-@pytest.mark.parametrize("patience_steps, epochs_trained", [(0, 3), (8, 4), (100, 10)])
+@pytest.mark.parametrize("patience_steps, epochs_trained", [(0, 3), (12, 4), (100, 10)])
 def test_early_stopping_counts_epochs_and_optimiser_steps(tmp_path, patience_steps, epochs_trained):
-    """PATIENCE = 2 epochs and PATIENCE_STEPS steps without a lower validation loss; 3 batches an
-    epoch: 0 steps stops after epoch 3, 8 steps after epoch 4 (9 steps), 100 never (10 epochs)."""
-    x = torch.randn(40, 1, 2, 2)
+    """PATIENCE = 2 epochs and PATIENCE_STEPS steps without a lower validation loss; 5 batches an
+    epoch: 0 steps stops after epoch 3, 12 steps after epoch 4 (15 steps), 100 never (10 epochs)."""
+    x = torch.randn(80, 1, 2, 2)
     config = train_config(epochs=10, patience=2, patience_steps=patience_steps, batch_size=16)
     result = train_model(_Flat(), x, x[:8], config, tmp_path / "last.pt", generator_seed=0, log=None)
     assert (result.epochs_trained, result.best_epoch, result.stopped_early) == (
         epochs_trained, 1, epochs_trained < 10)
 
 
-@pytest.mark.parametrize("min_steps, epochs_trained", [(0, 2), (7, 3), (12, 4)])
+@pytest.mark.parametrize("min_steps, epochs_trained", [(0, 2), (11, 3), (16, 4)])
 def test_min_steps_gives_a_small_dataset_more_epochs(tmp_path, min_steps, epochs_trained):
-    """EPOCHS = 2, 3 batches an epoch: MIN_STEPS = 7 needs 3 epochs, 12 needs 4."""
-    x = torch.randn(40, 1, 2, 2)
+    """EPOCHS = 2, 5 batches an epoch: MIN_STEPS = 11 needs 3 epochs, 16 needs 4."""
+    x = torch.randn(80, 1, 2, 2)
     config = train_config(epochs=2, min_steps=min_steps, patience=100, batch_size=16)
     result = train_model(_Flat(), x, x[:8], config, tmp_path / "last.pt", generator_seed=0, log=None)
     assert result.epochs_trained == epochs_trained
+
+
+@pytest.mark.parametrize("images, min_steps, patience_steps, epochs_trained", [
+    (40, 16, 1000, 4),   # 3 batches an epoch, counted as 4: MIN_STEPS 16 -> 4 epochs (not 6)
+    (16, 16, 1000, 4),   # 1 batch an epoch, counted as 4: the same 4 epochs (not 16)
+    (16, 400, 8, 3),     # patience: 2 epochs without a better loss count 8 steps, not 2
+    (80, 16, 1000, 4),   # 5 batches: the rule as before (16 steps -> 4 epochs)
+])
+def test_step_rules_count_an_epoch_as_at_least_four_steps(tmp_path, images, min_steps, patience_steps,
+                                                          epochs_trained):
+    """A dataset smaller than digits (a folder of 300 images is one batch an epoch) gets digits'
+    epochs from MIN_STEPS and PATIENCE_STEPS, not 4 times as many: 2000 steps were 2000 epochs."""
+    x = torch.randn(images, 1, 2, 2)
+    config = train_config(epochs=1, min_steps=min_steps, patience=2, patience_steps=patience_steps, batch_size=16)
+    result = train_model(_Flat(), x, x[:8], config, tmp_path / "last.pt", generator_seed=0, log=None)
+    assert result.epochs_trained == epochs_trained
+    assert train.step_rule_epochs(2000, 4) == 500 and train.step_rule_epochs(2000, 1) == 500
+    assert train.step_rule_epochs(2000, 190) == 11  # Fashion-MNIST: EPOCHS decides
 
 
 def test_nan_loss_in_the_first_epoch_claims_no_checkpoint(tmp_path):

@@ -8,6 +8,7 @@ import os
 import torch
 
 from tool.errors import UserError, shown
+from tool.train import STEP_RULE_BATCHES, batches_per_epoch, step_rule_epochs
 
 LIST_TYPES = {  # settings whose default may be empty or None: their element type
     "classes": str, "seeds": int, "n_slots": int, "top_k": int, "forget_rate": float, "channels": int,
@@ -206,12 +207,14 @@ def describe(config, defaults):
 
 def epochs_note(config, n_train):
     """Why a trial on `n_train` training images trains longer than EPOCHS, in words, or None."""
-    steps = sum(min(config["batch_size"], n_train - start) >= 2 for start in range(0, n_train, config["batch_size"]))
-    needed = -(-config["min_steps"] // max(steps, 1))
+    steps = batches_per_epoch(n_train, config["batch_size"])
+    needed = step_rule_epochs(config["min_steps"], steps)
     if needed <= config["epochs"]:
         return None
-    return (f"{steps} optimiser step(s) an epoch on {n_train} training images: MIN_STEPS {config['min_steps']} -> "
-            f"at least {needed} epochs, more than EPOCHS {config['epochs']} (--min-steps 0: EPOCHS epochs exactly)")
+    counted = f" (counted as {STEP_RULE_BATCHES})" if steps < STEP_RULE_BATCHES else ""
+    return (f"{steps} optimiser step(s) an epoch{counted} on {n_train} training images: MIN_STEPS "
+            f"{config['min_steps']} -> at least {needed} epochs, more than EPOCHS {config['epochs']} "
+            f"(--min-steps 0: EPOCHS epochs exactly)")
 
 
 def _normal(value):

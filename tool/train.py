@@ -200,8 +200,8 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
                             f"({type(error).__name__}). Delete it to train this trial from its start.") from None
 
     n = len(train_images)
-    steps_per_epoch = sum(min(config.batch_size, n - start) >= 2 for start in range(0, n, config.batch_size))
-    epochs = max(config.epochs, -(-config.min_steps // max(steps_per_epoch, 1)))  # MIN_STEPS: small datasets
+    steps_per_epoch = batches_per_epoch(n, config.batch_size)
+    epochs = max(config.epochs, step_rule_epochs(config.min_steps, steps_per_epoch))  # MIN_STEPS: small datasets
     bar = tqdm(total=epochs, initial=state["epoch"], desc=desc, unit="epoch", leave=False, dynamic_ncols=True,
                disable=None if bar else True)  # disable=None: no bar when the output is not a terminal (log files)
     stopped_early = False
@@ -234,7 +234,7 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
                          best_model={k: v.detach().clone() for k, v in model.state_dict().items()})
         else:
             state["bad_epochs"] += 1
-            state["bad_steps"] = state.get("bad_steps", 0) + steps_per_epoch
+            state["bad_steps"] = state.get("bad_steps", 0) + max(steps_per_epoch, STEP_RULE_BATCHES)
         seconds = time.perf_counter() - started
         state["seconds"] += seconds
         state["epoch"] = epoch
@@ -300,8 +300,24 @@ def _uncompile(model):
         del part.forward  # the class's own forward again
 
 
+STEP_RULE_BATCHES = 4  # the step rules count an epoch as at least this many steps (digits' 4 batches)
+
+
+def batches_per_epoch(n_train, batch_size):
+    """Optimiser steps an epoch over `n_train` images (a last batch of one image is skipped)."""
+    return sum(min(batch_size, n_train - start) >= 2 for start in range(0, n_train, batch_size))
+
+
+def step_rule_epochs(steps, steps_per_epoch):
+    """The epochs that make `steps` optimiser steps (MIN_STEPS, PATIENCE_STEPS), an epoch counted as
+    at least STEP_RULE_BATCHES steps: a dataset smaller than digits (a folder of 300 images: one
+    batch an epoch) gets digits' 500 and 250 epochs, not 2000 and 1000 (results/tuning.md)."""
+    return -(-steps // max(steps_per_epoch, STEP_RULE_BATCHES))
+
+
 def _patience_spent(state, config):
     """Early stopping: PATIENCE epochs and PATIENCE_STEPS optimiser steps without a lower
     validation loss. Counting steps too keeps a small dataset (digits: 4 batches an epoch) from
-    stopping after a few dozen steps, while on a large one (Fashion-MNIST: 190) epochs decide."""
+    stopping after a few dozen steps, while on a large one (Fashion-MNIST: 190) epochs decide; an
+    epoch of fewer than STEP_RULE_BATCHES steps counts as that many (step_rule_epochs)."""
     return state["bad_epochs"] >= config.patience and state.get("bad_steps", 0) >= config.patience_steps
