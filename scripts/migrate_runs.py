@@ -4,8 +4,8 @@
     python scripts/migrate_runs.py runs           # your own runs, if main.py says they need it
 
 The readers of today's code read today's formats only; this script is where every older format
-is turned into it (settings renamed, settings added since, the training history by columns, the
-one-score results of the first versions). Each file is rewritten atomically and only if it changes;
+is turned into it (settings renamed, settings added since, the training history by columns and
+to today's significant digits, the one-score results of the first versions). Each file is rewritten atomically and only if it changes;
 the script says how many it changed, and running it again changes nothing.
 """
 import argparse
@@ -72,8 +72,9 @@ def migrate(root):
                 raise UserError(f"{path} is not a trial's results.json in any layout this code wrote "
                                 f"({type(error).__name__}); restore it from a copy or move it away. The files "
                                 f"before it are migrated; run the script again afterwards.") from None
-            if new != saved:
-                atomic_write_text(path, results_text(new))
+            text = results_text(new)  # today's layout, the history to today's digits
+            if text != path.read_text(encoding="utf-8"):
+                atomic_write_text(path, text)
                 changed += 1
     return changed
 

@@ -76,6 +76,10 @@ def test_compare_with_ensemble_adds_a_row_per_network_run_of_several_seeds(data_
     row = next(line for line in text.splitlines() if line.startswith("| ae (classes 0 1 only), ensemble"))
     assert "2 seeds averaged" in row and row.split("|")[5].strip() == "-"  # no F1 at a validation threshold
     assert "ensemble" not in main.run(["--compare", str(out), "--score", "fused"])  # only when asked
+    for scores in (out / "digits" / "ae").glob("*/class*_seed1/scores.npz"):
+        scores.unlink()  # a run kept without its per-image scores (results/README.md): its tables, no ensemble
+    text = main.run(["--compare", str(out), "--score", "fused", "--ensemble"])
+    assert "ae (classes 0 1 only) |" in text and "ensemble" not in text
 
 
 def test_a_trial_folder_whose_results_name_another_trial_is_one_clear_error(data_dir, tmp_path):
@@ -99,3 +103,19 @@ def test_trials_scored_before_the_statistics_were_kept_get_no_ensemble_row_and_n
     for seed in (0, 1):
         _, results[(0, seed)] = trial(tmp_path / f"class0_seed{seed}", seed, targets, {"recon": np.arange(4.0)}, {})
     assert ensemble_summary(tmp_path, results, [0], [0, 1], "recon") is None
+
+
+def test_compare_draws_each_runs_best_score_against_the_pixel_knn(data_dir, tmp_path, monkeypatch):
+    """--compare --score all writes a row per score, but its figure (comparison-<dataset>.png) shows
+    one row per run: the score the run recommends (tool/scores.py), beside the pixel kNN."""
+    from tool.report import figures
+
+    out = tmp_path / "runs"
+    run_main(data_dir, out, "--model", "ae", "--classes", "0", "1", "--seeds", "0", "--epochs", "1")
+    run_main(data_dir, out, "--model", "knn", "--classes", "0", "1", "--seeds", "0")
+    drawn = []
+    monkeypatch.setattr(figures, "comparison_figure", lambda per_class, *rest: drawn.append((list(per_class), rest)))
+    main.run(["--compare", str(out), "--score", "all"])
+    (labels, (_, title, path)), = drawn
+    assert labels == ["ae [fused-lof] (classes 0 1 only)", "knn [knn] (classes 0 1 only)"]
+    assert "each run's best score" in title and path == out / "comparison-digits.png"

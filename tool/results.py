@@ -19,13 +19,15 @@ from tool.scores import FUSIONS, fusions, is_mean_and_spread, recommended
 
 def results_text(results):
     """results.json: the small fields indented (the metrics to the last bit), the training history
-    by columns, one quantity a line (history_columns), its floats to 5 significant digits."""
+    by columns, one quantity a line (history_columns), its floats to 4 significant digits (the
+    losses; best_val_loss keeps every digit) or 3 (HISTORY_DIGITS)."""
     head = json.dumps({k: v for k, v in results.items() if k != "history"}, indent=2)
     if "history" not in results:
         return head + "\n"
     history = results["history"]
     columns = history_columns(history) if isinstance(history, list) else history
-    lines = ",\n".join(f"    {json.dumps(str(name))}: {json.dumps(_rounded(values), separators=(',', ':'))}"
+    lines = ",\n".join(f"    {json.dumps(str(name))}: "
+                        f"{json.dumps(_rounded(values, HISTORY_DIGITS.get(name, 4)), separators=(',', ':'))}"
                         for name, values in columns.items())
     return head[:-2] + (f',\n  "history": {{\n{lines}\n  }}\n}}\n' if lines else ',\n  "history": {}\n}\n')
 
@@ -46,13 +48,16 @@ def history_columns(epochs):
     return columns
 
 
-def _rounded(value):
-    """`value` with every float in it to 5 significant digits."""
+HISTORY_DIGITS = {"seconds": 3, "memory": 3}  # significant digits kept of a history quantity (others: 4)
+
+
+def _rounded(value, digits):
+    """`value` with every float in it to `digits` significant digits."""
     if isinstance(value, float):
-        return float(f"{value:.5g}")
+        return float(f"{value:.{digits}g}")
     if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    return [_rounded(v) for v in value] if isinstance(value, list) else value
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    return [_rounded(v, digits) for v in value] if isinstance(value, list) else value
 
 
 def write_results(folder, results, targets, test_scores):

@@ -8,7 +8,8 @@ fused scores are sums of such standardised scores already and are averaged as th
 Classical detectors are not ensembled (knn gives the same scores for every seed).
 
 Every trial keeps its test scores in scores.npz, so an ensemble is computed from the results
-files alone, without the checkpoints. The validation threshold of a trial does not carry over to
+files alone, without the checkpoints (results/ keeps them only for the runs whose ensembles it
+cites, results/README.md). The validation threshold of a trial does not carry over to
 the mean, so an ensemble has no "F1 @ val. threshold".
 """
 import numpy as np
@@ -44,11 +45,13 @@ def ensemble_scores(folders, results, score):
 def ensemble_summary(run_dir, results, classes, seeds, score):
     """The seed ensemble of `score` as a row in the form of report.summarise: {class: {metric:
     (value, 0.0, 1)}, "mean": {metric: (mean over classes, 0.0, 1)}}, from the seeds of `seeds`
-    that finished every class; None when fewer than two did, or `score` is not a network's."""
+    that finished every class and kept their per-image scores; None when fewer than two did, or
+    `score` is not a network's."""
     if (score not in SCORES and score not in FUSIONS) or not classes:
         return None
-    complete = [s for s in seeds if all((c, s) in results and score in results[(c, s)]["metrics"] for c in classes)]
-    if len(complete) < 2:
+    complete = [s for s in seeds if all((c, s) in results and score in results[(c, s)]["metrics"]
+                                        and (run_dir / f"class{c}_seed{s}" / "scores.npz").is_file() for c in classes)]
+    if len(complete) < 2:  # (a run kept without its per-image scores has no ensemble: results/README.md)
         return None
     if score not in FUSIONS and any(score not in results[(c, s)]["validation_stats"] for c in classes for s in complete):
         return None  # trials scored before the validation statistics were kept: no ensemble row (not an error)

@@ -1,4 +1,4 @@
-"""Export: what a run's tables are built from, without checkpoints, logs or per-trial figures,
+"""Export: what a run's tables are built from, without checkpoints, logs or figures,
 into results/ (python main.py --export RUN_DIR)."""
 import shutil
 from pathlib import Path
@@ -8,7 +8,8 @@ from tool.io import REPO, WriteError, atomic_write_bytes, make_dir, staging_dir,
 from tool.results import load_results, read_scores
 from tool.runs import read_run_config
 
-EXPORTED = ("config.json", "results.json", "scores.npz", "table.md", "table.csv", "roc_all.png", "leakage.json")
+EXPORTED = ("config.json", "results.json", "scores.npz", "table.md", "table.csv", "leakage.json")  # no figures:
+# a run's ROC curves are drawn beside it in runs/, the per-class figure of results/ by --compare
 
 
 def export(run_dir, dest=None):

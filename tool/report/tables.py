@@ -34,7 +34,7 @@ PUBLISHED = {
     "kmnist": {"VAE (published)": {"auroc": 72.57, "auprc": 25.34, "f1_oracle": 32.37},
                "Cascade memory, untuned (published)": {"auroc": 76.44, "auprc": 29.48, "f1_oracle": 35.93}},
 }
-FIGURE_ROWS = 24  # --compare draws its per-class figure up to this many rows
+FIGURE_ROWS = 24  # --compare draws its per-class figure up to this many rows (--score all: each run's best)
 ROW_ORDER = ["cascade", "cascade-released", "cascade-mlp", "memae", "ae", "ae-mlp", "vae", "knn", "iforest", "ocsvm"]
 
 
@@ -234,16 +234,17 @@ def compare(root, score="recon", ensemble=False):
     markdown, rows_csv, pictures = [], [["dataset", "protocol", "model", "score", "metric", "mean", "std"]], []
     for (dataset, protocol), labelled in sorted(runs.items()):
         loaded = {label: load_results(run_dir) for label, run_dir in labelled.items()}
-        rows = []  # (row label, run label, score)
+        rows, loaded_names = [], {}  # (row label, run label, score); each run's scores
         for label in sorted(labelled, key=_order):
-            names = sorted({n for r in loaded[label].values() for n in r["metrics"]}, key=_score_order)
+            names = loaded_names[label] = sorted({n for r in loaded[label].values() for n in r["metrics"]},
+                                                 key=_score_order)
             if score in ("all", "best"):
                 shown = names if score == "all" else [recommended(names)] * bool(names)
                 rows += [(f"{label} [{name}]", label, name) for name in shown]
             else:
                 shown = [n for n in names if n == score] or names[:1] * (len(names) == 1)
                 rows += [(label, label, name) for name in shown]
-        models, summary_rows, per_class, class_names = [], [], {}, {}
+        models, summary_rows, per_class, class_names, pictured = [], [], {}, {}, []
         for model, label, name in rows:
             run_dir, results = labelled[label], loaded[label]
             config = read_run_config(run_dir)
@@ -260,6 +261,8 @@ def compare(root, score="recon", ensemble=False):
                                  str(run_dir.relative_to(root))])
             models.append(model)
             per_class[model] = {c: summary[c]["auroc"] for c in classes}
+            if score != "all" or name == recommended(loaded_names[label]):  # the figure: each run's best score
+                pictured.append(model)
             rows_csv += [[dataset, protocol, label, name, m, *(f"{v:.6f}" for v in summary["mean"][m][:2])]
                          for m in METRICS if summary["mean"][m]]
             together = ensemble_summary(run_dir, results, classes, seeds, name) if ensemble else None
@@ -290,8 +293,10 @@ def compare(root, score="recon", ensemble=False):
         if leakage:
             class_rows = [row + [f"{leakage.get(c, {}).get(key, float('nan')):.2f}" if key in leakage.get(c, {}) else "-"
                                  for key in ("pixels", "latent")] for c, row in zip(classes, class_rows)]
-        if len(models) <= FIGURE_ROWS:  # comparison-<dataset>.png, drawn once the tables are written
-            pictures.append((per_class, class_names, f"{dataset}, {protocol}", root / f"comparison-{dataset}.png"))
+        if pictured and len(pictured) <= FIGURE_ROWS:  # comparison-<dataset>.png, once the tables are written
+            pictures.append(({m: per_class[m] for m in pictured}, class_names,
+                             f"{dataset}, {protocol}" + (", each run's best score" if score == "all" else ""),
+                             root / f"comparison-{dataset}.png"))
         markdown += [f"AUROC per class ({dataset}, {protocol}), in %"
                      + ("; neighbourhood class leakage beside it (1: the class mixes with the others as if at random, "
                         "0: not at all; python main.py --leakage RUN_DIR, tool/report/leakage.py)" if leakage else "") + ":", "",
