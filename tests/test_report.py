@@ -232,3 +232,16 @@ def test_the_published_figures_stand_beside_a_run_only_when_it_covers_every_clas
     (run_dir / "config.json").write_text(json.dumps(saved))
     report.run_table(run_dir, write=False)
     assert "Some method (published)" in capsys.readouterr().out
+
+
+def test_a_table_wraps_its_long_row_labels_to_fit_the_terminal(monkeypatch):
+    """--compare's row labels name every setting that differs; in a terminal narrower than the
+    table they wrap between words (never inside a hyphenated name), and the table fits."""
+    label = "cascade-released n_slots=50 1000 top_k=15 5 forget_rate=0.1 0.5 epochs=40 precision=bf16 [fused-lof]"
+    rows = [[label, "73.95 ± 0.32", "3"], ["knn [knn]", "73.08 ± 0.04", "3"]]
+    monkeypatch.setenv("COLUMNS", "70")
+    lines = str(report.render_table(["model (settings that differ)", "AUROC", "seeds"], rows)).splitlines()
+    assert max(map(len, lines)) <= 70 and len(lines) > 6
+    assert "cascade-released" in lines[3] and " ".join(line.split("|")[1].strip() for line in lines[3:-2]) == label
+    monkeypatch.setenv("COLUMNS", "200")
+    assert len(str(report.render_table(["model", "AUROC", "seeds"], rows)).splitlines()) == 6  # one line a row

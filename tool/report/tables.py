@@ -8,6 +8,8 @@ Tables are built from the trials' results.json files by key; a cell without resu
 """
 import csv
 import io
+import shutil
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +91,12 @@ def published_rows(dataset):
 # Rendering: the terminal (PrettyTable), Markdown, CSV
 # ---------------------------------------------------------------------------------------------
 def render_table(header, rows, extra_rows=()):
+    """The table for the terminal: its first column (the long row labels of --compare) wrapped
+    between words so that the table fits the terminal's width, where it can."""
+    others = sum(max(len(str(row[i])) for row in [header, *rows, *extra_rows]) + 3 for i in range(1, len(header)))
+    width = max(24, shutil.get_terminal_size().columns - 1 - others - 4)
+    wrap = lambda row: [textwrap.fill(str(row[0]), width, break_on_hyphens=False), *row[1:]]  # noqa: E731
+    rows, extra_rows = [wrap(row) for row in rows], [wrap(row) for row in extra_rows]
     table = PrettyTable(header, align="r")
     table.align[header[0]] = "l"
     for i, row in enumerate(rows):
