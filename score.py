@@ -145,6 +145,13 @@ def check_output(given):
     return path
 
 
+def as_text_cell(text):
+    """A file name as a CSV cell a spreadsheet shows as text: one that starts as a formula would
+    (=, +, -, @, a tab or a carriage return: '=cmd|calc.png') gets a leading apostrophe (OWASP's
+    advice against CSV injection)."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def write_csv(data, output, trial_folder):
     """Write the CSV to `output` (which must still not exist), or to the first free
     scores[-N].csv in the trial folder; the name is taken in one step (create_new_file), so two
@@ -189,7 +196,7 @@ def run(argv=None):
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "anomaly_score", "threshold", "verdict"])
-    writer.writerows([path, f"{value:.6f}", f"{threshold:.6f}", verdict] for path, value, verdict in rows)
+    writer.writerows([as_text_cell(path), f"{value:.6f}", f"{threshold:.6f}", verdict] for path, value, verdict in rows)
     # written before anything is printed: a folder that cannot take it is one error, not a table and a crash;
     # a file name that is not UTF-8 keeps its own bytes in the CSV
     output = write_csv(buffer.getvalue().encode("utf-8", "surrogateescape"), output, args.trial)

@@ -254,8 +254,8 @@ def test_files_read_are_regular_and_bounded_so_no_fifo_or_device_hangs_a_command
     (tree / "other" / "config.json").unlink()
     (run / "class0_seed0" / "results.json").unlink()
     os.mkfifo(run / "class0_seed0" / "last.pt")
-    with pytest.raises(UserError, match="last.pt is not a checkpoint this code wrote: it is not a regular file"):
-        main.run(["--resume", str(run)])
+    with pytest.raises(UserError, match="last.pt is a device, a FIFO or a socket: a run folder holds the files"):
+        main.run(["--resume", str(run)])  # refused before the sweep starts (tool/runs.py, check_own_files)
     huge = tmp_path / "huge.py"
     with open(huge, "wb") as f:
         f.truncate(2 ** 30)  # sparse: a gigabyte claimed, nothing read
@@ -337,7 +337,7 @@ def test_the_python_api_refuses_what_it_cannot_take_in_its_own_words(tmp_path):
     for images, message in ((pixels.to_sparse(), "sparse tensor"), (torch_zeros.to("meta"), "meta tensor")):
         with pytest.raises(UserError, match=message):
             as_images(images)
-    with pytest.raises(UserError, match="would have .* parameters"):
+    with pytest.raises(UserError, match="would need about .* GiB .* parameters"):
         CascadeMemoryDetector(latent_dim=10 ** 9).fit(np.zeros((40, 8, 8), np.uint8))
     for bad in ({"epochs": 10 ** 5000}, {"lr": 10 ** 400}, {"verbose": "no"}):
         with pytest.raises(UserError):
@@ -384,3 +384,143 @@ def test_classes_none_means_every_class():
 
     _, given = parse(["--classes", "none"], main.DEFAULTS, "", Path(main.__file__))
     assert given["classes"] is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile round three (a pass over the finished tree): links and FIFOs inside run folders, an
+# export raced with links, forged sizes, gzip bombs, runaway settings, diverged training
+# ---------------------------------------------------------------------------------------------
+def test_a_run_folder_holding_a_link_or_fifo_is_refused_before_anything_is_written(finished_run, tmp_path):
+    """A trial folder that was a link to someone's folder was written through by --resume (its
+    config.json replaced, its *.tmp files deleted); a FIFO as train.log blocked the run forever."""
+    import main
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "config.json").write_text('{"mine": 1}')
+    (victim / ".notes.abcdefgh.tmp").write_text("keep")
+    run = copy_run(finished_run, tmp_path / "runs")
+    shutil.rmtree(run / "class0_seed0")
+    (run / "class0_seed0").symlink_to(victim)
+    for action in (["--resume", str(run)], ["--eval-only", str(run)], ["--leakage", str(run)]):
+        with pytest.raises(UserError, match="class0_seed0 is a symbolic link: a run folder holds its own files only"):
+            main.run(action)
+    assert (victim / "config.json").read_text() == '{"mine": 1}' and (victim / ".notes.abcdefgh.tmp").exists()
+    (run / "class0_seed0").unlink()
+    shutil.copytree(finished_run / "class0_seed0", run / "class0_seed0")
+    (run / "class0_seed0" / "results.json").unlink()  # unfinished: --resume would train it
+    (run / "class0_seed0" / "train.log").unlink(missing_ok=True)
+    os.mkfifo(run / "class0_seed0" / "train.log")
+    one_error(command("main.py", "--resume", run, timeout=60), "train.log is a device, a FIFO or a socket")
+    (run / "class0_seed0" / "train.log").unlink()
+    (run / "class0_seed0" / "train.log").symlink_to(victim / "config.json")
+    one_error(command("main.py", "--resume", run, timeout=60), "train.log is a symbolic link")
+    assert (victim / "config.json").read_text() == '{"mine": 1}'
+
+
+def test_export_reads_no_file_through_a_link_even_one_swapped_in_while_it_reads(finished_run, tmp_path):
+    """--export checked for links first and read the files later, so a link swapped in between
+    copied a secret file into results/ (3 times in 15 tries); now each part of each path is opened
+    with O_NOFOLLOW, so a link anywhere below the run folder is refused when it is read."""
+    from tool.io import read_own_file
+
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "table.md").write_text("password")
+    run = copy_run(finished_run, tmp_path / "runs")
+    assert read_own_file(run, "class0_seed0/results.json", "") == (run / "class0_seed0" / "results.json").read_bytes()
+    (run / "table.md").unlink()
+    (run / "table.md").symlink_to(secret / "table.md")
+    with pytest.raises(UserError, match="table.md is or lies below a symbolic link"):
+        read_own_file(run, "table.md", "")
+    (run / "class9_seed0").symlink_to(secret)
+    with pytest.raises(UserError, match="is or lies below a symbolic link"):
+        read_own_file(run, "class9_seed0/table.md", "")
+
+
+def test_a_forged_input_shape_is_refused_before_memory_is_taken(own_trial, own_images, tmp_path):
+    """A trial's config.json saying [1, 1024, 1024] made score.py allocate 2.7 GB before refusing."""
+    trial = Path(shutil.copytree(own_trial, tmp_path / "trial"))
+    saved = json.loads((trial / "config.json").read_text())
+    (trial / "config.json").write_text(json.dumps({**saved, "input_shape": [1, 16384, 16384]}))
+    line = one_error(command("score.py", "--trial", trial, own_images / "test", "--device", "cpu", timeout=120),
+                     "config.json: a training step of the", "more than this machine's memory allows")
+    assert "GiB" in line
+
+
+def test_settings_whose_training_step_cannot_fit_in_memory_are_refused_at_once():
+    """--channels 100000 passed the check on parameters alone (activations were not counted) and
+    took 12 GB in 25 s; now a batch's activations are counted too (tool/settings.py)."""
+    one_error(command("main.py", "--channels", "4096", "4096", "--batch-size", "100000", "--seeds", "0", timeout=60),
+              "a training step of the cascade model on 1 x 8 x 8 images would need about")
+
+
+def test_a_run_config_listing_a_hundred_thousand_classes_is_damaged(finished_run, tmp_path):
+    run = copy_run(finished_run, tmp_path)
+    saved = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**saved, "config": {**saved["config"], "classes": list(range(10 ** 5))}}))
+    one_error(command("main.py", "--table", run, timeout=60), "distinct class indexes below 1000")
+
+
+def test_resume_prepares_no_dataset_in_a_folder_the_run_folder_names(finished_run, tmp_path):
+    """A run folder whose config.json names another data_dir made --resume prepare the dataset
+    there (writing outside the run folder); now it only reads it, or takes --data-dir."""
+    run = copy_run(finished_run, tmp_path / "runs")
+    (run / "class0_seed0" / "results.json").unlink()
+    saved = json.loads((run / "config.json").read_text())
+    elsewhere = tmp_path / "elsewhere"
+    (run / "config.json").write_text(json.dumps({**saved, "config": {**saved["config"], "data_dir": str(elsewhere)}}))
+    one_error(command("main.py", "--resume", run, timeout=60), "dataset 'digits' is not prepared")
+    assert not elsewhere.exists()
+
+
+def test_a_checkpoint_of_another_seed_or_other_settings_is_not_resumed(tmp_path):
+    """last.pt copied into another trial's folder was continued as that trial, and one whose
+    config.json's learning rate was edited went on at the old rate; a forged training state (an
+    epoch of 10**12, a NaN loss) ended up in results.json."""
+    import main
+    import torch
+
+    from models import ModelConfig, build_model
+    from tool.io import atomic_torch_save
+    from tool.train import TrainConfig, train_model
+
+    x = torch.rand(40, 1, 8, 8)
+    model = build_model("ae", (1, 8, 8), ModelConfig.from_settings(main.DEFAULTS))
+    config = TrainConfig.from_settings({**main.DEFAULTS, "epochs": 1, "min_steps": 0, "checkpoint_seconds": 0})
+    train_model(model, x, x[:8], config, tmp_path / "last.pt", generator_seed=0, log=None)
+    with pytest.raises(UserError, match="written by a trial of other settings or another seed"):
+        train_model(model, x, x[:8], config, tmp_path / "last.pt", generator_seed=1, log=None)
+    lr = TrainConfig.from_settings({**main.DEFAULTS, "epochs": 1, "min_steps": 0, "lr": 0.01})
+    with pytest.raises(UserError, match="'lr': 0.001"):
+        train_model(model, x, x[:8], lr, tmp_path / "last.pt", generator_seed=0, log=None)
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    for forged in ({"epoch": 10 ** 12}, {"best_val": float("nan")}):
+        atomic_torch_save({**saved, "state": {**saved["state"], **forged}}, tmp_path / "forged.pt")
+        with pytest.raises(UserError, match="does not fit this model and settings"):
+            train_model(model, x, x[:8], config, tmp_path / "forged.pt", generator_seed=0, log=None)
+
+
+def test_a_diverged_training_is_one_clear_error_not_scikit_learns(data_dir, tmp_path):
+    """--lr 1000: the codes reach infinity in float16's banks, and scikit-learn raised 'Input X
+    contains infinity' after training."""
+    one_error(command("main.py", "--data-dir", data_dir, "--output-dir", tmp_path, "--classes", "0", "--seeds", "0",
+                      "--lr", "1000", "--epochs", "2", "--min-steps", "0", "--jobs", "1", "--draw-figures", "false"),
+              "its training diverged", "--lr")
+
+
+def test_odd_outputs_and_names_are_one_line_not_a_traceback(finished_run, tmp_path):
+    """A name over 255 characters, stdout closed or on a full device, a null byte in a folder setting."""
+    one_error(command("main.py", "--run-dir", tmp_path / ("a" * 300), "--classes", "0", "--seeds", "0"),
+              "File name too long")
+    (tmp_path / "null.py").write_text('OUTPUT_DIR = "runs\\x00x"\n')  # a null byte, as the file's escape
+    one_error(command("main.py", tmp_path / "null.py"), "no null byte")
+    closed = subprocess.run([sys.executable, "main.py", "--table", str(finished_run)], cwd=REPO, stdout=None,
+                            capture_output=False, stderr=subprocess.PIPE, text=True, timeout=60,
+                            preexec_fn=lambda: os.close(1))
+    assert closed.returncode == 0 and "Traceback" not in closed.stderr
+    os.mknod(tmp_path / "full", 0o666 | stat.S_IFCHR, os.makedev(1, 7))  # a /dev/full of the test's own
+    with open(tmp_path / "full", "w") as full:
+        done = subprocess.run([sys.executable, "main.py", "--table", str(finished_run)], cwd=REPO, stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.strip() == "error: No space left on device"

@@ -300,3 +300,24 @@ def test_real_mnist_from_the_classic_pickle(tmp_path):
     # MNIST's well-known pixel mean (0.1307 of 255 on the training images) and the first labels
     assert ds.train_images.double().mean().item() / 255 == pytest.approx(0.1307, abs=1e-4)
     assert ds.train_labels[:5].tolist() == [5, 0, 4, 1, 9] and ds.test_labels[:5].tolist() == [7, 2, 1, 0, 4]
+
+
+def test_a_gzip_bomb_among_the_raw_files_is_refused_before_it_fills_the_memory(tmp_path, monkeypatch):
+    """A raw file is decompressed as it is read, at most RAW_LIMIT bytes: a 766 KB archive that
+    expands to gigabytes took 2.1 GB of memory before it was refused."""
+    import gzip
+
+    from tool.data import readers
+    from tool.errors import UserError
+
+    monkeypatch.setattr(readers, "RAW_LIMIT", 2 ** 20)
+    bomb = tmp_path / "train-images-idx3-ubyte.gz"
+    with gzip.open(bomb, "wb") as f:
+        f.write(b"\0\0\x08\x03" + (5000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + bytes(5000 * 784))
+    with pytest.raises(UserError, match="more than 1 MB once decompressed"):
+        readers.read_idx_pair(bomb, bomb, 10)
+    pickled = tmp_path / "mnist.pkl.gz"
+    with gzip.open(pickled, "wb") as f:
+        f.write(pickle.dumps(bytes(3 * 2 ** 20)))  # 3 MB of zeros in a 3 KB archive
+    with pytest.raises(UserError, match="more than 1 MB once decompressed"):
+        readers.read_mnist_pickle(pickled)

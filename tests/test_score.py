@@ -244,3 +244,13 @@ def test_hidden_scores_are_refused_for_a_conv_trial_and_a_damaged_hidden_bank_is
     with pytest.raises(UserError, match="--score hidden-knn: this trial has .* python main.py --eval-only"):
         score_run(trial, own_images / "test", "--score", "hidden-knn", "--output", tmp_path / "old.csv")
     score_run(trial, own_images / "test", "--score", "latent-knn", "--output", tmp_path / "codes.csv")  # codes intact
+
+
+def test_a_file_name_that_starts_like_a_formula_is_written_as_text(own_trial, own_images, tmp_path, monkeypatch):
+    """score.py's CSV opened in a spreadsheet: a name such as '=cmd|calc.png' must not be a formula."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("=cmd|calc.png", "+1.png", "plain.png"):
+        shutil.copy(own_images / "test" / "dark" / "dark_00.png", tmp_path / name)
+    output, _ = score_run(own_trial, "=cmd|calc.png", "+1.png", "plain.png", "--output", tmp_path / "out.csv")
+    cells = sorted(line.split(",")[0] for line in output.read_text().splitlines()[1:])
+    assert cells == ["'+1.png", "'=cmd|calc.png", "plain.png"]

@@ -38,7 +38,7 @@ from tool.settings import LIST_TYPES, RULES, SCALAR_TYPES, check_ranges
     (["--dataset", "a" * 300], "an empty name or one over 100 characters"),
     (["--threads", "100000"], "--threads (THREADS) must be an integer in 0..1024"),
     (["--score", "nope"], "--score (SCORE) 'nope' is not a score: valid are best, recon"),
-    (["--latent-dim", "1000000000"], "the cascade model for 1 x 8 x 8 images would have"),
+    (["--latent-dim", "1000000000"], "a training step of the cascade model on 1 x 8 x 8 images would need about"),
     (["--val-fraction", "0.999"], "--val-fraction (VAL_FRACTION) 0.999 holds out"),
 ])
 def test_bad_settings_get_one_clear_message(data_dir, tmp_path, args, message):

@@ -26,8 +26,8 @@ from tool.report import tables as report
 from tool.report.export import export
 from tool.report.leakage import run_leakage
 from tool.results import read_results, write_results
-from tool.runs import (is_finished, load_trial_model, new_run_dir, open_run_dir, read_run_config, trial_dir,
-                       trial_lock, write_scoring)
+from tool.runs import (check_own_files, is_finished, load_trial_model, new_run_dir, open_run_dir, read_run_config,
+                       trial_dir, trial_lock, write_scoring)
 from tool.scores import Scorer
 from tool.settings import check_model_size, check_score, describe, epochs_note, resolve_device, validate
 from tool.train import cpu_lacks_bf16
@@ -100,17 +100,21 @@ def command_line(argv, defaults, run_trial, doc, main_file):
             return report.run_table(args.figures, score=given.get("score"))  # and roc_all.png
         return reevaluate(args.eval_only, defaults, given.get("device", "auto"), given.get("score"))
     if args.resume:
-        refuse(given, ("device", "jobs", "classes", "seeds"), "--resume", args.run_dir)
+        refuse(given, ("device", "jobs", "classes", "seeds", "data_dir"), "--resume", args.run_dir)
         config = {**defaults, **read_run_config(args.resume), **given}
+        # a dataset is prepared on first use only in a folder the user chose, never in one a run folder names
+        prepare = config["data_dir"] is None or "data_dir" in given
     else:
-        config = {**defaults, **given}
-    return sweep(config, defaults, run_trial, args.resume or args.run_dir)
+        config, prepare = {**defaults, **given}, True
+    return sweep(config, defaults, run_trial, args.resume or args.run_dir, prepare)
 
 
-def sweep(config, defaults, run_trial, run_dir=None):
-    """Every planned trial of `config` that has not finished, into a new run folder (or `run_dir`)."""
+def sweep(config, defaults, run_trial, run_dir=None, prepare=True):
+    """Every planned trial of `config` that has not finished, into a new run folder (or `run_dir`);
+    `prepare`: a built-in dataset not prepared yet in DATA_DIR is prepared there first."""
     validate(config)
-    ds = ensure_prepared(config["dataset"], config["data_dir"])
+    ds = ensure_prepared(config["dataset"], config["data_dir"]) if prepare else \
+        load_dataset(config["dataset"], config["data_dir"])
     if config["classes"] is not None:
         config["classes"] = ds.class_list(config["classes"])
     # every planned trial's split, and the model at the data's size, checked before anything is created
@@ -153,6 +157,7 @@ class locked:
         folder = trial_dir(run_dir, c, seed)
         if is_finished(folder):
             return read_results(folder)
+        check_own_files(folder, itself=True)  # train.log, tb/, last.pt ...: the trial's own files, no link or FIFO
         with trial_lock(folder) as held:  # a trial runs in one process at a time (--run-dir shared by jobs)
             if not held:
                 log(f"class {c} seed {seed}: skipped here, another process is running it (it holds "
@@ -176,6 +181,7 @@ def reevaluate(run_dir, defaults, device_name="auto", score_choice=None):
     scores.npz and bank.pt; the values they replace are kept under "evaluations", with this code's commit."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
+    check_own_files(run_dir)  # it rewrites results.json, scores.npz and bank.pt
     device = resolve_device(device_name)
     torch.set_num_threads(trial_threads(config, 1, device))  # as in training: float sums depend on it
     ds = load_dataset(config["dataset"], config["data_dir"])
@@ -185,6 +191,9 @@ def reevaluate(run_dir, defaults, device_name="auto", score_choice=None):
     results, changed = {}, {}
     for folder in tqdm(folders, desc="re-evaluating", unit="trial", leave=False, disable=None):
         trial, model = load_trial_model(folder, device)
+        if tuple(trial["input_shape"]) != tuple(ds.shape):
+            raise UserError(f"{folder}: its model takes {tuple(trial['input_shape'])} images, but the run's dataset "
+                            f"{config['dataset']} holds {tuple(ds.shape)}: the trial belongs to another run.")
         settings = {**defaults, **trial["config"]}
         split = make_split(ds, settings["protocol"], trial["class"], settings["val_fraction"], trial["seed"])
         scorer = Scorer.fit(model, split.train, split.val, trial["seed"], settings["threshold_percentile"])

@@ -182,6 +182,8 @@ class CascadeMemoryDetector:
     @classmethod
     def load(cls, path, device="auto"):
         """A detector saved by save(); a file that is not one, or is damaged, is a UserError naming it."""
+        if not isinstance(path, (str, Path)) or not str(path).strip():
+            raise UserError(f"load needs a file name; got {shown(path)}")
         saved = load_checkpoint(path, "cpu", "Give a file that CascadeMemoryDetector.save wrote.",
                                 what="a detector saved by CascadeMemoryDetector.save")
         try:
@@ -192,6 +194,7 @@ class CascadeMemoryDetector:
             if not (isinstance(shape, list) and len(shape) == 3 and all(type(s) is int and 1 <= s <= 65536 for s in shape)):
                 raise ValueError(f"input_shape {shape!r}")
             detector.input_shape = tuple(shape)
+            check_model_size({**detector.settings, "model": detector.preset}, detector.input_shape)  # before allocating
             detector.model = detector._build()
             detector.model.load_state_dict(saved["model"])
             if not all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point()):

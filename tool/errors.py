@@ -34,6 +34,14 @@ def terminate(signum=None, frame=None):
     raise Terminated()
 
 
+def _say(line):
+    """One line on stderr, if there is one to write to."""
+    try:
+        print(line, file=sys.stderr)
+    except (OSError, AttributeError, ValueError):
+        pass
+
+
 def cli(main):
     """Decorate a command-line entry point so that a UserError ends it cleanly, and SIGTERM ends it
     as Ctrl-C does (exit code 143 instead of 130)."""
@@ -45,18 +53,26 @@ def cli(main):
         except ValueError:  # not the main thread: signals stay as they are
             previous = None
         for stream in (sys.stdout, sys.stderr):  # PYTHONIOENCODING=ascii: '±' printed as '\xb1', not a crash
-            if hasattr(stream, "reconfigure"):
+            if stream is not None and hasattr(stream, "reconfigure"):  # None: started with the stream closed (>&-)
                 stream.reconfigure(errors="backslashreplace")
         try:
             result = main(*args, **kwargs)
-            sys.stdout.flush()  # here, where a closed pipe is caught, not at the interpreter's exit
+            if sys.stdout is not None:  # here, where a closed pipe is caught, not at the interpreter's exit
+                sys.stdout.flush()
             return result
         except UserError as error:
-            print(f"error: {error}", file=sys.stderr)
+            _say(f"error: {error}")
             sys.exit(2)
         except BrokenPipeError:  # `main.py --table RUN | head -1`: the reader left; say nothing more
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(141)
+        except OSError as error:  # what no reader or writer of this code turned into a UserError: a name too
+            name = f" ({error.filename})" if error.filename else ""  # long, the output on a full disk, ...
+            _say(f"error: {error.strerror or type(error).__name__}{name}")
+            sys.exit(2)
+        except RecursionError:  # pathlib walking a folder nested thousands deep
+            _say("error: a folder (or file) nested too deep to be walked; give a shallower one")
+            sys.exit(2)
         except Terminated:
             print("terminated (SIGTERM)", file=sys.stderr)
             sys.exit(143)

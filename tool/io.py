@@ -236,17 +236,52 @@ MAX_READ_BYTES = 256 * 2 ** 20  # a JSON or config file larger than this is not 
 
 def read_small_file(path, what_to_do, limit=MAX_READ_BYTES):
     """The bytes of a regular file of at most `limit` bytes; a FIFO, a device, a folder (which
-    would block or never end) or a larger file is a UserError naming it and saying `what_to_do`."""
+    would block or never end) or a larger file is a UserError naming it and saying `what_to_do`.
+    The file is opened first and then checked, so that what is checked is what is read."""
     try:
-        info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode):
-            raise UserError(f"{path} is not a regular file (a folder, device, FIFO or socket). {what_to_do}")
-        if info.st_size > limit:
-            raise UserError(f"{path} is {info.st_size / 2 ** 20:.0f} MB, larger than such a file can be "
-                            f"({limit >> 20} MB). {what_to_do}")
-        return Path(path).read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens without waiting for a writer
     except OSError as error:
         raise UserError(f"{path} cannot be read ({error.strerror or type(error).__name__}). {what_to_do}") from None
+    return _read_open_file(fd, path, what_to_do, limit)
+
+
+def read_own_file(root, relative, what_to_do, limit=MAX_READ_BYTES):
+    """read_small_file of root/relative, where no part of `relative` may be a symbolic link: each is
+    opened with O_NOFOLLOW below the one before, so a link swapped in while a folder is read (to copy
+    a secret file into results/) is refused, not followed."""
+    path, fds = Path(root) / relative, []
+    try:
+        fds.append(os.open(root, os.O_RDONLY | os.O_DIRECTORY))
+        *folders, name = Path(relative).parts
+        for part in folders:
+            fds.append(os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fds[-1]))
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fds[-1])
+    except OSError as error:
+        linked = error.errno in (errno.ELOOP, errno.ENOTDIR)
+        raise UserError(f"{path} " + ("is or lies below a symbolic link" if linked else "cannot be read ("
+                        f"{error.strerror or type(error).__name__})") + f". {what_to_do}") from None
+    finally:
+        for opened in fds:
+            os.close(opened)
+    return _read_open_file(fd, path, what_to_do, limit)
+
+
+def _read_open_file(fd, path, what_to_do, limit):
+    """The bytes of the open file `fd` (closed here), a regular file of at most `limit` bytes."""
+    try:
+        with os.fdopen(fd, "rb") as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise UserError(f"{path} is not a regular file (a folder, device, FIFO or socket). {what_to_do}")
+            if info.st_size > limit:
+                raise UserError(f"{path} is {info.st_size / 2 ** 20:.0f} MB, larger than such a file can be "
+                                f"({limit >> 20} MB). {what_to_do}")
+            data = file.read(limit + 1)
+    except OSError as error:
+        raise UserError(f"{path} cannot be read ({error.strerror or type(error).__name__}). {what_to_do}") from None
+    if len(data) > limit:  # it grew while it was read
+        raise UserError(f"{path} is larger than such a file can be ({limit >> 20} MB). {what_to_do}")
+    return data
 
 
 def read_json(path, what_to_do):

@@ -24,6 +24,7 @@ trial's .lock while it runs, so that a trial runs in one process at a time (tool
 import json
 import re
 import shutil
+import stat
 import sys
 from contextlib import contextmanager
 from datetime import datetime
@@ -36,16 +37,21 @@ from tool.errors import UserError
 from tool.io import (REPO, WriteError, atomic_torch_save, atomic_write_json, file_lock, file_sha256, load_checkpoint,
                      make_dir, read_json, read_small_file, remove_temp_files, write_reason)
 from tool.provenance import environment
+from tool.settings import check_model_size
 
 # Settings that do not change what a trial computes: they may differ between runs of one folder.
 PLACEMENT_KEYS = ("classes", "seeds", "jobs", "device", "output_dir", "data_dir", "draw_figures", "score",
                   "checkpoint_seconds")
 MIGRATE = "python scripts/migrate_runs.py"  # what brings a run folder of an earlier version to today's formats
+MAX_CLASSES = 1000  # classes a run may plan (a run's config.json listing 100,000 took --compare a minute)
+
 RUN_CONFIG_KEYS = {  # what every reader of a run's config.json needs: key -> (check, what it must be)
     "dataset": (lambda v: isinstance(v, str) and NAME_PATTERN.fullmatch(v) is not None, "a dataset name (a plain folder name)"),
     "model": (lambda v: isinstance(v, str) and NAME_PATTERN.fullmatch(v) is not None, "a preset name (a plain folder name)"),
     "protocol": (lambda v: isinstance(v, str) and v != "", "a protocol name"),
-    "classes": (lambda v: v is None or isinstance(v, list), "a list of classes, or null for all"),
+    "classes": (lambda v: v is None or (isinstance(v, list) and len(v) <= MAX_CLASSES and len(set(v)) == len(v)
+                                        and all(type(c) is int and 0 <= c < MAX_CLASSES for c in v)),
+                f"null for every class, or a list of distinct class indexes below {MAX_CLASSES}"),
     "seeds": (lambda v: isinstance(v, list) and v != [] and all(type(s) is int for s in v), "a list of integer seeds"),
     "data_dir": (lambda v: v is None or isinstance(v, str), "a folder, or null for datasets/"),
 }
@@ -148,6 +154,7 @@ def open_run_dir(run_dir, config):
     entries = [e for e in run_dir.iterdir() if not e.name.startswith(".")] if run_dir.is_dir() else []
     if entries and not (run_dir / "config.json").is_file():
         raise UserError(f"{run_dir} exists and is not a run folder; give an empty or new folder.")
+    check_own_files(run_dir)
     if (run_dir / "config.json").is_file():
         _check_same_settings(run_dir, config)  # before any lock is taken: a refusal leaves no file behind
     make_dir(run_dir)
@@ -157,6 +164,28 @@ def open_run_dir(run_dir, config):
             config = {**config, **{k: _union(saved.get(k), config[k]) for k in ("classes", "seeds")}}
         _write_run_config(run_dir, config)
     return run_dir
+
+
+def check_own_files(folder, itself=False):
+    """Refuse (a UserError) a run or trial folder that holds a symbolic link, or a device node, FIFO
+    or socket, in itself or (a run folder) in its trial folders: every command that writes into a
+    run folder writes its own files there, never through a link (it would replace the file the
+    link points to) and never into a FIFO (it would block). Checked before anything is written;
+    `itself`: a trial folder, which must not be a link either (a run folder's own path may hold one)."""
+    folder = Path(folder)
+    entries = [folder] if itself and folder.is_symlink() else []
+    entries += [e for e in folder.iterdir()] if folder.is_dir() and not folder.is_symlink() else []
+    entries += [e for t in entries if TRIAL_NAME.fullmatch(t.name) and t.is_dir() and not t.is_symlink()
+                for e in t.iterdir()]
+    for entry in entries:
+        mode = entry.lstat().st_mode
+        if stat.S_ISLNK(mode):
+            raise UserError(f"{entry} is a symbolic link: a run folder holds its own files only, and a write through "
+                            f"the link would replace what it points to. Replace the link by the file or folder "
+                            f"itself, or remove it.")
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)) or (entry.name == "tb" and not stat.S_ISDIR(mode)):
+            what = "a file where a folder belongs" if stat.S_ISREG(mode) else "a device, a FIFO or a socket"
+            raise UserError(f"{entry} is {what}: a run folder holds the files main.py writes there. Remove it.")
 
 
 def _check_same_settings(run_dir, config):
@@ -282,6 +311,18 @@ def load_trial_model(folder, device):
         raise UserError(f"{folder} is not a trained trial folder (needs config.json and best.pt).")
     again = "Train the trial again."
     trial = read_json(folder / "config.json", again)
+    shape = trial.get("input_shape") if isinstance(trial, dict) else None
+    if not (isinstance(shape, list) and len(shape) == 3 and all(type(n) is int and 1 <= n <= 65536 for n in shape)):
+        raise UserError(f"{folder / 'config.json'}: its input_shape is not three sizes (channels, height, width). {again}")
+    if not all(type(trial.get(key)) is int and trial[key] >= 0 for key in ("class", "seed")) \
+            or not isinstance(trial.get("config"), dict):
+        raise UserError(f"{folder / 'config.json'}: its class, seed or settings are missing or garbled. {again}")
+    try:  # before any memory is allocated: a forged size must not take the machine's memory
+        check_model_size(trial["config"], shape)
+    except UserError as error:
+        raise UserError(f"{folder / 'config.json'}: {error}") from None
+    except (KeyError, TypeError) as error:
+        raise UserError(f"{folder / 'config.json'} holds no trial settings ({type(error).__name__}). {again}") from None
     checkpoint = load_checkpoint(folder / "best.pt", device, again)
     try:
         model = build_model(trial["config"]["model"], trial["input_shape"], ModelConfig.from_settings(trial["config"]))

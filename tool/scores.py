@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from tool.data.datasets import scale_images
+from tool.errors import UserError
 from tool.evaluation import batches, validation_threshold
 
 
@@ -125,7 +126,12 @@ def network_outputs(model, images):
     finally:
         if hook is not None:
             hook.remove()
-    return {name: torch.cat(values, dim=1 if name == "views" else 0) for name, values in parts.items()}
+    outputs = {name: torch.cat(values, dim=1 if name == "views" else 0) for name, values in parts.items()}
+    broken = [name for name, values in outputs.items() if not torch.isfinite(values).all()]
+    if broken:  # weights that diverged without a NaN loss (a learning rate far too high): no score means anything
+        raise UserError(f"the trained network gives values that are not finite ({', '.join(broken)}): its training "
+                        f"diverged. Train it again with a lower learning rate (--lr).")
+    return outputs
 
 
 def training_subset(train_images, seed, size):
@@ -211,6 +217,9 @@ class Scorer:
         features = features_of(model)
         banks = {feature: network_outputs(model, training_subset(train_images, seed, size))[feature].half().float()
                  for feature, size in BANK_SIZES.items() if feature in features}
+        if any(not torch.isfinite(bank).all() or bank.abs().max() > BANK_LIMIT for bank in banks.values()):
+            raise UserError(f"the trained network's codes reach beyond {BANK_LIMIT:g} (or float16's range): its "
+                            f"training diverged. Train it again with a lower learning rate (--lr).")
         scorer = cls(model, banks, percentile=percentile)
         val = scorer.scores(val_images, base_only=True)
         scorer.val_stats = validation_stats(val)

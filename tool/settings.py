@@ -44,7 +44,7 @@ def _each(check, allow_empty=True):
 
 
 def _folder(optional):
-    return lambda v: (optional and v is None) or (isinstance(v, str) and v.strip() != "")
+    return lambda v: (optional and v is None) or (isinstance(v, str) and v.strip() != "" and "\0" not in v)
 
 
 SEED_LIMIT = 2 ** 32  # numpy's seeds are 32-bit
@@ -77,8 +77,8 @@ RULES = {  # setting: (check, the rule in words). Every numeric setting is check
     "threshold_percentile": (_in(0, 100, low_open=True, high_open=True), "in (0, 100)"),
     "jobs": (_int_in(0, THREAD_LIMIT), f"an integer in 0..{THREAD_LIMIT} (0 = auto)"),
     "threads": (_int_in(0, THREAD_LIMIT), f"an integer in 0..{THREAD_LIMIT} (0 = the cores split between the jobs)"),
-    "output_dir": (_folder(optional=False), "a folder (not empty)"),
-    "data_dir": (_folder(optional=True), "a folder (not empty), or none for datasets/"),
+    "output_dir": (_folder(optional=False), "a folder (not empty, no null byte)"),
+    "data_dir": (_folder(optional=True), "a folder (not empty, no null byte), or none for datasets/"),
     "precision": (lambda v: v in ("fp32", "bf16"), "fp32 or bf16"),
     "draw_figures": (lambda v: isinstance(v, bool), "true or false"),
     "compile": (lambda v: isinstance(v, bool), "true or false"),
@@ -125,8 +125,9 @@ MODEL_MEMORY_SHARE = 0.5  # a model whose training state needs more than this sh
 
 def check_model_size(config, shape, against_memory=True):
     """Build the model for images of `shape` on the meta device (no memory is allocated): its
-    settings must fit together, and (against_memory) its weights, gradients and Adam's two moments
-    (16 bytes a parameter) must fit in MODEL_MEMORY_SHARE of this machine's memory."""
+    settings must fit together, and (against_memory) a training step must fit in MODEL_MEMORY_SHARE
+    of this machine's memory: the weights, gradients and Adam's two moments (16 bytes a parameter)
+    and the activations of a batch (training_floats)."""
     from models import PRESETS, ModelConfig, build_model
 
     if config["model"] not in PRESETS:
@@ -136,12 +137,45 @@ def check_model_size(config, shape, against_memory=True):
             model = build_model(config["model"], tuple(shape), ModelConfig.from_settings(config))
     except ValueError as error:
         raise UserError(str(error)) from None
-    n = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
     memory = machine_memory() if against_memory else None
-    if memory and 16 * n > MODEL_MEMORY_SHARE * memory:
-        raise UserError(f"the {config['model']} model for {' x '.join(map(str, shape))} images would have {n:,} "
-                        f"parameters ({16 * n / 2**30:.1f} GiB to train), more than this machine's memory allows "
-                        f"({memory / 2**30:.1f} GiB): lower --latent-dim, --n-slots, --memae-slots or --channels.")
+    if not memory:
+        return
+    n = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+    need = 16 * n + 4 * ACTIVATION_COPIES * config["batch_size"] * training_floats(model, shape, config)
+    if need > MODEL_MEMORY_SHARE * memory:
+        raise UserError(f"a training step of the {config['model']} model on {' x '.join(map(str, shape))} images "
+                        f"would need about {need / 2**30:.1f} GiB ({n:,} parameters, batches of "
+                        f"{config['batch_size']}), more than this machine's memory allows ({memory / 2**30:.1f} "
+                        f"GiB): lower --channels, --latent-dim, --n-slots, --memae-slots or --batch-size.")
+
+
+ACTIVATION_COPIES = 1.5  # float32 copies a training step keeps of each layer output (1.45 measured: cascade, 3 x 128 x 128, batch 64)
+
+
+def training_floats(model, shape, config):
+    """Floats the encoder and the decoder output per image in a training step (their layers'
+    outputs, on the meta device; the encoder once per copy the self-supervised task makes)."""
+    from models.ssl import N_ROTATIONS
+
+    counted = [0]
+
+    def count(module, inputs, output):
+        counted[0] += output.numel() if isinstance(output, torch.Tensor) else 0
+
+    leaves = [m for part in (model.encoder, model.decoder) for m in part.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.device("meta"):
+            model.encoder(torch.empty(2, *shape))  # 2: BatchNorm takes no batch of one in training
+            copies = {None: 1, "transforms": N_ROTATIONS}.get(config.get("ssl"), 2 * N_ROTATIONS)
+            counted[0] *= copies
+            model.decoder(torch.empty(2, config["latent_dim"]))
+    except (RuntimeError, TypeError, ValueError, NotImplementedError):
+        return 0  # a backbone that cannot run on the meta device: its parameters alone are checked
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return counted[0] // 2
 
 
 def machine_memory():

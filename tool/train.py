@@ -192,12 +192,19 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
             shuffle.set_state(ckpt["shuffle"])
             set_rng_state(ckpt["rng"])
             state = ckpt["state"]
+            if not _sound_state(state, epochs_at_most=max(config.epochs, config.min_steps)):
+                raise ValueError("its training state is garbled")
             if writer is not None:  # a killed process's logs may lack its last epochs: log them all again
                 for entry in state["history"]:
                     _log_epoch(writer, entry, optimizer.param_groups[0]["lr"])
-        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
             raise UserError(f"{checkpoint_path} does not fit this model and settings "
                             f"({type(error).__name__}). Delete it to train this trial from its start.") from None
+        written_for = ckpt.get("trial")  # absent in the checkpoints of older code
+        if written_for is not None and written_for != _trial_key(config, generator_seed):
+            raise UserError(f"{checkpoint_path} was written by a trial of other settings or another seed "
+                            f"({written_for} vs now {_trial_key(config, generator_seed)}): copied from another "
+                            f"trial, or its config.json was edited. Delete it to train this trial from its start.")
 
     n = len(train_images)
     steps_per_epoch = batches_per_epoch(n, config.batch_size)
@@ -245,7 +252,8 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
             writer.flush()  # what tensorboardX's thread has written so far; a resume logs every epoch again
         if epoch == 1 or time.monotonic() - saved[1] >= config.checkpoint_seconds:  # small epochs: not every one
             atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "shuffle": shuffle.get_state(), "rng": rng_state(), "state": state}, checkpoint_path)
+                               "shuffle": shuffle.get_state(), "rng": rng_state(), "state": state,
+                               "trial": _trial_key(config, generator_seed)}, checkpoint_path)
             saved = (epoch, time.monotonic())
         bar.update(1)
         bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", best=state["best_epoch"])
@@ -298,6 +306,21 @@ def _compile(model):
 def _uncompile(model):
     for part in (model.encoder, model.decoder):
         del part.forward  # the class's own forward again
+
+
+def _trial_key(config, seed):
+    """What last.pt must have been written for to be resumed: the seed and the settings of the steps."""
+    return {"seed": seed, "lr": config.lr, "weight_decay": config.weight_decay, "batch_size": config.batch_size,
+            "precision": config.precision}
+
+
+def _sound_state(state, epochs_at_most):
+    """A checkpoint's training state as train_model writes it (a forged epoch of 10**12, or a NaN best
+    validation loss, would end up in results.json or freeze the best weights)."""
+    epoch, history = state["epoch"], state["history"]
+    return (type(epoch) is int and 0 <= epoch <= epochs_at_most and isinstance(history, list) and len(history) == epoch
+            and type(state["best_epoch"]) is int and 0 <= state["best_epoch"] <= epoch
+            and isinstance(state["best_val"], float) and not np.isnan(state["best_val"]))
 
 
 STEP_RULE_BATCHES = 4  # the step rules count an epoch as at least this many steps (digits' 4 batches)

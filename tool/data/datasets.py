@@ -229,6 +229,9 @@ def load_dataset(name, root=None):
                 and labels.dtype == torch.int64 and labels.ndim == 1 and len(images) == len(labels)
                 and (len(labels) == 0 or 0 <= int(labels.min()) <= int(labels.max()) < len(classes))):
             raise UserError(f"{folder} holds tensors of the wrong format. {again}")
+    if tensors[0].shape[1:] != tensors[2].shape[1:]:
+        raise UserError(f"{folder}: its training images are {tuple(tensors[0].shape[1:])} and its test images "
+                        f"{tuple(tensors[2].shape[1:])}; a dataset's images are all of one size. {again}")
     return Dataset(name, classes, *tensors, meta=meta)
 
 

@@ -26,15 +26,46 @@ def sha256(path):
     return digest.hexdigest()
 
 
-def _read_bytes(path):
-    """A raw file's bytes, gunzipped when it is gzipped; a corrupt archive is a UserError."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-        if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
+RAW_LIMIT = 300 * 2 ** 20  # bytes a raw file may hold once gunzipped (the largest IDX file: 47 MB; the classic MNIST pickle: 220 MB)
+
+
+class _Bounded:
+    """A binary file that refuses (OverflowError) to give more than `limit` bytes in all: a
+    gzipped raw file is decompressed as it is read, and a small archive must not expand into
+    gigabytes (a "gzip bomb")."""
+
+    def __init__(self, file, limit=None):
+        self.file, self.limit = file, RAW_LIMIT if limit is None else limit
+        self.left = self.limit
+
+    def _took(self, data):
+        self.left -= len(data)
+        if self.left < 0:
+            raise OverflowError(f"more than {self.limit >> 20} MB once decompressed")
         return data
-    except (OSError, EOFError, zlib.error) as error:
+
+    def read(self, size=-1):
+        return self._took(self.file.read(self.left + 1 if size is None or size < 0 else min(size, self.left + 1)))
+
+    def readline(self, size=-1):
+        return self._took(self.file.readline(self.left + 1 if size is None or size < 0 else min(size, self.left + 1)))
+
+
+def _open_raw(path):
+    """A raw file for reading, gunzipped as it is read when it is gzipped, at most RAW_LIMIT bytes."""
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    return _Bounded(gzip.open(path, "rb") if gzipped else open(path, "rb"))
+
+
+def _read_bytes(path):
+    """A raw file's bytes, gunzipped when it is gzipped; a corrupt archive, or one that expands
+    beyond RAW_LIMIT, is a UserError."""
+    try:
+        raw = _open_raw(path)
+        with raw.file:
+            return raw.read()
+    except (OSError, EOFError, zlib.error, OverflowError) as error:
         raise UserError(f"{path}: cannot be read ({error}). The file is truncated or corrupt: "
                         f"delete it and fetch it again.") from None
 
@@ -164,8 +195,9 @@ def read_mnist_pickle(path):
     refused when a value is not a multiple of 1/256 or the counts per class are not MNIST's.
     """
     try:
-        with gzip.open(path, "rb") as f:
-            parts = _ArrayUnpickler(f, encoding="latin1").load()
+        raw = _open_raw(path)
+        with raw.file:
+            parts = _ArrayUnpickler(raw, encoding="latin1").load()
         (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = parts
         arrays = [np.asarray(a) for a in (train_x, valid_x, test_x, train_y, valid_y, test_y)]
     except (OSError, EOFError, zlib.error, pickle.UnpicklingError, TypeError, ValueError, AttributeError,

@@ -4,7 +4,7 @@ import shutil
 from pathlib import Path
 
 from tool.errors import UserError
-from tool.io import REPO, WriteError, atomic_write_bytes, make_dir, staging_dir, write_reason
+from tool.io import REPO, WriteError, atomic_write_bytes, make_dir, read_own_file, staging_dir, write_reason
 from tool.results import load_results, read_scores
 from tool.runs import read_run_config
 
@@ -41,7 +41,7 @@ def export(run_dir, dest=None):
                 continue
             if len(relative.parts) == 2 and not (path.parent / "results.json").is_file():
                 continue  # a trial still running or interrupted: exported once it finishes
-            atomic_write_bytes(staging / relative, path.read_bytes())
+            atomic_write_bytes(staging / relative, read_own_file(run_dir, relative, "Export the run again."))
         staging.rename(target)
     except (WriteError, OSError) as error:
         reason, fix = (error.reason, error.fix) if isinstance(error, WriteError) else write_reason(error)

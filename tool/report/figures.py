@@ -31,7 +31,7 @@ from tool.evaluation import batches
 from tool.io import atomic_write_bytes
 from tool.data.protocol import make_split
 from tool.results import load_results, read_scores, score_name
-from tool.runs import load_trial_model, read_run_config
+from tool.runs import check_own_files, load_trial_model, read_run_config
 from tool.scores import ABOUT_FUSIONS, SCORES
 from tool.train import validation_pass
 
@@ -276,6 +276,7 @@ def redraw(run_dir, device, score=None):
     checkpoint, of SCORE `score` (None: the run's own)."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
+    check_own_files(run_dir)  # the figures are written into its trial folders
     score = score or config.get("score", "recon")
     results = load_results(run_dir)
     if not results:

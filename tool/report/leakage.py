@@ -29,7 +29,7 @@ from tool.errors import UserError
 from tool.scores import network_outputs
 from tool.io import atomic_write_json
 from tool.results import load_results
-from tool.runs import load_trial_model, read_run_config
+from tool.runs import check_own_files, load_trial_model, read_run_config
 
 LEAKAGE_PER_CLASS = 500
 LEAKAGE_K = 10
@@ -60,6 +60,7 @@ def run_leakage(run_dir, device="cpu"):
     that held it out; written to RUN_DIR/leakage.json and printed; returns {class: {...}}."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
+    check_own_files(run_dir)  # leakage.json is written into it
     if config["protocol"] != "one-anomalous-class":
         raise UserError("--leakage measures held-out anomaly classes: it needs a run of the one-anomalous-class "
                         "protocol.")
