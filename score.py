@@ -180,8 +180,12 @@ def run(argv=None):
     configured = trial["config"].get("score")
     name = args.score or (configured if configured in scorer.names else recommended(scorer.names))
     if name not in scorer.names:
-        raise UserError(f"--score {name}: this trial has the scores {', '.join(scorer.names)} (a score missing from "
-                        f"its results.json or bank.pt: python main.py --eval-only {Path(args.trial).parent})")
+        from tool.scores import features_of, names_of
+
+        model_has = name in names_of(features_of(scorer.model))  # else no scoring again can add it
+        raise UserError(f"--score {name}: this trial has the scores {', '.join(scorer.names)}" + (
+            f" (a score missing from its results.json or bank.pt: python main.py --eval-only "
+            f"{Path(args.trial).parent})" if model_has else f"; a {trial['config']['model']} network has no {name}"))
     output = check_output(args.output)
     problems = []
     files, images = load_images(find_images(args.images, problems), trial["input_shape"], trial.get("preprocessing"),

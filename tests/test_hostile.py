@@ -524,3 +524,17 @@ def test_odd_outputs_and_names_are_one_line_not_a_traceback(finished_run, tmp_pa
         done = subprocess.run([sys.executable, "main.py", "--table", str(finished_run)], cwd=REPO, stdout=full,
                               stderr=subprocess.PIPE, text=True, timeout=60)
     assert done.returncode == 2 and done.stderr.strip() == "error: No space left on device"
+
+
+def test_weights_copied_from_another_trial_are_not_scored_with_this_trials_thresholds(data_dir, own_images, tmp_path):
+    """best.pt and bank.pt copied from another trial were scored with this trial's results.json
+    (its thresholds, 3.846 instead of 5.565) without a word; results.json records its weights."""
+    from conftest import run_main
+
+    run = run_main(data_dir, tmp_path / "runs", "--classes", "0", "--seeds", "0", "1", "--epochs", "1")
+    one, two = run / "class0_seed0", run / "class0_seed1"
+    assert json.loads((one / "results.json").read_text())["model_sha256"]
+    for name in ("best.pt", "bank.pt"):
+        shutil.copy(two / name, one / name)
+    one_error(command("score.py", "--trial", one, own_images / "test", "--device", "cpu", timeout=120),
+              "results.json holds the thresholds of other weights than")

@@ -229,8 +229,9 @@ def test_hidden_scores_are_refused_for_a_conv_trial_and_a_damaged_hidden_bank_is
     import torch
 
     assert "hidden-knn" not in read_results(own_trial)["metrics"]  # the conv encoder has no hidden bank
-    with pytest.raises(UserError, match="--score hidden-knn: this trial has the scores recon, latent-knn"):
+    with pytest.raises(UserError, match="--score hidden-knn: this trial has the scores recon, latent-knn") as error:
         score_run(own_trial, own_images / "test", "--score", "hidden-knn")
+    assert "a cascade network has no hidden-knn" in str(error.value) and "--eval-only" not in str(error.value)
     trial = tmp_path / own_mlp_trial.name
     shutil.copytree(own_mlp_trial, trial)
     saved = torch.load(trial / "bank.pt", weights_only=True)

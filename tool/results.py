@@ -13,7 +13,7 @@ import numpy as np
 
 from tool.errors import UserError
 from tool.evaluation import METRICS
-from tool.io import atomic_write_bytes, atomic_write_text, read_json
+from tool.io import atomic_write_bytes, atomic_write_text, file_sha256, read_json
 from tool.scores import FUSIONS, fusions, is_mean_and_spread, recommended
 
 
@@ -62,7 +62,8 @@ def _rounded(value, digits):
 
 def write_results(folder, results, targets, test_scores):
     """scores.npz (the test targets and every score of every test image but the fused ones, which
-    read_scores rebuilds), then results.json, written last: its presence marks the trial finished.
+    read_scores rebuilds), then results.json, written last: its presence marks the trial finished;
+    it records the sha256 of the trial's best.pt, where there is one.
     Scores are float16 (3 significant digits: enough for figures and ensembles; the metrics in
     results.json come from the full-precision scores), or float32 beyond float16's range."""
     arrays = {"targets": np.asarray(targets, dtype=np.uint8)}
@@ -73,7 +74,9 @@ def write_results(folder, results, targets, test_scores):
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     atomic_write_bytes(Path(folder) / "scores.npz", buffer.getvalue())
-    atomic_write_text(Path(folder) / "results.json", results_text(results))
+    weights = file_sha256(Path(folder) / "best.pt")  # the weights these results are of (score.py checks it)
+    atomic_write_text(Path(folder) / "results.json", results_text({**results, **({"model_sha256": weights}
+                                                                                  if weights else {})}))
 
 
 def _number(value, low=-math.inf, high=math.inf):

@@ -296,6 +296,9 @@ def load_scorer(folder, model, results):
     if path.is_file() and (not isinstance(saved, dict) or saved.get("model_sha256") != file_sha256(Path(folder) / "best.pt")):
         raise UserError(f"{path} does not belong to the weights in {Path(folder) / 'best.pt'} (copied from another "
                         f"trial, or written before they were). {again}.")
+    if results.get("model_sha256") not in (None, file_sha256(Path(folder) / "best.pt")):  # None: written before
+        raise UserError(f"{Path(folder) / 'results.json'} holds the thresholds of other weights than "
+                        f"{Path(folder) / 'best.pt'} (copied from another trial?). {again}.")
     try:
         return Scorer.from_state(model, {"banks": saved.get("banks"), "validation_stats": results.get("validation_stats", {}),
                                          "thresholds": results["thresholds"],

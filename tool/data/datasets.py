@@ -207,11 +207,12 @@ def load_dataset(name, root=None):
     """Load a prepared dataset. A missing dataset names the command that prepares it."""
     check_dataset_name(name, root)
     folder = processed_dir(name, root)
+    where = "" if root is None else f" --data-dir {root}"  # the advice prepares the folder that was read
     if not is_prepared(name, root):
         raise UserError(f"dataset '{name}' is not prepared (nothing complete in {folder}). "
-                        f"Run: python preprocess.py --dataset {name}")
-    again = (f"Prepare it again: python preprocess.py --dataset {name} --force" if name in DATASETS else
-             f"Prepare it again: python preprocess.py --dataset folder --path DIR --name {name} --force")
+                        f"Run: python preprocess.py --dataset {name}{where}")
+    again = (f"Prepare it again: python preprocess.py --dataset {name} --force{where}" if name in DATASETS else
+             f"Prepare it again: python preprocess.py --dataset folder --path DIR --name {name} --force{where}")
     meta = read_json(folder / "meta.json", again)
     if not (isinstance(meta, dict) and isinstance(meta.get("classes"), list) and meta["classes"]):
         raise UserError(f"{folder / 'meta.json'} is corrupt: it names no classes. {again}")
