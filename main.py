@@ -75,7 +75,8 @@ from tool.errors import cli  # noqa: E402
 from tool.evaluation import evaluate  # noqa: E402
 from tool.report import figures  # noqa: E402
 from tool.results import write_results  # noqa: E402
-from tool.runs import write_checkpoint, write_scoring, write_trial_config  # noqa: E402
+from tool.runs import write_trial_config  # noqa: E402
+from tool.checkpoints import write_checkpoint, write_scoring  # noqa: E402
 from tool.scores import Scorer  # noqa: E402
 from tool.seeding import seed_everything  # noqa: E402
 from tool.train import train  # noqa: E402

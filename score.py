@@ -34,7 +34,7 @@ from tool.errors import UserError, cli
 from tool.flags import OneLineParser
 from tool.io import check_target, create_new_file
 from tool.results import read_results
-from tool.runs import load_scorer, load_trial_model
+from tool.checkpoints import load_scorer, load_trial_model
 from tool.scores import FUSIONS, SCORES, recommended
 from tool.settings import resolve_device
 

@@ -65,8 +65,8 @@ from tool.errors import UserError, cli  # noqa: E402
 from tool.scores import network_outputs  # noqa: E402
 from tool.settings import resolve_device  # noqa: E402
 from tool.seeding import seed_everything  # noqa: E402
-from tool.train import (PRECISIONS, TrainConfig, _compile, make_optimizer, train_epoch,  # noqa: E402
-                        uses_channels_last)
+from tool.speed import PRECISIONS, compile_model, uses_channels_last  # noqa: E402
+from tool.train import TrainConfig, make_optimizer, train_epoch  # noqa: E402
 
 INPUT_SHAPE = (1, 28, 28)
 GEMM_SHAPE = (256, 784, 512)  # (m, k, n): a batch of 256 flattened 28x28 images times a 784 -> 512 layer
@@ -175,7 +175,7 @@ class Bench:
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = make_optimizer(self.model, TrainConfig.from_settings(settings), device)
         if compile_:
-            _compile(self.model)
+            compile_model(self.model)
         self.train_rates, self.eval_rates, self.first_pass_seconds = [], [], None
 
     def train_pass(self, images, order, batch_size):

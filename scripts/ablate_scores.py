@@ -27,7 +27,8 @@ from tool.data.datasets import load_dataset, scale_images  # noqa: E402
 from tool.errors import UserError, cli  # noqa: E402
 from tool.data.protocol import make_split  # noqa: E402
 from tool.evaluation import batches  # noqa: E402
-from tool.runs import is_finished, load_trial_model, read_run_config  # noqa: E402
+from tool.checkpoints import load_trial_model  # noqa: E402
+from tool.runs import is_finished, read_run_config  # noqa: E402
 from tool.scores import Scorer, validation_stats, standardised  # noqa: E402
 from tool.flags import OneLineParser  # noqa: E402
 

@@ -18,7 +18,8 @@ import pytest
 from conftest import ENV, REPO, command, copy_run, one_error
 from tool.report.export import export
 from tool.errors import UserError
-from tool.io import atomic_torch_save, atomic_write_bytes, create_new_file, staging_dir
+from tool.io import atomic_torch_save, atomic_write_bytes, create_new_file
+from tool.locks import staging_dir
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
 

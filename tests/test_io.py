@@ -9,7 +9,8 @@ import faults
 import main
 from conftest import leftovers, run_main
 from tool.errors import UserError
-from tool.io import (WriteError, atomic_torch_save, atomic_write_json, atomic_write_text, file_lock, make_dir,
+from tool.locks import file_lock
+from tool.io import (WriteError, atomic_torch_save, atomic_write_json, atomic_write_text, make_dir,
                      read_json, remove_temp_files, write_reason)
 
 

@@ -11,10 +11,11 @@ import torch
 
 import main
 from conftest import ENV, command, copy_run, one_error, results_of, run_main
-from tool import runs
+from tool import checkpoints, runs
 from tool.report import tables as report
 from tool.errors import UserError
-from tool.io import REPO, file_lock
+from tool.io import REPO
+from tool.locks import file_lock
 
 
 def test_a_new_run_never_overwrites_an_old_one(data_dir, tmp_path):
@@ -149,8 +150,8 @@ def test_the_bank_is_kept_in_float16_read_back_as_float32_and_only_beside_its_ow
     run_dir = copy_run(finished_run, tmp_path / "a")
     trial = run_dir / "class0_seed0"
     saved = torch.load(trial / "bank.pt", weights_only=True)
-    _, model = runs.load_trial_model(trial, "cpu")
-    scorer = runs.load_scorer(trial, model, read_results(trial))
+    _, model = checkpoints.load_trial_model(trial, "cpu")
+    scorer = checkpoints.load_scorer(trial, model, read_results(trial))
     code = saved["banks"]["code"]
     assert code.dtype == torch.float16 and scorer.banks["code"].dtype == torch.float32
     assert torch.equal(scorer.banks["code"], code.float())
@@ -159,4 +160,4 @@ def test_the_bank_is_kept_in_float16_read_back_as_float32_and_only_beside_its_ow
     checkpoint["best_epoch"] += 1  # other weights (another trial, or this one trained again)
     torch.save(checkpoint, other / "best.pt")
     with pytest.raises(UserError, match="does not belong to the weights"):
-        runs.load_scorer(other, model, read_results(other))
+        checkpoints.load_scorer(other, model, read_results(other))

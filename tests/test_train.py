@@ -10,6 +10,7 @@ from conftest import model_config, results_of, run_main, train_config
 from models import build_model
 from tool import train
 from tool.seeding import seed_everything
+from tool.speed import uses_channels_last
 from tool.train import train_model
 
 
@@ -93,8 +94,8 @@ def test_channels_last_changes_only_float_rounding(preset, tmp_path):
     loss_rel, score_rel = (SHRINKAGE_REL, SHRINKAGE_REL) if preset == "memae" else (1e-5, 1e-4)
     assert channels_last[0] == pytest.approx(usual[0], rel=loss_rel)
     assert channels_last[1] == pytest.approx(usual[1], rel=score_rel)
-    assert train.uses_channels_last(build_model(preset, (1, 8, 8), model_config()), "cpu")
-    assert not train.uses_channels_last(build_model("cascade-mlp", (1, 8, 8), model_config()), "cpu")
+    assert uses_channels_last(build_model(preset, (1, 8, 8), model_config()), "cpu")
+    assert not uses_channels_last(build_model("cascade-mlp", (1, 8, 8), model_config()), "cpu")
 
 
 def test_bf16_trains_close_to_fp32_and_repeats_exactly(tmp_path):
@@ -303,7 +304,7 @@ def test_checkpoint_seconds_spares_the_writes_of_short_epochs_and_resume_stays_e
 
 
 def test_cpu_lacks_bf16_reads_the_cpu_flags(tmp_path):
-    from tool.train import cpu_lacks_bf16
+    from tool.speed import cpu_lacks_bf16
 
     avx2, bf16, amx = (tmp_path / n for n in ("avx2", "bf16", "amx"))
     avx2.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n")

@@ -26,11 +26,11 @@ from tool.report import tables as report
 from tool.report.export import export
 from tool.report.leakage import run_leakage
 from tool.results import read_results, write_results
-from tool.runs import (check_own_files, is_finished, load_trial_model, new_run_dir, open_run_dir, read_run_config,
-                       trial_dir, trial_lock, write_scoring)
+from tool.checkpoints import load_trial_model, write_scoring
+from tool.runs import check_own_files, is_finished, new_run_dir, open_run_dir, read_run_config, trial_dir, trial_lock
 from tool.scores import Scorer
 from tool.settings import check_model_size, check_score, describe, epochs_note, resolve_device, validate
-from tool.train import cpu_lacks_bf16
+from tool.speed import cpu_lacks_bf16
 
 
 def setting_comments(main_file):

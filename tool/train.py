@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 from tqdm import tqdm
 
 from tool.errors import UserError
@@ -24,37 +23,7 @@ from tool.data.datasets import scale_images
 from tool.evaluation import batches
 from tool.io import atomic_torch_save, load_checkpoint
 from tool.seeding import rng_state, set_rng_state
-
-
-PRECISIONS = ("fp32", "bf16")
-
-
-def autocast(precision, device):
-    """The precision of the training and validation passes: "bf16" is torch.autocast to bfloat16
-    (matrix products and convolutions in bfloat16, losses, norms and softmax in float32; the
-    weights and the optimiser stay float32); "fp32" changes nothing."""
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def cpu_lacks_bf16(device, cpuinfo="/proc/cpuinfo"):
-    """True when `device` is a CPU that reports neither AVX-512 bf16 nor AMX bf16 (Linux's
-    /proc/cpuinfo): there bf16 matrix products are emulated, and `cascade` trained 8.6x slower in
-    bf16 than in fp32 side by side (an AVX2-only EPYC: 67 against 570 img/s,
-    benchmarks/throughput.py). False when it cannot tell."""
-    if torch.device(device).type != "cpu":
-        return False
-    try:
-        with open(cpuinfo) as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
-    except OSError:
-        return False
-    return flags is not None and not {"avx512_bf16", "amx_bf16"} & set(flags)
-
-
-def uses_channels_last(model, device):
-    """oneDNN's convolutions are faster on channels-last tensors on a CPU (~1.15x for the conv
-    presets): training converts conv models to it (scores are computed in the usual layout)."""
-    return torch.device(device).type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+from tool.speed import autocast, compile_model, uncompile_model, uses_channels_last
 
 
 class TrainingDiverged(UserError):
@@ -180,7 +149,7 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, config, device)
     if config.compile:
-        _compile(model)
+        compile_model(model)
     shuffle = torch.Generator().manual_seed(generator_seed)  # batch order, saved with the checkpoint
     state = {"epoch": 0, "best_val": float("inf"), "best_epoch": 0, "bad_epochs": 0, "bad_steps": 0, "history": [],
              "best_model": None, "seconds": 0.0}
@@ -261,7 +230,7 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
             log(epoch_line(desc, state["history"][-1], improved))
     bar.close()
     if config.compile:
-        _uncompile(model)
+        uncompile_model(model)
     if state["best_model"] is not None:
         model.load_state_dict(state["best_model"])
     model.to(memory_format=torch.contiguous_format).eval()
@@ -293,19 +262,6 @@ def _kept(saved_epoch, checkpoint_path):
     if saved_epoch == 0:
         return "No epoch finished, so no checkpoint was kept."
     return f"The last good checkpoint (epoch {saved_epoch}) is kept in {checkpoint_path}."
-
-
-def _compile(model):
-    """torch.compile (inductor) of the encoder's and decoder's forward, set on the modules
-    themselves so that state_dict keys stay as they are; the memory stays eager (its forgetting
-    draws from torch's generator exactly as without compilation)."""
-    for part in (model.encoder, model.decoder):
-        part.forward = torch.compile(part.forward)
-
-
-def _uncompile(model):
-    for part in (model.encoder, model.decoder):
-        del part.forward  # the class's own forward again
 
 
 def _trial_key(config, seed):

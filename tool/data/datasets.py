@@ -19,7 +19,8 @@ import torch
 
 from tool.errors import UserError, shown
 from tool.io import (REPO, WriteError, atomic_torch_save, atomic_write_json, load_checkpoint, make_dir, read_json,
-                     staging_dir, write_reason)
+                     write_reason)
+from tool.locks import staging_dir
 
 DATA_ROOT = REPO / "datasets"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a dataset name is a plain folder name, <= 100 chars

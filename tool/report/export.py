@@ -4,7 +4,8 @@ import shutil
 from pathlib import Path
 
 from tool.errors import UserError
-from tool.io import REPO, WriteError, atomic_write_bytes, make_dir, read_own_file, staging_dir, write_reason
+from tool.io import REPO, WriteError, atomic_write_bytes, make_dir, read_own_file, write_reason
+from tool.locks import staging_dir
 from tool.results import load_results, read_scores
 from tool.runs import read_run_config
 

@@ -31,7 +31,8 @@ from tool.evaluation import batches
 from tool.io import atomic_write_bytes
 from tool.data.protocol import make_split
 from tool.results import load_results, read_scores, score_name
-from tool.runs import check_own_files, load_trial_model, read_run_config
+from tool.checkpoints import load_trial_model
+from tool.runs import check_own_files, read_run_config
 from tool.scores import ABOUT_FUSIONS, SCORES
 from tool.train import validation_pass
 

@@ -29,7 +29,8 @@ from tool.errors import UserError
 from tool.scores import network_outputs
 from tool.io import atomic_write_json
 from tool.results import load_results
-from tool.runs import check_own_files, load_trial_model, read_run_config
+from tool.checkpoints import load_trial_model
+from tool.runs import check_own_files, read_run_config
 
 LEAKAGE_PER_CLASS = 500
 LEAKAGE_K = 10
