@@ -59,7 +59,7 @@ import torch.nn as nn  # noqa: E402
 from prettytable import PrettyTable  # noqa: E402
 
 from main import DEFAULTS  # noqa: E402
-from models import PRESETS, ModelConfig, build_model, count_parameters  # noqa: E402
+from models import PRESETS, SSL_KINDS, ModelConfig, build_model, count_parameters  # noqa: E402
 from models.memory import MemAEMemory, MemoryUnit  # noqa: E402
 from tool.errors import UserError, cli  # noqa: E402
 from tool.scores import network_outputs  # noqa: E402
@@ -165,10 +165,11 @@ def forward_flops_per_image(model, device, batch=8):
 class Bench:
     """One preset in one precision, set up as tool.train.train_model sets up a trial."""
 
-    def __init__(self, name, precision, device, compile_=False):
-        self.name, self.precision, self.device, self.compile = name, precision, device, compile_
-        self.label = name + ("" if precision == "fp32" else f" {precision}") + (" compiled" if compile_ else "")
-        settings = {**DEFAULTS, "precision": precision, "compile": compile_}
+    def __init__(self, name, precision, device, compile_=False, ssl=None):
+        self.name, self.precision, self.device, self.compile, self.ssl = name, precision, device, compile_, ssl
+        self.label = (name + ("" if precision == "fp32" else f" {precision}") + (" compiled" if compile_ else "")
+                      + (f" ssl={ssl}" if ssl else ""))
+        settings = {**DEFAULTS, "precision": precision, "compile": compile_, "ssl": ssl}
         self.model = build_model(name, INPUT_SHAPE, ModelConfig.from_settings(settings)).to(device)
         self.flops = forward_flops_per_image(self.model, device)
         if uses_channels_last(self.model, device):
@@ -269,6 +270,8 @@ def parse(argv):
     parser.add_argument("--precisions", nargs="+", default=["fp32"], metavar="P",
                         help=f"training precisions to time: {' '.join(PRECISIONS)} (default: fp32)")
     parser.add_argument("--compile", action="store_true", help="also time each preset with torch.compile")
+    parser.add_argument("--ssl", nargs="+", default=[], choices=SSL_KINDS, metavar="KIND",
+                        help="also time each preset with these self-supervised tasks (SSL): transforms, contrastive")
     parser.add_argument("--released-loop", action="store_true", help="also time the authors' training loop")
     parser.add_argument("--against", metavar="REV", help="also time the presets as git revision REV trains them")
     parser.add_argument("--batch-size", type=int, default=256, help="training batch size (default: 256)")
@@ -307,9 +310,9 @@ def run(argv=None):
     pixels = torch.randint(0, 256, (args.images, *INPUT_SHAPE), generator=gen, dtype=torch.uint8)  # as trials score
     order = torch.randperm(args.images, generator=gen).to(device)
     gemms = {p: Gemm(p, device) for p in dict.fromkeys(["fp32", *args.precisions])}
-    benches = [Bench(name, precision, device, compile_)
+    benches = [Bench(name, precision, device, compile_, ssl)
                for name in args.presets for precision in args.precisions
-               for compile_ in ((False, True) if args.compile else (False,))]
+               for compile_ in ((False, True) if args.compile else (False,)) for ssl in (None, *args.ssl)]
     released = ReleasedLoop(device, args.batch_size) if args.released_loop else None
     workdir = tempfile.TemporaryDirectory() if args.against else nullcontext()
     with workdir as tmp:
@@ -358,7 +361,7 @@ def report(args, device, threads, gemms, benches, released, against):
         }
         if bench.compile:
             figures["first_pass_seconds"] = round(bench.first_pass_seconds, 2)
-        key = bench.precision + ("+compile" if bench.compile else "")
+        key = bench.precision + ("+compile" if bench.compile else "") + (f"+ssl={bench.ssl}" if bench.ssl else "")
         presets.setdefault(bench.name, {})[key] = figures
 
     table = PrettyTable(["preset", "precision", "train img/s", "(slowest..fastest)", "eval img/s", "train MFLOP/img",
