@@ -77,3 +77,14 @@ def test_the_gpu_check_runs_its_steps_on_the_cpu_path(data_dir, tmp_path):
     again = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--dataset", "digits",
                             "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "is not an empty folder" in again.stderr
+
+
+def test_throughput_times_a_preset_with_its_self_supervised_task_beside_it(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--quick", "--presets", "ae-mlp", "--ssl",
+         "transforms", "--images", "256", "--repeats", "1", "--device", "cpu", "--threads", "1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    timed = json.loads(done.stdout.strip().splitlines()[-1])["presets"]["ae-mlp"]
+    assert set(timed) == {"fp32", "fp32+ssl=transforms"}
+    assert timed["fp32+ssl=transforms"]["parameters"] > timed["fp32"]["parameters"]  # the rotation head
