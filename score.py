@@ -35,6 +35,7 @@ from tool.flags import OneLineParser
 from tool.io import check_target, create_new_file
 from tool.results import read_results
 from tool.checkpoints import load_scorer, load_trial_model
+from tool.report.tables import as_text_cell
 from tool.scores import FUSIONS, SCORES, recommended
 from tool.settings import resolve_device
 
@@ -143,13 +144,6 @@ def check_output(given):
         raise UserError(f"{path} exists; scores never overwrite a file: give another --output.")
     check_target(path)
     return path
-
-
-def as_text_cell(text):
-    """A file name as a CSV cell a spreadsheet shows as text: one that starts as a formula would
-    (=, +, -, @, a tab or a carriage return: '=cmd|calc.png') gets a leading apostrophe (OWASP's
-    advice against CSV injection)."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def write_csv(data, output, trial_folder):

@@ -1,13 +1,14 @@
 """What a trial keeps to be scored again, and how it is read back: best.pt (the weights), bank.pt
 (the normal training features the neighbour scores compare with), both checked against the
 trial's config.json and results.json before anything is allocated or scored."""
+import re
 from pathlib import Path
 
 from models import ModelConfig, build_model
 from tool.errors import UserError
 from tool.io import atomic_torch_save, file_sha256, load_checkpoint, read_json
 from tool.runs import MIGRATE
-from tool.settings import check_model_size
+from tool.settings import check_model_size, check_ranges
 
 
 def write_checkpoint(folder, model, preset, input_shape, best_epoch):
@@ -46,8 +47,9 @@ def load_scorer(folder, model, results):
         raise UserError(f"{path}: {error}. {again}.") from None
 
 
-def load_trial_model(folder, device):
-    """(trial config, model in eval mode) from a trial folder's config.json and best.pt."""
+def load_trial_model(folder, device, dataset=None):
+    """(trial config, model in eval mode) from a trial folder's config.json and best.pt; `dataset`
+    (its name and image shape), when given, must be the one the trial was trained on."""
     folder = Path(folder)
     if not (folder / "config.json").is_file() or not (folder / "best.pt").is_file():
         raise UserError(f"{folder} is not a trained trial folder (needs config.json and best.pt).")
@@ -59,7 +61,16 @@ def load_trial_model(folder, device):
     if not all(type(trial.get(key)) is int and trial[key] >= 0 for key in ("class", "seed")) \
             or not isinstance(trial.get("config"), dict):
         raise UserError(f"{folder / 'config.json'}: its class, seed or settings are missing or garbled. {again}")
+    named = re.fullmatch(r"class(\d+)_seed(\d+)", folder.name)
+    if named and (int(named[1]), int(named[2])) != (trial["class"], trial["seed"]):
+        raise UserError(f"{folder / 'config.json'} is the config of class {trial['class']}, seed {trial['seed']}, "
+                        f"in the folder of {folder.name}: copied from another trial or edited. {again}")
+    if dataset is not None and tuple(shape) != tuple(dataset[1]):
+        raise UserError(f"{folder}: its model takes {tuple(shape)} images, but the dataset {dataset[0]} holds "
+                        f"{tuple(dataset[1])}: the trial belongs to another run, or the dataset was prepared again "
+                        f"with other settings.")
     try:  # before any memory is allocated: a forged size must not take the machine's memory
+        check_ranges(trial["config"])
         check_model_size(trial["config"], shape)
     except UserError as error:
         raise UserError(f"{folder / 'config.json'}: {error}") from None

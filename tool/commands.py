@@ -27,7 +27,8 @@ from tool.report.export import export
 from tool.report.leakage import run_leakage
 from tool.results import read_results, write_results
 from tool.checkpoints import load_trial_model, write_scoring
-from tool.runs import check_own_files, is_finished, new_run_dir, open_run_dir, read_run_config, trial_dir, trial_lock
+from tool.runs import (check_own_files, check_same_dataset, is_finished, new_run_dir, open_run_dir, read_run_config,
+                       trial_dir, trial_lock)
 from tool.scores import Scorer
 from tool.settings import check_model_size, check_score, describe, epochs_note, resolve_device, validate
 from tool.speed import cpu_lacks_bf16
@@ -131,6 +132,7 @@ def sweep(config, defaults, run_trial, run_dir=None, prepare=True):
         print("warning: this CPU has no AVX-512 bf16 or AMX: bf16 is emulated here and trains far slower "
               "than fp32 (8.6x for cascade on one such CPU); use --precision fp32", file=sys.stderr)
     run_dir = open_run_dir(run_dir, config) if run_dir else new_run_dir(config)
+    check_same_dataset(run_dir, ds)
     trials = [(c, s) for s in config["seeds"] for c in ds.class_list(config["classes"])]
     todo = [(c, s) for c, s in trials if not is_finished(trial_dir(run_dir, c, s))]
     done = len(trials) - len(todo)
@@ -185,15 +187,13 @@ def reevaluate(run_dir, defaults, device_name="auto", score_choice=None):
     device = resolve_device(device_name)
     torch.set_num_threads(trial_threads(config, 1, device))  # as in training: float sums depend on it
     ds = load_dataset(config["dataset"], config["data_dir"])
+    check_same_dataset(run_dir, ds)
     folders = sorted(p for p in run_dir.glob("class*_seed*") if (p / "best.pt").is_file())
     if not folders:
         raise UserError(f"{run_dir} holds no trained trial (no class*_seed*/best.pt).")
     results, changed = {}, {}
     for folder in tqdm(folders, desc="re-evaluating", unit="trial", leave=False, disable=None):
-        trial, model = load_trial_model(folder, device)
-        if tuple(trial["input_shape"]) != tuple(ds.shape):
-            raise UserError(f"{folder}: its model takes {tuple(trial['input_shape'])} images, but the run's dataset "
-                            f"{config['dataset']} holds {tuple(ds.shape)}: the trial belongs to another run.")
+        trial, model = load_trial_model(folder, device, (config["dataset"], ds.shape))
         settings = {**defaults, **trial["config"]}
         split = make_split(ds, settings["protocol"], trial["class"], settings["val_fraction"], trial["seed"])
         scorer = Scorer.fit(model, split.train, split.val, trial["seed"], settings["threshold_percentile"])

@@ -63,8 +63,11 @@ def read_config_file(path, defaults):
         if default is None:  # the kind main.py's None stands for
             default = [] if key in LIST_TYPES else SCALAR_TYPES.get(key, str)()
         if value is not None and not _same_kind(value, default):
-            raise UserError(f"{path}: {key.upper()} = {shown(value)} should be of the kind of main.py's "
-                            f"{shown(defaults[key])}{' (a list, or None)' if isinstance(default, list) else ''}.")
+            kind = {list: "a list", bool: "True or False", int: "an integer", float: "a number",
+                    str: "a string"}.get(type(default), type(default).__name__)
+            raise UserError(f"{path}: {key.upper()} = {shown(value)} should be {kind}"
+                            f"{', or None' if defaults[key] is None or isinstance(default, list) else ''}, "
+                            f"like main.py's {key.upper()} = {shown(defaults[key])}.")
     return given
 
 

@@ -15,6 +15,7 @@ import pickle
 import re
 import stat
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -48,12 +49,16 @@ def write_reason(error):
         return "the folder is not writable", "make it writable or choose another folder"
     if code in (errno.EEXIST, errno.ENOTDIR):
         return "a file stands where a folder must be", "choose another folder, or move that file away"
+    if code == errno.ENAMETOOLONG:
+        return "a name is too long for the file system", "choose a shorter folder or file name"
+    if code == errno.EISDIR:
+        return "a folder stands where a file must be", "remove or move that folder"
     if isinstance(error, RuntimeError):  # torch.save reports a failed write as "[enforce fail at ...]"
         text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return f"torch.save failed: {text}; the disk is probably full", "free some space or choose another folder"
     error = cause or error
     text = getattr(error, "strerror", None) or str(error) or type(error).__name__
-    return f"{type(error).__name__}: {text}", "free some space or choose another folder"
+    return f"{type(error).__name__}: {text}", "check the folder (space, permissions), or choose another one"
 
 
 def make_dir(path):
@@ -159,15 +164,49 @@ def load_checkpoint(path, device="cpu", what_to_do="Train it again.", what="a ch
     """A checkpoint this code wrote, loaded with torch.load(weights_only=True): tensors, numbers,
     strings and containers only, so a forged file can never run code. Anything else is a
     UserError naming the file and what to do."""
-    info = os.stat(path) if os.path.exists(path) else None
-    if info is not None and not stat.S_ISREG(info.st_mode):  # a FIFO would block torch.load forever
-        raise UserError(f"{path} is not {what}: it is not a regular file (a folder, device, FIFO or socket). {what_to_do}")
+    with open_archive(path, what, what_to_do, expansion=1) as file:  # torch.save stores, never compresses
+        try:
+            return torch.load(file, map_location=device, weights_only=True)
+        except (OSError, RuntimeError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+                MemoryError, OverflowError, RecursionError, pickle.UnpicklingError) as error:
+            raise UserError(f"{path} is not {what}, or it is truncated or corrupt "
+                            f"({type(error).__name__}). {what_to_do}") from None
+
+
+ARCHIVE_SLACK = 16 * 2 ** 20  # bytes a zip archive may unpack to beyond `expansion` times its size
+
+
+def open_archive(path, what, what_to_do, expansion):
+    """`path` open for reading in binary, once it is known to be a regular file (a FIFO would block
+    its reader forever) and, if it is a zip archive (torch.save's files, numpy's .npz), one whose
+    entries unpack to at most `expansion` times its size plus ARCHIVE_SLACK: a file of a few KB
+    that unpacks to gigabytes (a zip bomb) is refused before anything is unpacked. A UserError
+    names the file and says `what_to_do`."""
     try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            MemoryError, OverflowError, RecursionError, pickle.UnpicklingError) as error:
-        raise UserError(f"{path} is not {what}, or it is truncated or corrupt "
-                        f"({type(error).__name__}). {what_to_do}") from None
+        file = os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb")
+    except OSError as error:
+        raise UserError(f"{path} cannot be read ({error.strerror or type(error).__name__}). {what_to_do}") from None
+    try:
+        size = os.fstat(file.fileno()).st_size
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise UserError(f"{path} is not {what}: it is not a regular file (a folder, device, FIFO or socket). "
+                            f"{what_to_do}")
+        os.set_blocking(file.fileno(), True)
+        if zipfile.is_zipfile(file):
+            try:
+                with zipfile.ZipFile(file) as archive:
+                    unpacked = sum(entry.file_size for entry in archive.infolist())
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
+                raise UserError(f"{path} is not {what}, or it is truncated or corrupt ({type(error).__name__}). "
+                                f"{what_to_do}") from None
+            if unpacked > expansion * size + ARCHIVE_SLACK:
+                raise UserError(f"{path} is not {what}: its {size / 2 ** 20:.1f} MB unpack to "
+                                f"{unpacked / 2 ** 20:.0f} MB, far more than such a file holds. {what_to_do}")
+        file.seek(0)
+        return file
+    except BaseException:
+        file.close()
+        raise
 
 
 MAX_READ_BYTES = 256 * 2 ** 20  # a JSON or config file larger than this is not one this code wrote

@@ -6,6 +6,7 @@ against what every reader of it needs (RESULTS_SCHEMA); the readers then trust i
 import io
 import json
 import math
+import os
 import zipfile
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from tool.errors import UserError
 from tool.evaluation import METRICS
-from tool.io import atomic_write_bytes, atomic_write_text, file_sha256, read_json
+from tool.io import atomic_write_bytes, atomic_write_text, file_sha256, open_archive, read_json
 from tool.scores import FUSIONS, fusions, is_mean_and_spread, recommended
 
 
@@ -133,8 +134,12 @@ def read_scores(folder, results=None):
     folder = Path(folder)
     what_to_do = f"Run the trial again, or python main.py --eval-only {folder.parent} to score it again."
     try:
-        with np.load(folder / "scores.npz", allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
+        if not os.path.lexists(folder / "scores.npz"):
+            raise FileNotFoundError
+        with open_archive(folder / "scores.npz", "a trial's test scores", what_to_do, expansion=64) as file:
+            _check_npy_sizes(file)
+            with np.load(file, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files}
         targets = arrays.pop("targets")
         arrays = {name: values.astype(np.float64) for name, values in arrays.items()}
         if not (targets.ndim == 1 and np.isin(targets, (0, 1)).all()
@@ -148,6 +153,22 @@ def read_scores(folder, results=None):
     with np.errstate(over="ignore"):
         rebuilt = fusions({m: stats[m] for m in members if m in stats}, members)
     return targets.astype(np.int64), {**rebuilt, **arrays}
+
+
+def _check_npy_sizes(file):
+    """Every array of the .npz `file` no larger than its entry: numpy allocates the shape an array's
+    header declares before it reads the data, so a forged header of 10**12 numbers would take the
+    machine's memory (ValueError otherwise; `file` is left at its start)."""
+    with zipfile.ZipFile(file) as archive:
+        for entry in archive.infolist():
+            with archive.open(entry) as member:
+                version = np.lib.format.read_magic(member)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(member)
+                if math.prod(shape) * dtype.itemsize > entry.file_size:
+                    raise ValueError("an array larger than its entry")
+    file.seek(0)
 
 
 def score_name(results, score):

@@ -259,10 +259,23 @@ def planned_trials(run_dir, config, n_classes=None):
     return classes, seeds
 
 
+def check_same_dataset(run_dir, ds):
+    """Refuse (a UserError) a dataset whose images differ from those the run's trials were trained
+    on (their config.json's dataset_sha256; trials of older code have none): prepared again since."""
+    for path in sorted(Path(run_dir).glob("class*_seed*/config.json")):
+        trial = read_json(path, "Delete the trial folder to run it again.")
+        trained_on = trial.get("dataset_sha256") if isinstance(trial, dict) else None
+        if isinstance(trained_on, str) and trained_on != ds.sha256:
+            raise UserError(f"{path.parent} was trained on other images of {ds.name} than those prepared now (the "
+                            f"dataset was prepared again since, with other files or settings). Prepare it as it "
+                            f"was, or use a new run folder.")
+
+
 def write_trial_config(folder, config, ds, c, seed, device, about):
     """The trial's config.json: every setting, the trial, the model's size, the environment, the
     dataset's sources and (folder datasets) the preprocessing score.py repeats for new images."""
     atomic_write_json(Path(folder) / "config.json", {
         "config": config, "class": c, "class_name": ds.classes[c], "seed": seed, "input_shape": list(ds.shape),
-        **about, "device": device, "environment": environment(), "dataset_sources": ds.meta.get("sources", []),
+        **about, "device": device, "environment": environment(), "dataset_sha256": ds.sha256,
+        "dataset_sources": ds.meta.get("sources", []),
         "preprocessing": ds.meta.get("preprocessing")})

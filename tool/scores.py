@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.ssl import N_ROTATIONS
 from tool.data.datasets import scale_images
 from tool.errors import UserError
 from tool.evaluation import batches, validation_threshold
@@ -110,11 +111,13 @@ def network_outputs(model, images):
     device = next(model.parameters()).device
     layer = model.encoder.hidden_layer() if "hidden" in features_of(model) else None
     parts = {name: [] for name in features_of(model)}
-    hook = layer.register_forward_hook(lambda m, i, output: parts["hidden"].append(output.flatten(1).float().cpu())) \
+    rows = [0]  # with a task the encoder sees the K copies of a batch at once: copy 0 (the images) comes first
+    hook = layer.register_forward_hook(lambda m, i, out: parts["hidden"].append(out[: rows[0]].flatten(1).float().cpu())) \
         if layer is not None else None
     try:
         for xb in batches(images, device=device):
             xb = scale_images(xb, device)
+            rows[0] = len(xb)
             out = model(xb)
             parts["recon"].append(torch.linalg.vector_norm((out["recon"] - xb).flatten(1), dim=1).double().cpu())
             parts["code"].append(out["latent"].float().cpu())
@@ -306,13 +309,14 @@ BANK_LIMIT = 1e4  # |feature| a bank may hold: codes and features of this code a
 
 def _checked_bank(bank, feature, model):
     """A saved bank as float32, refused (ValueError) unless it is at least 2 finite rows of the
-    width the model gives (views: one such bank per rotation)."""
+    width the model gives (views: one such bank per rotation, N_ROTATIONS of them)."""
     if not isinstance(bank, torch.Tensor) or not bank.is_floating_point():
         raise ValueError(f"the {feature} bank is not a tensor of numbers")
     bank = bank.float()
     width = getattr(model.encoder, "hidden_width", None) if feature == "hidden" else _code_width(model)
     rows = bank.shape[-2] if bank.ndim >= 2 else 0
     if (bank.ndim != (3 if feature == "views" else 2) or rows < 2 or bank.shape[-1] != width
+            or (feature == "views" and bank.shape[0] != N_ROTATIONS)
             or not torch.isfinite(bank).all() or bank.abs().max() > BANK_LIMIT):
         raise ValueError(f"the {feature} bank is damaged: {tuple(bank.shape)}, the model gives {width} numbers "
                          f"per image" + ("" if torch.isfinite(bank).all() else ", with values that are not finite"))

@@ -99,7 +99,7 @@ def validate(config):
     if config["model"] not in PRESETS and config["model"] not in CLASSICAL:
         raise UserError(f"unknown model preset {shown(config['model'])}. Valid: {', '.join([*PRESETS, *CLASSICAL])}")
     if config["ssl"] is not None and config["ssl"] not in SSL_KINDS:
-        raise UserError(f"unknown self-supervised task --ssl (SSL) {shown(config['ssl'])}. Valid: none, {', '.join(SSL_KINDS)}")
+        raise UserError(f"unknown self-supervised task --ssl (SSL) {shown(config['ssl'])}. Valid: none (SSL = None in a config file), {', '.join(SSL_KINDS)}")
     if config["ssl"] is not None and config["model"] in CLASSICAL:
         raise UserError(f"--ssl trains a network's encoder; {config['model']} is a classical detector: drop --ssl")
     if config["classes"] is not None and not config["classes"]:

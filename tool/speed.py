@@ -1,8 +1,12 @@
 """How a trial runs fast on its device: bfloat16 autocast (PRECISION), the channels-last memory
 layout of convolutions on a CPU, and torch.compile (COMPILE); and whether this CPU does bf16 in
 hardware at all (benchmarks/README.md measures each)."""
+from contextlib import contextmanager
+
 import torch
 import torch.nn as nn
+
+from tool.errors import UserError
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -47,3 +51,17 @@ def compile_model(model):
 def uncompile_model(model):
     for part in (model.encoder, model.decoder):
         del part.forward  # the class's own forward again
+
+
+@contextmanager
+def compile_errors(compiling):
+    """torch.compile's failures as one UserError: it compiles at the first step, where a missing C++
+    compiler shows."""
+    try:
+        yield
+    except Exception as error:
+        if compiling and type(error).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+            raise UserError(f"torch.compile could not compile the model ({type(error).__name__}: {first}). It needs "
+                            f"a working C++ compiler (CXX) on a CPU; or train without it: --compile false.") from None
+        raise

@@ -9,6 +9,8 @@ state, RNG states) written atomically, so an interrupted run resumes exactly whe
 The test split never reaches this module: `train_model` takes the training and validation images
 and nothing else.
 """
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -23,7 +25,7 @@ from tool.data.datasets import scale_images
 from tool.evaluation import batches
 from tool.io import atomic_torch_save, load_checkpoint
 from tool.seeding import rng_state, set_rng_state
-from tool.speed import autocast, compile_model, uncompile_model, uses_channels_last
+from tool.speed import autocast, compile_errors, compile_model, uncompile_model, uses_channels_last
 
 
 class TrainingDiverged(UserError):
@@ -117,6 +119,7 @@ def train(config, model, split, seed, folder, bar=True):
     interrupted trial resumes from folder/last.pt. Returns what results.json keeps of it."""
     from tensorboardX import SummaryWriter
 
+    from tool.runs import PLACEMENT_KEYS
     folder = Path(folder)
     device = next(model.parameters()).device
     resumed = (folder / "last.pt").exists()  # resuming, train_model logs the checkpoint's epochs again:
@@ -126,14 +129,15 @@ def train(config, model, split, seed, folder, bar=True):
                              TrainConfig.from_settings(config), folder / "last.pt", seed, writer,
                              desc=f"class {split.target_class} seed {seed}", log=lambda line: print(line, file=log,
                                                                                                   flush=True),
-                             bar=bar)
+                             bar=bar, trial={"class": split.target_class, "settings": {
+                                 k: v for k, v in config.items() if k not in PLACEMENT_KEYS}})
     return {"epochs_trained": result.epochs_trained, "best_epoch": result.best_epoch,
             "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early,
             "train_seconds": round(result.seconds, 3), "history": result.history}
 
 
 def train_model(model, train_images, val_images, config, checkpoint_path, generator_seed, writer=None,
-                desc="train", log=None, channels_last=None, on_epoch=None, bar=True):
+                desc="train", log=None, channels_last=None, on_epoch=None, bar=True, trial=None):
     """Train `model` on `train_images` (float, on the model's device), stop early on `val_images`.
 
     Resumes from `checkpoint_path` when it exists. Returns a TrainResult; the model ends holding
@@ -142,8 +146,10 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
     terminal. channels_last: None = uses_channels_last.
     on_epoch(epoch, model), when given, is called after each epoch's validation pass with the
     model in eval mode (diagnostics, e.g. scripts/epoch_oracle.py; it must not draw random numbers).
+    trial: what else last.pt must have been written for to be resumed (the class, the model's settings).
     """
     device = train_images.device
+    key = _trial_key(config, generator_seed, train_images, trial)
     channels_last = uses_channels_last(model, device) if channels_last is None else channels_last
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -161,7 +167,7 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
             shuffle.set_state(ckpt["shuffle"])
             set_rng_state(ckpt["rng"])
             state = ckpt["state"]
-            if not _sound_state(state, epochs_at_most=max(config.epochs, config.min_steps)):
+            if not _sound_state(state, max(config.epochs, config.min_steps), model):
                 raise ValueError("its training state is garbled")
             if writer is not None:  # a killed process's logs may lack its last epochs: log them all again
                 for entry in state["history"]:
@@ -170,10 +176,12 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
             raise UserError(f"{checkpoint_path} does not fit this model and settings "
                             f"({type(error).__name__}). Delete it to train this trial from its start.") from None
         written_for = ckpt.get("trial")  # absent in the checkpoints of older code
-        if written_for is not None and written_for != _trial_key(config, generator_seed):
-            raise UserError(f"{checkpoint_path} was written by a trial of other settings or another seed "
-                            f"({written_for} vs now {_trial_key(config, generator_seed)}): copied from another "
-                            f"trial, or its config.json was edited. Delete it to train this trial from its start.")
+        if written_for is not None and written_for != key:
+            differ = sorted(k for k in {**written_for, **key} if written_for.get(k) != key.get(k)) \
+                if isinstance(written_for, dict) else ["all"]
+            raise UserError(f"{checkpoint_path} was written by a trial of other settings, images or seed (differ: "
+                            f"{', '.join(differ)}): copied from another trial, its config.json edited, or the "
+                            f"dataset prepared again. Delete it to train this trial from its start.")
 
     n = len(train_images)
     steps_per_epoch = batches_per_epoch(n, config.batch_size)
@@ -190,7 +198,8 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
         started = time.perf_counter()
         model.train()
         order = torch.randperm(n, generator=shuffle).to(device)
-        loss_sum = train_epoch(model, optimizer, train_images, order, config.batch_size, config.precision)
+        with compile_errors(config.compile):
+            loss_sum = train_epoch(model, optimizer, train_images, order, config.batch_size, config.precision)
         train_loss = float(loss_sum) / n  # the one host synchronisation of the epoch
         if not np.isfinite(train_loss):
             raise TrainingDiverged(f"{desc}: the training loss became {train_loss} in epoch {epoch}. "
@@ -222,7 +231,7 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
         if epoch == 1 or time.monotonic() - saved[1] >= config.checkpoint_seconds:  # small epochs: not every one
             atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "shuffle": shuffle.get_state(), "rng": rng_state(), "state": state,
-                               "trial": _trial_key(config, generator_seed)}, checkpoint_path)
+                               "trial": key}, checkpoint_path)
             saved = (epoch, time.monotonic())
         bar.update(1)
         bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", best=state["best_epoch"])
@@ -264,19 +273,30 @@ def _kept(saved_epoch, checkpoint_path):
     return f"The last good checkpoint (epoch {saved_epoch}) is kept in {checkpoint_path}."
 
 
-def _trial_key(config, seed):
-    """What last.pt must have been written for to be resumed: the seed and the settings of the steps."""
-    return {"seed": seed, "lr": config.lr, "weight_decay": config.weight_decay, "batch_size": config.batch_size,
-            "precision": config.precision}
+def _trial_key(config, seed, train_images, trial=None):
+    """What last.pt must have been written for to be resumed: the seed, the settings of the steps, the
+    training images (their sha256: another class, or a dataset prepared again, are other images) and
+    `trial`, in the form JSON gives back (a tuple and a list of the same numbers are equal)."""
+    images = hashlib.sha256(train_images.detach().cpu().contiguous().view(torch.uint8).numpy()).hexdigest()
+    return json.loads(json.dumps({"seed": seed, "lr": config.lr, "weight_decay": config.weight_decay,
+                                  "batch_size": config.batch_size, "precision": config.precision,
+                                  "images": images, **(trial or {})}))
 
 
-def _sound_state(state, epochs_at_most):
-    """A checkpoint's training state as train_model writes it (a forged epoch of 10**12, or a NaN best
-    validation loss, would end up in results.json or freeze the best weights)."""
-    epoch, history = state["epoch"], state["history"]
+def _sound_state(state, epochs_at_most, model):
+    """A checkpoint's training state as train_model writes it, every field (a forged epoch of 10**12,
+    or a NaN best validation loss, would end up in results.json or freeze the best weights; best
+    weights of another model would fail only at the end of the training)."""
+    epoch, history, best = state["epoch"], state["history"], state["best_model"]
+    counts = all(type(state[key]) is int and state[key] >= 0 for key in ("bad_epochs", "bad_steps"))
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     return (type(epoch) is int and 0 <= epoch <= epochs_at_most and isinstance(history, list) and len(history) == epoch
-            and type(state["best_epoch"]) is int and 0 <= state["best_epoch"] <= epoch
-            and isinstance(state["best_val"], float) and not np.isnan(state["best_val"]))
+            and type(state["best_epoch"]) is int and 0 <= state["best_epoch"] <= epoch and counts
+            and isinstance(state["best_val"], float) and not np.isnan(state["best_val"])
+            and type(state["seconds"]) is float and np.isfinite(state["seconds"]) and state["seconds"] >= 0
+            and (best is None if state["best_epoch"] == 0 else isinstance(best, dict) and all(
+                isinstance(t, torch.Tensor) for t in best.values())
+                and {name: tuple(t.shape) for name, t in best.items()} == shapes))
 
 
 STEP_RULE_BATCHES = 4  # the step rules count an epoch as at least this many steps (digits' 4 batches)

@@ -8,6 +8,8 @@ beside ``processed/`` that replaces it only once all three are complete, so prep
 (--force) on a full disk leaves the old dataset as it was. tool/data/prepare.py and tool/data/folder.py
 write this format; every other module reads it through `load_dataset`.
 """
+import functools
+import hashlib
 import re
 import shutil
 import tempfile
@@ -181,6 +183,15 @@ class Dataset:
     @property
     def shape(self):
         return tuple(self.train_images.shape[1:])
+
+    @functools.cached_property
+    def sha256(self):
+        """The sha256 of the images and labels of both splits: a run's trials record it, and a
+        dataset prepared again with other images or settings is not mixed into their run."""
+        digest = hashlib.sha256()
+        for tensor in (self.train_images, self.train_labels, self.test_images, self.test_labels):
+            digest.update(tensor.contiguous().view(torch.uint8).numpy())
+        return digest.hexdigest()
 
     def class_index(self, value):
         """A class given by index (int or digit string) or by name -> its index; else a UserError."""

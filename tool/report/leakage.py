@@ -27,10 +27,10 @@ import torch
 from tool.data.datasets import class_label, load_dataset, scale_images
 from tool.errors import UserError
 from tool.scores import network_outputs
-from tool.io import atomic_write_json
+from tool.io import atomic_write_json, read_json
 from tool.results import load_results
 from tool.checkpoints import load_trial_model
-from tool.runs import check_own_files, read_run_config
+from tool.runs import check_own_files, check_same_dataset, read_run_config
 
 LEAKAGE_PER_CLASS = 500
 LEAKAGE_K = 10
@@ -66,6 +66,7 @@ def run_leakage(run_dir, device="cpu"):
         raise UserError("--leakage measures held-out anomaly classes: it needs a run of the one-anomalous-class "
                         "protocol.")
     ds = load_dataset(config["dataset"], config["data_dir"])
+    check_same_dataset(run_dir, ds)
     chosen = torch.from_numpy(sample(ds))
     images, labels = ds.train_images[chosen], ds.train_labels[chosen]
     pixels = scale_images(images).flatten(1)
@@ -78,7 +79,7 @@ def run_leakage(run_dir, device="cpu"):
         row = {"class_name": ds.classes[c], "pixels": round(class_leakage(pixels, labels, c), 4)}
         folder = run_dir / f"class{c}_seed{first.get(c)}"
         if c in first and (folder / "best.pt").is_file():
-            codes = network_outputs(load_trial_model(folder, device)[1], images)["code"]
+            codes = network_outputs(load_trial_model(folder, device, (config["dataset"], ds.shape))[1], images)["code"]
             row.update(latent=round(class_leakage(codes, labels, c), 4), latent_seed=first[c])
         table[c] = row
         print(f"class {class_label(c, ds.classes[c])}: leakage pixels {row['pixels']:.3f}"
@@ -95,7 +96,14 @@ def run_leakage(run_dir, device="cpu"):
 def read_leakage(run_dir):
     """{class: {"pixels": ..., "latent": ...}} of a run folder's leakage.json, or {} when it has none."""
     path = Path(run_dir) / "leakage.json"
+    what_to_do = f"Delete it and run python main.py --leakage {run_dir} again."
+    if not path.is_file():
+        return {}
     try:
-        return {int(c): row for c, row in json.loads(path.read_text())["classes"].items()} if path.is_file() else {}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        raise UserError(f"{path} is corrupt: delete it and run python main.py --leakage {run_dir} again.") from None
+        rows = {int(c): row for c, row in read_json(path, what_to_do)["classes"].items()}
+        if not all(isinstance(row, dict) and all(type(row.get(k, 0.0)) in (int, float) for k in ("pixels", "latent"))
+                   for row in rows.values()):
+            raise ValueError("a row")
+        return rows
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
+        raise UserError(f"{path} is corrupt: not the leakage of each class. {what_to_do}") from None

@@ -112,9 +112,24 @@ def to_markdown(header, rows):
     return "\n".join(lines) + "\n"
 
 
+def as_text_cell(text):
+    """A name as a CSV cell a spreadsheet shows as text: one that starts as a formula would (=, +,
+    -, @, a tab or a carriage return: a folder class named '=cmd|calc') gets a leading apostrophe
+    (OWASP's advice against CSV injection)."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def _csv_text(rows):
+    """CSV of `rows`; the names in them (strings that are not numbers) written as text cells."""
+    def cell(value):
+        try:
+            float(value) if isinstance(value, str) else None
+            return value
+        except ValueError:
+            return as_text_cell(value)
+
     buffer = io.StringIO()
-    csv.writer(buffer).writerows(rows)
+    csv.writer(buffer).writerows([cell(v) for v in row] for row in rows)
     return buffer.getvalue()
 
 
@@ -304,7 +319,8 @@ def compare(root, score="recon", ensemble=False):
         if pictured and len(pictured) <= FIGURE_ROWS:  # comparison-<dataset>.png, once the tables are written
             pictures.append(({m: per_class[m] for m in pictured}, class_names,
                              f"{dataset}, {protocol}" + (", each run's best score" if score == "all" else ""),
-                             root / f"comparison-{dataset}.png"))
+                             root / (f"comparison-{dataset}.png" if protocol == "one-anomalous-class"
+                                     else f"comparison-{dataset}-{protocol}.png")))
         markdown += [f"AUROC per class ({dataset}, {protocol}), in %"
                      + ("; neighbourhood class leakage beside it (1: the class mixes with the others as if at random, "
                         "0: not at all; python main.py --leakage RUN_DIR, tool/report/leakage.py)" if leakage else "") + ":", "",
