@@ -113,7 +113,11 @@ def test_a_trial_config_of_another_class_or_out_of_range_is_one_error(finished_r
         main.run(["--eval-only", str(run)])
     run = copy_run(finished_run, tmp_path / "b")
     _edit_trial_config(run, lambda t: t["config"].update({"latent_dim": -5}))
-    with pytest.raises(UserError, match="config.json: --latent-dim"):
+    from tool.checkpoints import load_trial_model
+
+    with pytest.raises(UserError, match="config.json: --latent-dim"):  # score.py's reader
+        load_trial_model(run / "class0_seed0", "cpu")
+    with pytest.raises(UserError, match="other settings than its run \\(latent_dim differ\\)"):
         main.run(["--eval-only", str(run)])
 
 
@@ -139,7 +143,7 @@ def test_the_figures_of_two_protocols_of_one_dataset_are_two_files(data_dir, tmp
                   "--seeds", "0", "--jobs", "1", "--protocol", protocol, "--draw-figures", "false"])
     main.run(["--compare", str(out), "--score", "all"])
     assert {p.name for p in out.glob("comparison-*.png")} == {"comparison-digits.png",
-                                                              "comparison-digits-one-normal-class.png"}
+                                                              "comparison-digits@one-normal-class.png"}
 
 
 @pytest.mark.parametrize("preset, ssl", [("cascade-mlp", "transforms"), ("ae-mlp", "contrastive")])
@@ -214,3 +218,75 @@ def test_names_in_a_csv_table_that_start_like_a_formula_are_text():
 
     assert _csv_text([["class", "name", "auroc"], [0, "=HYPERLINK(1)", "0.500000"], ["mean", "", "-1.5"]]) == \
         "class,name,auroc\r\n0,'=HYPERLINK(1),0.500000\r\nmean,,-1.5\r\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# The fifth pass, on the tree with the fixes above
+# ---------------------------------------------------------------------------------------------
+def test_preparing_a_dataset_never_replaces_a_processed_folder_holding_other_files(tmp_path):
+    """--path DATA_DIR/NAME/processed: its images were deleted when the dataset replaced the folder."""
+    import cv2
+
+    images = tmp_path / "d" / "mine" / "processed"
+    for kind in ("a", "b"):
+        (images / kind).mkdir(parents=True)
+        for i in range(20):
+            assert cv2.imwrite(str(images / kind / f"{i}.png"), np.full((8, 8, 3), 40 * i % 255, np.uint8))
+    done = command("preprocess.py", "--dataset", "folder", "--path", images, "--name", "mine",
+                   "--data-dir", tmp_path / "d")
+    one_error(done, "holds what is not a prepared dataset (a, b)", "must not lie inside it")
+    assert len(list(images.rglob("*.png"))) == 40
+
+
+def test_scores_of_another_length_than_the_trials_test_images_are_refused_before_loading(finished_run, tmp_path):
+    from tool.results import read_results, read_scores
+
+    run = copy_run(finished_run, tmp_path)
+    trial = run / "class0_seed0"
+    n = sum(read_results(trial)["counts"]["test"])
+    with np.load(trial / "scores.npz") as data:
+        arrays = {name: data[name] for name in data.files}
+    np.savez_compressed(trial / "scores.npz", **{**arrays, "recon": np.zeros(8 * 10 ** 6, np.uint8)})
+    assert (trial / "scores.npz").stat().st_size < 2 ** 20 and n < 10 ** 4
+    with pytest.raises(UserError, match="holds no readable test scores"):
+        read_scores(trial)
+
+
+def test_a_trial_made_with_other_settings_is_not_mixed_into_a_run(finished_run, tmp_path):
+    import main
+
+    run = copy_run(finished_run, tmp_path / "a")
+    _edit_trial_config(run, lambda t: t["config"].update({"protocol": "one-normal-class"}))
+    for action in (["--table", str(run)], ["--eval-only", str(run)], ["--compare", str(run.parent)]):
+        with pytest.raises(UserError, match="was made with other settings than its run \\(protocol differ\\)"):
+            main.run(action)
+
+
+def test_a_dataset_of_other_images_is_refused_for_old_trials_too_and_the_run_config_is_left_alone(finished_run,
+                                                                                                    tmp_path):
+    import main
+
+    run = copy_run(finished_run, tmp_path)
+    _edit_trial_config(run, lambda t: (t.pop("dataset_sha256"), t.update({"input_shape": [3, 8, 8]})))
+    before = (run / "config.json").read_bytes()
+    for action in (["--resume", str(run), "--seeds", "1"], ["--figures", str(run)]):
+        with pytest.raises(UserError, match="was trained on other images of digits"):
+            main.run(action)
+    assert (run / "config.json").read_bytes() == before and not (run / "class0_seed1").exists()
+
+
+def test_a_forged_infinite_best_loss_in_last_pt_is_refused(tmp_path):
+    import main
+
+    from models import ModelConfig, build_model
+    from tool.io import atomic_torch_save
+    from tool.train import TrainConfig, train_model
+
+    x = torch.rand(40, 1, 8, 8)
+    model = build_model("ae", (1, 8, 8), ModelConfig.from_settings(main.DEFAULTS))
+    config = TrainConfig.from_settings({**main.DEFAULTS, "epochs": 1, "min_steps": 0, "checkpoint_seconds": 0})
+    train_model(model, x, x[:8], config, tmp_path / "last.pt", generator_seed=0, log=None)
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    atomic_torch_save({**saved, "state": {**saved["state"], "best_val": float("-inf")}}, tmp_path / "last.pt")
+    with pytest.raises(UserError, match="does not fit this model and settings"):
+        train_model(model, x, x[:8], config, tmp_path / "last.pt", generator_seed=0, log=None)

@@ -118,6 +118,10 @@ def test_export_of_a_run_on_a_tuning_split_lands_under_tuning(finished_run, tmp_
     config = json.loads((run_dir / "config.json").read_text())
     config["config"]["dataset"] = "digits-tune"
     (run_dir / "config.json").write_text(json.dumps(config))
+    for path in run_dir.glob("class*_seed*/config.json"):  # a trial's settings are its run's
+        trial = json.loads(path.read_text())
+        trial["config"]["dataset"] = "digits-tune"
+        path.write_text(json.dumps(trial))
     target = export(run_dir, tmp_path / "results")
     assert target == tmp_path / "results" / "tuning" / "digits-tune" / "cascade" / run_dir.name
     assert results_of(target) == results_of(run_dir)

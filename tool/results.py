@@ -133,11 +133,14 @@ def read_scores(folder, results=None):
     and 1, every score one number per target, all 1-D."""
     folder = Path(folder)
     what_to_do = f"Run the trial again, or python main.py --eval-only {folder.parent} to score it again."
+    results = results or read_results(folder)
+    counts = results.get("counts", {}).get("test") if isinstance(results.get("counts"), dict) else None
+    n_test = sum(counts) if isinstance(counts, list) and all(type(c) is int and c >= 0 for c in counts) else None
     try:
         if not os.path.lexists(folder / "scores.npz"):
             raise FileNotFoundError
         with open_archive(folder / "scores.npz", "a trial's test scores", what_to_do, expansion=64) as file:
-            _check_npy_sizes(file)
+            _check_npy_sizes(file, n_test)
             with np.load(file, allow_pickle=False) as data:
                 arrays = {name: data[name] for name in data.files}
         targets = arrays.pop("targets")
@@ -148,17 +151,19 @@ def read_scores(folder, results=None):
     except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile, EOFError) as error:
         raise UserError(f"{folder} holds no readable test scores (scores.npz missing, truncated, corrupt or of the "
                         f"wrong shape: {type(error).__name__}). {what_to_do}") from None
-    stats = (results or read_results(folder))["validation_stats"]
+    stats = results["validation_stats"]
     members = {name: values for name, values in arrays.items() if name not in FUSIONS}
     with np.errstate(over="ignore"):
         rebuilt = fusions({m: stats[m] for m in members if m in stats}, members)
     return targets.astype(np.int64), {**rebuilt, **arrays}
 
 
-def _check_npy_sizes(file):
-    """Every array of the .npz `file` no larger than its entry: numpy allocates the shape an array's
-    header declares before it reads the data, so a forged header of 10**12 numbers would take the
-    machine's memory (ValueError otherwise; `file` is left at its start)."""
+def _check_npy_sizes(file, n_test=None):
+    """Every array of the .npz `file` no larger than its entry, and of n_test numbers (the trial's
+    test images, where its results.json says), read from the headers: numpy allocates the shape a
+    header declares before it reads the data, and every score becomes float64, so a forged header,
+    or zeros that deflate a thousandfold, would take the machine's memory (ValueError otherwise;
+    `file` is left at its start)."""
     with zipfile.ZipFile(file) as archive:
         for entry in archive.infolist():
             with archive.open(entry) as member:
@@ -166,8 +171,9 @@ def _check_npy_sizes(file):
                 read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
                     np.lib.format.read_array_header_2_0
                 shape, _, dtype = read_header(member)
-                if math.prod(shape) * dtype.itemsize > entry.file_size:
-                    raise ValueError("an array larger than its entry")
+                if math.prod(shape) * dtype.itemsize > entry.file_size or \
+                        (n_test is not None and tuple(shape) != (n_test,)):
+                    raise ValueError("an array larger than its entry, or not one number per test image")
     file.seek(0)
 
 
@@ -191,4 +197,8 @@ def load_results(run_dir):
                             f"folder is named {path.parent.name}: a trial's folder is class<c>_seed<s>. Move a "
                             f"copy out of the run folder, or restore the trial from a copy.")
         found[(result["class"], result["seed"])] = result
+    if found and (Path(run_dir) / "config.json").is_file():
+        from tool.runs import check_trial_settings
+
+        check_trial_settings(run_dir)
     return found

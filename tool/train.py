@@ -292,7 +292,7 @@ def _sound_state(state, epochs_at_most, model):
     shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     return (type(epoch) is int and 0 <= epoch <= epochs_at_most and isinstance(history, list) and len(history) == epoch
             and type(state["best_epoch"]) is int and 0 <= state["best_epoch"] <= epoch and counts
-            and isinstance(state["best_val"], float) and not np.isnan(state["best_val"])
+            and isinstance(state["best_val"], float) and (np.isfinite(state["best_val"]) or epoch == 0)
             and type(state["seconds"]) is float and np.isfinite(state["seconds"]) and state["seconds"] >= 0
             and (best is None if state["best_epoch"] == 0 else isinstance(best, dict) and all(
                 isinstance(t, torch.Tensor) for t in best.values())

@@ -125,6 +125,13 @@ def write_processed(name, splits, meta, root=None):
     the staging folder and the folders it created, and leaves a dataset prepared before exactly as
     it was."""
     folder = processed_dir(name, root)
+    foreign = sorted(p.name for p in folder.iterdir() if not (p.suffix in (".pt", ".json") and p.is_file()
+                                                              and not p.is_symlink())) if folder.is_dir() else []
+    if foreign or (folder.exists() and not folder.is_dir()) or folder.is_symlink():
+        raise UserError(f"{folder} holds what is not a prepared dataset ({', '.join(foreign[:3]) or 'not a folder'}"
+                        f"{', ...' if len(foreign) > 3 else ''}), and preparing {name} replaces that folder as a "
+                        f"whole: move your files out of it (images to prepare are read from --path, which must "
+                        f"not lie inside it), or choose another --name or --data-dir.")
     created = [p for p in (folder.parent, *folder.parent.parents) if not p.exists()]  # removed again on a failure
     staging = None
     try:

@@ -320,7 +320,7 @@ def compare(root, score="recon", ensemble=False):
             pictures.append(({m: per_class[m] for m in pictured}, class_names,
                              f"{dataset}, {protocol}" + (", each run's best score" if score == "all" else ""),
                              root / (f"comparison-{dataset}.png" if protocol == "one-anomalous-class"
-                                     else f"comparison-{dataset}-{protocol}.png")))
+                                     else f"comparison-{dataset}@{protocol}.png")))  # "@": never in a dataset name
         markdown += [f"AUROC per class ({dataset}, {protocol}), in %"
                      + ("; neighbourhood class leakage beside it (1: the class mixes with the others as if at random, "
                         "0: not at all; python main.py --leakage RUN_DIR, tool/report/leakage.py)" if leakage else "") + ":", "",
