@@ -290,3 +290,57 @@ def test_a_forged_infinite_best_loss_in_last_pt_is_refused(tmp_path):
     atomic_torch_save({**saved, "state": {**saved["state"], "best_val": float("-inf")}}, tmp_path / "last.pt")
     with pytest.raises(UserError, match="does not fit this model and settings"):
         train_model(model, x, x[:8], config, tmp_path / "last.pt", generator_seed=0, log=None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sixth pass: security, data loss, hangs and memory bombs only
+# ---------------------------------------------------------------------------------------------
+def test_a_forged_protocol_cannot_name_a_file_outside_the_compared_folder(finished_run, tmp_path):
+    import main
+
+    tree = tmp_path / "tree"
+    run = copy_run(finished_run, tree)
+    config = json.loads((run / "config.json").read_text())
+    config["config"]["protocol"] = "x/../../decoy/pwned"
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="protocol \\(one of one-anomalous-class, one-normal-class\\)"):
+        main.run(["--compare", str(tree)])
+    assert not (tmp_path / "decoy").exists()
+
+
+def test_preparing_never_replaces_a_processed_folder_another_tool_wrote(tmp_path, make_prepared):
+    from tool.data.datasets import processed_dir
+
+    name = make_prepared(tmp_path, n_train_per_class=3)
+    folder = processed_dir(name, tmp_path)
+    (folder / "meta.json").write_text('{"from": "torchvision"}')  # MNIST/processed of torchvision: training.pt, ...
+    with pytest.raises(UserError, match="holds what is not a prepared dataset"):
+        make_prepared(tmp_path, n_train_per_class=4)
+    assert (folder / "meta.json").read_text() == '{"from": "torchvision"}'
+
+
+def test_a_bank_expanded_to_millions_of_rows_is_refused_before_it_is_computed_on():
+    import main
+    from models import ModelConfig, build_model
+    from tool.scores import _checked_bank
+
+    model = build_model("cascade", (1, 8, 8), ModelConfig.from_settings(main.DEFAULTS))
+    bank = torch.zeros(1, model.encoder.latent_dim).expand(4 * 10 ** 6, -1)  # 4 bytes on disk, 2 GB computed on
+    with pytest.raises(ValueError, match="a trial keeps at most 16384 images"):
+        _checked_bank(bank, "code", model)
+
+
+def test_a_pickle_that_asks_numpy_for_an_array_it_does_not_hold_is_refused(tmp_path):
+    import pickle
+
+    from tool.data.readers import read_cifar_batches
+
+    class Bomb:
+        def __reduce__(self):
+            return np.ndarray, ((10 ** 5, 3072), np.dtype("u1"))
+
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({"data": Bomb(), "labels": [0]}))
+    assert path.stat().st_size < 1000
+    with pytest.raises(UserError, match="does not hold"):
+        read_cifar_batches([path])

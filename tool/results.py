@@ -133,8 +133,9 @@ def read_scores(folder, results=None):
     and 1, every score one number per target, all 1-D."""
     folder = Path(folder)
     what_to_do = f"Run the trial again, or python main.py --eval-only {folder.parent} to score it again."
-    results = results or read_results(folder)
-    counts = results.get("counts", {}).get("test") if isinstance(results.get("counts"), dict) else None
+    if results is None and (folder / "results.json").exists():
+        results = read_results(folder)
+    counts = (results or {}).get("counts", {}).get("test") if isinstance((results or {}).get("counts"), dict) else None
     n_test = sum(counts) if isinstance(counts, list) and all(type(c) is int and c >= 0 for c in counts) else None
     try:
         if not os.path.lexists(folder / "scores.npz"):
@@ -151,7 +152,7 @@ def read_scores(folder, results=None):
     except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile, EOFError) as error:
         raise UserError(f"{folder} holds no readable test scores (scores.npz missing, truncated, corrupt or of the "
                         f"wrong shape: {type(error).__name__}). {what_to_do}") from None
-    stats = results["validation_stats"]
+    stats = (results or read_results(folder))["validation_stats"]
     members = {name: values for name, values in arrays.items() if name not in FUSIONS}
     with np.errstate(over="ignore"):
         rebuilt = fusions({m: stats[m] for m in members if m in stats}, members)

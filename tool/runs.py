@@ -31,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 
 from tool.data.datasets import NAME_PATTERN
+from tool.data.protocol import PROTOCOLS
 from tool.errors import UserError
 from tool.io import REPO, WriteError, atomic_write_json, make_dir, read_json, read_small_file, remove_temp_files, write_reason
 from tool.locks import file_lock
@@ -45,7 +46,7 @@ MAX_CLASSES = 1000  # classes a run may plan (a run's config.json listing 100,00
 RUN_CONFIG_KEYS = {  # what every reader of a run's config.json needs: key -> (check, what it must be)
     "dataset": (lambda v: isinstance(v, str) and NAME_PATTERN.fullmatch(v) is not None, "a dataset name (a plain folder name)"),
     "model": (lambda v: isinstance(v, str) and NAME_PATTERN.fullmatch(v) is not None, "a preset name (a plain folder name)"),
-    "protocol": (lambda v: isinstance(v, str) and v != "", "a protocol name"),
+    "protocol": (lambda v: v in PROTOCOLS, f"one of {', '.join(PROTOCOLS)}"),
     "classes": (lambda v: v is None or (isinstance(v, list) and len(v) <= MAX_CLASSES and len(set(v)) == len(v)
                                         and all(type(c) is int and 0 <= c < MAX_CLASSES for c in v)),
                 f"null for every class, or a list of distinct class indexes below {MAX_CLASSES}"),

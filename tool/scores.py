@@ -312,9 +312,13 @@ def _checked_bank(bank, feature, model):
     width the model gives (views: one such bank per rotation, N_ROTATIONS of them)."""
     if not isinstance(bank, torch.Tensor) or not bank.is_floating_point():
         raise ValueError(f"the {feature} bank is not a tensor of numbers")
-    bank = bank.float()
-    width = getattr(model.encoder, "hidden_width", None) if feature == "hidden" else _code_width(model)
     rows = bank.shape[-2] if bank.ndim >= 2 else 0
+    width = getattr(model.encoder, "hidden_width", None) if feature == "hidden" else _code_width(model)
+    if rows > BANK_SIZES[feature] or bank.ndim > 3 or bank.shape[-1:] != (width,) or \
+            (bank.ndim == 3 and bank.shape[0] != N_ROTATIONS):  # before a forged expand()ed bank is computed on
+        raise ValueError(f"the {feature} bank is damaged: {tuple(bank.shape)}, the model gives {width} numbers per "
+                         f"image and a trial keeps at most {BANK_SIZES[feature]} images")
+    bank = bank.float().contiguous()
     if (bank.ndim != (3 if feature == "views" else 2) or rows < 2 or bank.shape[-1] != width
             or (feature == "views" and bank.shape[0] != N_ROTATIONS)
             or not torch.isfinite(bank).all() or bank.abs().max() > BANK_LIMIT):

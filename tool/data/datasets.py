@@ -119,6 +119,15 @@ def make_meta(name, title, classes, splits, sources, **extra):
     }
 
 
+def _ours(meta_path):
+    """Whether `meta_path` is a meta.json this code wrote (its processed/ may be replaced)."""
+    try:
+        meta = read_json(meta_path, "") if meta_path.is_file() and not meta_path.is_symlink() else None
+    except UserError:
+        return False
+    return isinstance(meta, dict) and "pixel_scaling" in meta and "splits" in meta
+
+
 def write_processed(name, splits, meta, root=None):
     """Write train.pt, test.pt and meta.json (last: it marks completion) into a hidden staging
     folder beside processed/, then put it in processed/'s place: a failure (a full disk) removes
@@ -127,6 +136,8 @@ def write_processed(name, splits, meta, root=None):
     folder = processed_dir(name, root)
     foreign = sorted(p.name for p in folder.iterdir() if not (p.suffix in (".pt", ".json") and p.is_file()
                                                               and not p.is_symlink())) if folder.is_dir() else []
+    if folder.is_dir() and not foreign and any(folder.iterdir()) and not _ours(folder / "meta.json"):
+        foreign = sorted(p.name for p in folder.iterdir())  # .pt files of another tool (torchvision's MNIST/processed)
     if foreign or (folder.exists() and not folder.is_dir()) or folder.is_symlink():
         raise UserError(f"{folder} holds what is not a prepared dataset ({', '.join(foreign[:3]) or 'not a folder'}"
                         f"{', ...' if len(foreign) > 3 else ''}), and preparing {name} replaces that folder as a "
