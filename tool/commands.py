@@ -27,7 +27,7 @@ from tool.report.export import export
 from tool.report.leakage import run_leakage
 from tool.results import read_results, write_results
 from tool.checkpoints import load_trial_model, write_scoring
-from tool.runs import (check_own_files, check_same_dataset, check_trial_settings, is_finished, new_run_dir, open_run_dir, read_run_config,
+from tool.runs import (check_own_files, check_run_trials, is_finished, new_run_dir, open_run_dir, read_run_config,
                        trial_dir, trial_lock)
 from tool.scores import Scorer
 from tool.settings import check_model_size, check_score, describe, epochs_note, resolve_device, validate
@@ -132,7 +132,7 @@ def sweep(config, defaults, run_trial, run_dir=None, prepare=True):
         print("warning: this CPU has no AVX-512 bf16 or AMX: bf16 is emulated here and trains far slower "
               "than fp32 (8.6x for cascade on one such CPU); use --precision fp32", file=sys.stderr)
     if run_dir and Path(run_dir).is_dir():
-        check_same_dataset(run_dir, ds)  # before the run's config.json is touched
+        check_run_trials(run_dir, ds, settings=False)  # before the run's config.json is touched
     run_dir = open_run_dir(run_dir, config) if run_dir else new_run_dir(config)
     trials = [(c, s) for s in config["seeds"] for c in ds.class_list(config["classes"])]
     todo = [(c, s) for c, s in trials if not is_finished(trial_dir(run_dir, c, s))]
@@ -188,8 +188,7 @@ def reevaluate(run_dir, defaults, device_name="auto", score_choice=None):
     device = resolve_device(device_name)
     torch.set_num_threads(trial_threads(config, 1, device))  # as in training: float sums depend on it
     ds = load_dataset(config["dataset"], config["data_dir"])
-    check_same_dataset(run_dir, ds)
-    check_trial_settings(run_dir)
+    check_run_trials(run_dir, ds)
     folders = sorted(p for p in run_dir.glob("class*_seed*") if (p / "best.pt").is_file())
     if not folders:
         raise UserError(f"{run_dir} holds no trained trial (no class*_seed*/best.pt).")

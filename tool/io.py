@@ -187,8 +187,9 @@ def open_archive(path, what, what_to_do, expansion):
     except OSError as error:
         raise UserError(f"{path} cannot be read ({error.strerror or type(error).__name__}). {what_to_do}") from None
     try:
-        size = os.fstat(file.fileno()).st_size
-        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+        info = os.fstat(file.fileno())
+        size = info.st_size
+        if not stat.S_ISREG(info.st_mode):
             raise UserError(f"{path} is not {what}: it is not a regular file (a folder, device, FIFO or socket). "
                             f"{what_to_do}")
         os.set_blocking(file.fileno(), True)

@@ -199,7 +199,7 @@ def load_results(run_dir):
                             f"copy out of the run folder, or restore the trial from a copy.")
         found[(result["class"], result["seed"])] = result
     if found and (Path(run_dir) / "config.json").is_file():
-        from tool.runs import check_trial_settings
+        from tool.runs import check_run_trials
 
-        check_trial_settings(run_dir)
+        check_run_trials(run_dir)
     return found

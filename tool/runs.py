@@ -260,31 +260,27 @@ def planned_trials(run_dir, config, n_classes=None):
     return classes, seeds
 
 
-def check_trial_settings(run_dir):
+def check_run_trials(run_dir, ds=None, settings=True):
     """Refuse (a UserError) a trial folder whose config.json was made with other settings than its
-    run's (a trial of another protocol or run copied in, or its config.json edited): its results
-    would be averaged into the run's table, or --eval-only would score it as the run's."""
-    settings = read_run_config(run_dir)
+    run's (a trial of another protocol or run copied in, or its config.json edited: its results
+    would be averaged into the run's table, or --eval-only would score it as the run's), and, with
+    the dataset `ds`, one trained on other images than `ds` holds (its dataset_sha256, or for
+    trials of older code its input_shape: the dataset was prepared again since). settings=False
+    checks the dataset only (a sweep, before open_run_dir has checked the run folder itself)."""
+    run_settings = read_run_config(run_dir) if settings else None
     for path in sorted(Path(run_dir).glob("class*_seed*/config.json")):
         trial = read_json(path, "Restore it from a copy, or delete the trial folder to run it again.")
-        config = trial.get("config") if isinstance(trial, dict) else None
-        differ = sorted(k for k in {*settings, *(config or {})} if k not in PLACEMENT_KEYS
-                        and settings.get(k) != (config or {}).get(k))
+        trial = trial if isinstance(trial, dict) else {}
+        config = trial.get("config") if isinstance(trial.get("config"), dict) else {}
+        differ = sorted(k for k in {*run_settings, *config} if k not in PLACEMENT_KEYS
+                        and run_settings.get(k) != config.get(k)) if settings else []
         if differ:
             raise UserError(f"{path} was made with other settings than its run ({', '.join(differ[:4])}"
                             f"{', ...' if len(differ) > 4 else ''} differ): a trial of another run copied in, or "
                             f"its config.json edited. Move the trial folder out of {run_dir}, or restore it.")
-
-
-def check_same_dataset(run_dir, ds):
-    """Refuse (a UserError) a dataset whose images differ from those the run's trials were trained
-    on (their config.json's dataset_sha256; trials of older code have none): prepared again since."""
-    for path in sorted(Path(run_dir).glob("class*_seed*/config.json")):
-        trial = read_json(path, "Delete the trial folder to run it again.")
-        trained_on = trial.get("dataset_sha256") if isinstance(trial, dict) else None
-        shape = trial.get("input_shape") if isinstance(trial, dict) else None  # trials of older code: no sha256
-        if (isinstance(trained_on, str) and trained_on != ds.sha256) or \
-                (isinstance(shape, list) and tuple(shape) != tuple(ds.shape)):
+        trained_on, shape = trial.get("dataset_sha256"), trial.get("input_shape")
+        if ds is not None and ((isinstance(trained_on, str) and trained_on != ds.sha256) or
+                               (isinstance(shape, list) and tuple(shape) != tuple(ds.shape))):
             raise UserError(f"{path.parent} was trained on other images of {ds.name} than those prepared now (the "
                             f"dataset was prepared again since, with other files or settings). Prepare it as it "
                             f"was, or use a new run folder.")

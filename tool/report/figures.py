@@ -32,7 +32,7 @@ from tool.io import atomic_write_bytes
 from tool.data.protocol import make_split
 from tool.results import load_results, read_scores, score_name
 from tool.checkpoints import load_trial_model
-from tool.runs import check_own_files, check_same_dataset, read_run_config
+from tool.runs import check_own_files, check_run_trials, read_run_config
 from tool.scores import ABOUT_FUSIONS, SCORES
 from tool.train import validation_pass
 
@@ -283,7 +283,7 @@ def redraw(run_dir, device, score=None):
     if not results:
         raise UserError(f"{run_dir} holds no finished trial (no class*_seed*/results.json).")
     ds = load_dataset(config["dataset"], config["data_dir"])
-    check_same_dataset(run_dir, ds)
+    check_run_trials(run_dir, ds)
     for (c, seed), trial_results in tqdm(sorted(results.items()), desc="drawing", unit="trial", leave=False,
                                          disable=None):
         folder = run_dir / f"class{c}_seed{seed}"

@@ -30,7 +30,7 @@ from tool.scores import network_outputs
 from tool.io import atomic_write_json, read_json
 from tool.results import load_results
 from tool.checkpoints import load_trial_model
-from tool.runs import check_own_files, check_same_dataset, read_run_config
+from tool.runs import check_own_files, check_run_trials, read_run_config
 
 LEAKAGE_PER_CLASS = 500
 LEAKAGE_K = 10
@@ -66,7 +66,7 @@ def run_leakage(run_dir, device="cpu"):
         raise UserError("--leakage measures held-out anomaly classes: it needs a run of the one-anomalous-class "
                         "protocol.")
     ds = load_dataset(config["dataset"], config["data_dir"])
-    check_same_dataset(run_dir, ds)
+    check_run_trials(run_dir, ds)
     chosen = torch.from_numpy(sample(ds))
     images, labels = ds.train_images[chosen], ds.train_labels[chosen]
     pixels = scale_images(images).flatten(1)
