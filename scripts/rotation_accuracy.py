@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.ssl import N_ROTATIONS, rotations  # noqa: E402
+from models.ssl import N_ROTATIONS, nll, rotations  # noqa: E402
 from tool.checkpoints import load_trial_model  # noqa: E402
 from tool.data.datasets import load_dataset, scale_images  # noqa: E402
 from tool.errors import UserError, cli  # noqa: E402
@@ -29,13 +29,15 @@ from tool.flags import OneLineParser  # noqa: E402
 
 @torch.inference_mode()
 def accuracy(model, images):
-    """The share of `images` (uint8, N x C x H x W) whose k-th rotation the head names k, per k."""
-    right = torch.zeros(N_ROTATIONS)
+    """(the share of `images` (uint8, N x C x H x W) whose k-th rotation the head names k, per k;
+    the task's loss on them: the head's cross-entropy, averaged over images and rotations)."""
+    right, loss = torch.zeros(N_ROTATIONS), 0.0
+    targets = torch.arange(N_ROTATIONS)
     for xb in batches(images, 256):
-        x = scale_images(xb, "cpu")
-        guess = model.ssl.head(model.encoder(rotations(x)).float()).argmax(dim=1).view(N_ROTATIONS, -1)
-        right += (guess == torch.arange(N_ROTATIONS).unsqueeze(1)).sum(dim=1)
-    return right / len(images)
+        logits = model.ssl.head(model.encoder(rotations(scale_images(xb, "cpu"))).float())
+        right += (logits.argmax(dim=1).view(N_ROTATIONS, -1) == targets.unsqueeze(1)).sum(dim=1)
+        loss += float(nll(logits, targets.repeat_interleave(len(xb))).sum())
+    return right / len(images), loss / (N_ROTATIONS * len(images))
 
 
 def run(argv=None):
@@ -54,15 +56,16 @@ def run(argv=None):
     ds = load_dataset(config["dataset"], args.data_dir or config["data_dir"])
     print(f"{args.trial}: {config['dataset']}, anomalous class {trial['class']}, task {config['ssl']}; "
           f"% of each rotation named right, on up to {args.images} training images per class")
-    print("| class | " + " | ".join(f"{90 * k} deg" for k in range(N_ROTATIONS)) + " | mean |")
-    print("|---|" + "---:|" * (N_ROTATIONS + 1))
+    print("| class | " + " | ".join(f"{90 * k} deg" for k in range(N_ROTATIONS)) + " | mean | task loss |")
+    print("|---|" + "---:|" * (N_ROTATIONS + 2))
     for c, name in enumerate(ds.classes):
         images = ds.train_images[ds.train_labels == c][: args.images]
         if len(images) == 0:
             continue
-        acc = 100 * accuracy(model, images)
+        right, loss = accuracy(model, images)
         label = f"{c} {name}" + (" (anomalous)" if c == trial["class"] else "")
-        print(f"| {label} | " + " | ".join(f"{a:.1f}" for a in acc.tolist()) + f" | {acc.mean():.1f} |")
+        print(f"| {label} | " + " | ".join(f"{a:.1f}" for a in (100 * right).tolist())
+              + f" | {100 * right.mean():.1f} | {loss:.2g} |")
 
 
 if __name__ == "__main__":

@@ -23,12 +23,15 @@ def ssl_trial(data_dir, tmp_path_factory):
 def test_counts_what_the_head_names_image_by_image(ssl_trial, data_dir):
     _, model = load_trial_model(ssl_trial, "cpu")
     images = load_dataset("digits", data_dir).train_images[:37]
-    right = torch.zeros(4)
+    right, loss = torch.zeros(4), 0.0
     with torch.inference_mode():
         for image in images:  # one image at a time: no batching to agree with by construction
-            codes = model.encoder(rotations(scale_images(image[None], "cpu")))
-            right += (model.ssl.head(codes.float()).argmax(dim=1) == torch.arange(4)).float()
-    assert rotation_accuracy.accuracy(model, images).tolist() == pytest.approx((right / 37).tolist())
+            logits = model.ssl.head(model.encoder(rotations(scale_images(image[None], "cpu"))).float())
+            right += (logits.argmax(dim=1) == torch.arange(4)).float()
+            loss += float(torch.nn.functional.cross_entropy(logits, torch.arange(4), reduction="sum"))
+    got_right, got_loss = rotation_accuracy.accuracy(model, images)
+    assert got_right.tolist() == pytest.approx((right / 37).tolist())
+    assert got_loss == pytest.approx(loss / (4 * 37), rel=1e-4) and got_loss > 0
 
 
 def test_prints_a_row_per_class_and_names_the_anomalous_one(ssl_trial, capsys):
@@ -37,7 +40,7 @@ def test_prints_a_row_per_class_and_names_the_anomalous_one(ssl_trial, capsys):
     assert len(rows) == 10 and "(anomalous)" in rows[3] and sum("(anomalous)" in row for row in rows) == 1
     for row in rows:
         values = [float(cell) for cell in row.strip("|").split("|")[1:]]
-        assert len(values) == 5 and all(0 <= v <= 100 for v in values)
+        assert len(values) == 6 and all(0 <= v <= 100 for v in values[:5]) and values[5] > 0
         assert values[4] == pytest.approx(sum(values[:4]) / 4, abs=0.06)
 
 
