@@ -1,4 +1,4 @@
-# The conv variational autoencoder (one seed so far).
+# The conv variational autoencoder, 3 seeds (main.py's SEEDS).
 # Reproduces results/mnist/vae/e20-bf16 (python main.py configs/mnist-vae.py); main.py's constants for the rest.
 DRAW_FIGURES = False  # the committed runs drew none
 DATASET = 'mnist'
