@@ -61,6 +61,11 @@ def test_compare_puts_every_model_in_one_table(data_dir, tmp_path):
     assert "1 (2/2 trials)" in rows["cascade"]
     assert "0" in rows and "1" in rows and "0 0" not in rows  # the per-class AUROC table, digits named once
 
+    # a run without the score asked for is named as left out, not dropped without a word
+    text = main.run(["--compare", str(tmp_path), "--score", "transform"])
+    assert "Left out, without the score transform: cascade (--score all" in text
+    assert "| knn (classes 0 1 only) |" in text and "| cascade" not in text  # a classical detector: its own score
+
     # an ablation: runs of one model with other settings get a row each, labelled by what differs
     run_main(data_dir, tmp_path, "--classes", "0", "1", "--seeds", "0", "--epochs", "2")
     labels = [line.split("|")[1].strip().removesuffix(" (classes 0 1 only)")

@@ -257,7 +257,7 @@ def compare(root, score="recon", ensemble=False):
     markdown, rows_csv, pictures = [], [["dataset", "protocol", "model", "score", "metric", "mean", "std"]], []
     for (dataset, protocol), labelled in sorted(runs.items()):
         loaded = {label: load_results(run_dir) for label, run_dir in labelled.items()}
-        rows, loaded_names = [], {}  # (row label, run label, score); each run's scores
+        rows, loaded_names, missing = [], {}, []  # (row label, run label, score); each run's scores; runs without `score`
         for label in sorted(labelled, key=_order):
             names = loaded_names[label] = sorted({n for r in loaded[label].values() for n in r["metrics"]},
                                                  key=_score_order)
@@ -267,6 +267,7 @@ def compare(root, score="recon", ensemble=False):
             else:
                 shown = [n for n in names if n == score] or names[:1] * (len(names) == 1)
                 rows += [(label, label, name) for name in shown]
+                missing += [label] * (not shown)
         models, summary_rows, per_class, class_names, pictured = [], [], {}, {}, []
         for model, label, name in rows:
             run_dir, results = labelled[label], loaded[label]
@@ -304,9 +305,14 @@ def compare(root, score="recon", ensemble=False):
         title = (f"{dataset}, {protocol}: mean over classes, in %, mean ± std over seeds; score "
                  f"{'[in brackets]' if score in ('all', 'best') else score + ' (classical detectors: their own)'}"
                  f"{' (the best of each network)' if score == 'best' else ''}")
+        left_out = (f"Left out, without the score {score}: {', '.join(missing)} "
+                    f"(--score all shows every score of every run)") if missing else ""
         print(title)
         print(render_table(header, summary_rows, published))
         markdown += [f"## {title}", "", to_markdown(header, summary_rows + published)]
+        if left_out:
+            print(left_out)
+            markdown += ["", left_out]
         classes = sorted({c for cells in per_class.values() for c in cells})
         class_rows = [[class_label(c, class_names.get(c, "")), *(format_cell(per_class[m].get(c)) for m in models)]
                       for c in classes]
