@@ -540,3 +540,33 @@ def test_weights_copied_from_another_trial_are_not_scored_with_this_trials_thres
         shutil.copy(two / name, one / name)
     one_error(command("score.py", "--trial", one, own_images / "test", "--device", "cpu", timeout=120),
               "results.json holds the thresholds of other weights than")
+
+
+def test_a_sigterm_inside_a_checkpoint_write_ends_as_sigterm_not_as_a_full_disk(tmp_path, monkeypatch):
+    """torch.save's C++ writer swallows the Terminated that SIGTERM raises in its write callback and
+    reports "unexpected pos" instead: the command must still end as SIGTERM (143), the temp file gone."""
+    from tool import errors, io
+
+    monkeypatch.setattr(errors, "_SIGTERM_SEEN", [])
+
+    class Swallowing:
+        def write(self, data):
+            try:
+                errors.terminate(15)
+            except errors.Terminated:
+                pass
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1684032 vs 1683924")
+
+    monkeypatch.setattr(io.torch, "save", lambda obj, f: Swallowing().write(b""))
+    with pytest.raises(errors.Terminated):
+        io.atomic_torch_save({"w": 1}, tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == []
+    errors._SIGTERM_SEEN.clear()
+
+    def failing(obj, f):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1684032 vs 1683924")
+
+    monkeypatch.setattr(io.torch, "save", failing)
+    with pytest.raises(UserError, match="the disk is probably full"):  # without a SIGTERM: a failed write
+        io.atomic_torch_save({"w": 1}, tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == []

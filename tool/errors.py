@@ -29,9 +29,19 @@ class Terminated(KeyboardInterrupt):
     stopped, locks released, no half-written file; an interrupted trial resumes from its last.pt)."""
 
 
+_SIGTERM_SEEN = []  # the handler's record: code that swallows the exception (torch.save's C++ writer) can ask
+
+
 def terminate(signum=None, frame=None):
     """The SIGTERM handler: raise Terminated where the main thread is."""
+    _SIGTERM_SEEN.append(signum)
     raise Terminated()
+
+
+def terminating():
+    """Whether SIGTERM arrived while this command ran. A SIGTERM inside torch.save's write reaches
+    its C++ writer, which reports a failed write instead ("unexpected pos"): not a full disk."""
+    return bool(_SIGTERM_SEEN)
 
 
 def _say(line):
@@ -48,6 +58,7 @@ def cli(main):
 
     @wraps(main)
     def wrapper(*args, **kwargs):
+        _SIGTERM_SEEN.clear()
         try:
             previous = signal.signal(signal.SIGTERM, terminate)
         except ValueError:  # not the main thread: signals stay as they are

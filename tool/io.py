@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from tool.errors import UserError
+from tool.errors import Terminated, UserError, terminating
 
 REPO = Path(__file__).resolve().parent.parent
 _UMASK = os.umask(0)
@@ -117,6 +117,8 @@ def _atomic(path, write, errors=(OSError,), exclusive=False):
     except BaseException as error:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+        if terminating() and not isinstance(error, KeyboardInterrupt):  # SIGTERM mid-write, swallowed by torch.save
+            raise Terminated() from None
         if isinstance(error, errors) and not isinstance(error, FileExistsError):
             raise WriteError(path, *write_reason(error)) from None
         raise
