@@ -50,7 +50,7 @@ CHECKPOINT_SECONDS = 60  # last.pt after the first epoch, then at most every thi
 COMPILE = False  # torch.compile the encoder and decoder for training (on a CPU it costs more than it saves; see README, Speed)
 VAL_FRACTION = 0.1  # share of the normal training images held out for validation (paper: 10%)
 THRESHOLD_PERCENTILE = 95.0  # decision threshold = this percentile of the validation scores (for F1 @ val.)
-SSL = None  # a self-supervised task on the encoder's code (models/ssl.py): None (the paper's model) | transforms (rotation prediction) | contrastive (CSI)
+SSL = None  # a self-supervised task on the encoder's code (models/ssl.py): None (the paper's model) | transforms (rotation prediction) | transforms-flips (rotations of the image and of its mirror image) | contrastive (CSI)
 SSL_WEIGHT = 1.0  # weight of the task's loss beside the reconstruction MSE
 SSL_TEMPERATURE = 0.5  # NT-Xent temperature of the contrastive task (CSI: 0.5)
 SCORE = "best"  # the score tables and figures show (tool/scores.py): best = the network's best (fused-lof conv, fused-hidden MLP, fused-ssl with SSL), recon = the paper's, or any other; --compare: all = a row per score

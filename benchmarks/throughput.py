@@ -271,7 +271,7 @@ def parse(argv):
                         help=f"training precisions to time: {' '.join(PRECISIONS)} (default: fp32)")
     parser.add_argument("--compile", action="store_true", help="also time each preset with torch.compile")
     parser.add_argument("--ssl", nargs="+", default=[], choices=SSL_KINDS, metavar="KIND",
-                        help="also time each preset with these self-supervised tasks (SSL): transforms, contrastive")
+                        help="also time each preset with these self-supervised tasks (SSL): transforms, transforms-flips, contrastive")
     parser.add_argument("--released-loop", action="store_true", help="also time the authors' training loop")
     parser.add_argument("--against", metavar="REV", help="also time the presets as git revision REV trains them")
     parser.add_argument("--batch-size", type=int, default=256, help="training batch size (default: 256)")

@@ -39,7 +39,7 @@ class ModelConfig:
     memae_shrink_threshold: float  # None = 1 / memae_slots
     memae_entropy_weight: float
     kl_weight: float
-    ssl: str  # None, or a self-supervised task of models/ssl.py: "transforms" | "contrastive"
+    ssl: str  # None, or a self-supervised task of models/ssl.py: "transforms" | "transforms-flips" | "contrastive"
     ssl_weight: float
     ssl_temperature: float
 

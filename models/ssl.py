@@ -8,6 +8,8 @@ image, which is what tells a shirt from the T-shirts and coats it is reconstruct
                    rotated by 0, 90, 180 and 270 degrees, and a linear head on the code of each
                    copy predicts which rotation it is. Objects of a kind have a canonical
                    orientation, so the head must learn their shape.
+    "transforms-flips"  the same with the mirror image's rotations too (K = 8, the dihedral group): a
+                   harder task, since the head must also tell an item from its mirror image.
     "contrastive"  contrastive learning with shifted instances (CSI, Tack et al. 2020): every rotated
                    copy and a random view of it (shift, scale, horizontal flip) are pulled together
                    by a projection head with NT-Xent, every other copy (other images, and the
@@ -16,8 +18,8 @@ image, which is what tells a shirt from the T-shirts and coats it is reconstruct
                    a third of the encoder's work.)
 
 Every copy goes through the encoder in one batch (K x B images, copy 0 the image itself); the
-memory and the decoder see the image's own code only. In evaluation the copies are the plain
-rotations, and the task returns the code of each ("views", K x B x D) and how poorly the head
+memory and the decoder see the image's own code only. In evaluation the copies are the task's K
+transformations (the plain rotations, and their mirror images for "transforms-flips"), and the task returns the code of each ("views", K x B x D) and how poorly the head
 recognises them ("transform_nll", B: -sum_t log p(t | rotated by t)), which tool/scores.py turns
 into anomaly scores.
 """
@@ -27,13 +29,29 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-SSL_KINDS = ("transforms", "contrastive")
+SSL_KINDS = ("transforms", "transforms-flips", "contrastive")
 N_ROTATIONS = 4
+N_TRANSFORMS = {"transforms": N_ROTATIONS, "transforms-flips": 2 * N_ROTATIONS, "contrastive": N_ROTATIONS}
 
 
 def rotations(x):
     """The K = 4 rotations of a batch (B x C x H x W, square), rotation-major: (K*B) x C x H x W."""
     return torch.cat([torch.rot90(x, k, (2, 3)) for k in range(N_ROTATIONS)])
+
+
+def transformed(x, k):
+    """The first k transformations of a batch, transformation-major ((k*B) x C x H x W): the 4
+    rotations, then (k = 8) the 4 rotations of the mirror image (flipped left to right)."""
+    if k == N_ROTATIONS:
+        return rotations(x)
+    if k == 2 * N_ROTATIONS:
+        return torch.cat([rotations(x), rotations(torch.flip(x, (3,)))])
+    raise ValueError(f"no set of {k} transformations; there are {N_ROTATIONS} and {2 * N_ROTATIONS}")
+
+
+def transform_names(k):
+    """How the tables name the k transformations: '0 deg' ... '270 deg', then 'flip 0 deg' ..."""
+    return [("flip " if t >= N_ROTATIONS else "") + f"{90 * (t % N_ROTATIONS)} deg" for t in range(k)]
 
 
 def augment(x):
@@ -72,22 +90,23 @@ class SelfSupervision(nn.Module):
         if not (math.isfinite(weight) and weight > 0 and math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"ssl_weight and ssl_temperature must be positive numbers, got {weight}, {temperature}")
         self.kind, self.weight, self.temperature = kind, weight, temperature
-        self.head = nn.Linear(latent_dim, N_ROTATIONS)  # which rotation: K logits per code
+        self.n_transforms = N_TRANSFORMS[kind]
+        self.head = nn.Linear(latent_dim, self.n_transforms)  # which transformation: K logits per code
         self.projection = (nn.Sequential(nn.Linear(latent_dim, latent_dim), nn.ReLU(), nn.Linear(latent_dim, projection_dim))
                            if kind == "contrastive" else None)
 
     def views(self, x):
-        """The copies the encoder sees: the K rotations of each image, and in training for
+        """The copies the encoder sees: the K transformations of each image, and in training for
         "contrastive" a random view of each rotation after them ((2*K*B) x C x H x W); copy 0 is
         always `x` itself."""
-        rotated = rotations(x)
+        rotated = transformed(x, self.n_transforms)
         if self.kind == "contrastive" and self.training:
             return torch.cat([rotated, augment(rotated)])
         return rotated
 
     def forward(self, codes, batch):
         """The task's loss and its evaluation outputs from the codes of views(x) (batch = B)."""
-        k = N_ROTATIONS
+        k = self.n_transforms
         plain = codes[: k * batch]
         targets = torch.arange(k, device=codes.device).repeat_interleave(batch)
         per_image = nll(self.head(plain), targets)  # K*B
@@ -110,4 +129,4 @@ class SelfSupervision(nn.Module):
         return nll(similarity, twin).mean()
 
     def extra_repr(self):
-        return f"kind={self.kind}, rotations={N_ROTATIONS}, weight={self.weight}, temperature={self.temperature}"
+        return f"kind={self.kind}, transforms={self.n_transforms}, weight={self.weight}, temperature={self.temperature}"

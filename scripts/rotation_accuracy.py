@@ -1,11 +1,11 @@
-"""How well a trial's rotation head recognises the rotations of training images, per class.
+"""How well a trial's head recognises the transformations (rotations) of training images, per class.
 
     python scripts/rotation_accuracy.py runs/mnist/cascade/RUN/class8_seed0
     python scripts/rotation_accuracy.py TRIAL --images 1000 --data-dir datasets
 
-A diagnostic of a trial trained with a self-supervised task (SSL = "transforms" or "contrastive"):
-for up to --images training images of every class, the normal ones and the trial's anomalous one
-alike, the share of each of the K rotations the head names right. A task that the head solves as
+A diagnostic of a trial trained with a self-supervised task (SSL = "transforms", "transforms-flips"
+or "contrastive"): for up to --images training images of every class, the normal ones and the
+trial's anomalous one alike, the share of each of the task's K transformations the head names right. A task that the head solves as
 well on the class it never saw as on the normal ones is solved from cues every class shares (the
 slant of a stroke, where the ink sits), not from what the class looks like, and then its code
 and its `transform` score tell that class apart poorly. The labels only group the images here; the
@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.ssl import N_ROTATIONS, nll, rotations  # noqa: E402
+from models.ssl import nll, transform_names, transformed  # noqa: E402
 from tool.checkpoints import load_trial_model  # noqa: E402
 from tool.data.datasets import load_dataset, scale_images  # noqa: E402
 from tool.errors import UserError, cli  # noqa: E402
@@ -29,15 +29,16 @@ from tool.flags import OneLineParser  # noqa: E402
 
 @torch.inference_mode()
 def accuracy(model, images):
-    """(the share of `images` (uint8, N x C x H x W) whose k-th rotation the head names k, per k;
-    the task's loss on them: the head's cross-entropy, averaged over images and rotations)."""
-    right, loss = torch.zeros(N_ROTATIONS), 0.0
-    targets = torch.arange(N_ROTATIONS)
+    """(the share of `images` (uint8, N x C x H x W) whose k-th transformation the head names k,
+    per k; the task's loss on them: the head's cross-entropy, averaged over images and transformations)."""
+    k = model.ssl.n_transforms
+    right, loss = torch.zeros(k), 0.0
+    targets = torch.arange(k)
     for xb in batches(images, 256):
-        logits = model.ssl.head(model.encoder(rotations(scale_images(xb, "cpu"))).float())
-        right += (logits.argmax(dim=1).view(N_ROTATIONS, -1) == targets.unsqueeze(1)).sum(dim=1)
+        logits = model.ssl.head(model.encoder(transformed(scale_images(xb, "cpu"), k)).float())
+        right += (logits.argmax(dim=1).view(k, -1) == targets.unsqueeze(1)).sum(dim=1)
         loss += float(nll(logits, targets.repeat_interleave(len(xb))).sum())
-    return right / len(images), loss / (N_ROTATIONS * len(images))
+    return right / len(images), loss / (k * len(images))
 
 
 def run(argv=None):
@@ -51,13 +52,14 @@ def run(argv=None):
         raise UserError(f"--images must be at least 1, got {args.images}")
     trial, model = load_trial_model(args.trial, "cpu")
     if getattr(model, "ssl", None) is None:
-        raise UserError(f"{args.trial} was trained without a self-supervised task: it has no rotation head.")
+        raise UserError(f"{args.trial} was trained without a self-supervised task: it has no transformation head.")
     config = trial["config"]
     ds = load_dataset(config["dataset"], args.data_dir or config["data_dir"])
     print(f"{args.trial}: {config['dataset']}, anomalous class {trial['class']}, task {config['ssl']}; "
-          f"% of each rotation named right, on up to {args.images} training images per class")
-    print("| class | " + " | ".join(f"{90 * k} deg" for k in range(N_ROTATIONS)) + " | mean | task loss |")
-    print("|---|" + "---:|" * (N_ROTATIONS + 2))
+          f"% of each transformation named right, on up to {args.images} training images per class")
+    names = transform_names(model.ssl.n_transforms)
+    print("| class | " + " | ".join(names) + " | mean | task loss |")
+    print("|---|" + "---:|" * (len(names) + 2))
     for c, name in enumerate(ds.classes):
         images = ds.train_images[ds.train_labels == c][: args.images]
         if len(images) == 0:

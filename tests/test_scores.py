@@ -152,6 +152,27 @@ def test_the_self_supervised_scores_read_the_rotations():
     assert scorer._score("views-knn", out) == pytest.approx(expected)
 
 
+def test_transforms_flips_adds_the_mirror_images_rotations_and_its_banks_hold_eight():
+    """transforms-flips: copies 4..7 are the rotations of the image flipped left to right, the head
+    has 8 outputs, transform sums the 8 log-likelihoods, and a views bank of 4 is refused."""
+    torch.manual_seed(0)
+    model = build_model("ae", (1, 8, 8), model_config(ssl="transforms-flips")).eval()
+    images = u8(5)
+    out = network_outputs(model, images)
+    x = scale_images(images)
+    copies = torch.cat([torch.rot90(v, k, (2, 3)) for v in (x, x.flip(3)) for k in range(4)])
+    with torch.no_grad():
+        codes = model.encoder(copies)
+        logp = torch.log_softmax(model.ssl.head(codes).double(), dim=1).view(8, 5, 8)
+    assert out["views"].shape == (8, 5, 128) and torch.allclose(out["views"], codes.view(8, 5, -1), atol=1e-6)
+    assert torch.allclose(out["transform_nll"], -sum(logp[t, :, t] for t in range(8)), atol=1e-5)
+    scorer = Scorer(model, {"views": torch.randn(8, 10, 128)})
+    assert np.isfinite(scorer._score("views-lof", out)).all()
+    assert scores._checked_bank(torch.randn(8, 10, 128), "views", model).shape == (8, 10, 128)
+    with pytest.raises(ValueError, match="damaged"):  # a bank of the four rotations only (a saved state)
+        scores._checked_bank(torch.randn(4, 10, 128), "views", model)
+
+
 def test_the_recommended_score_is_the_first_best_one_a_network_has():
     assert recommended(["recon", "latent-knn", "fused", "fused-lof"]) == "fused-lof"
     assert recommended(["recon", "fused-lof", "fused-hidden"]) == "fused-hidden"

@@ -40,14 +40,16 @@ SCORES = {
     "hidden-knn": Score("latent-knn in the MLP encoder's first hidden layer (512 features) instead of its code",
                         "hidden", "knn"),
     "hidden-lof": Score("latent-lof in the same layer, among the same training features", "hidden", "lof"),
-    "transform": Score("how poorly the self-supervised head recognises the rotations of the image: "
-                       "-sum over rotations t of log p(t | the image rotated by t)", "transform_nll"),
-    "views-knn": Score("latent-knn of the code of each rotation of the image among the same rotation of normal "
-                       "training images, summed over the rotations", "views", "knn"),
-    "views-lof": Score("latent-lof of each rotation's code among the same rotation's training codes, summed",
+    "transform": Score("how poorly the self-supervised head recognises the transformations of the image "
+                       "(its rotations, and those of its mirror image with transforms-flips): "
+                       "-sum over them t of log p(t | the image transformed by t)", "transform_nll"),
+    "views-knn": Score("latent-knn of the code of each transformation of the image among the same transformation "
+                       "of normal training images, summed over the transformations", "views", "knn"),
+    "views-lof": Score("latent-lof of each transformation's code among the same transformation's training codes, "
+                       "summed",
                        "views", "lof"),
-    "csi": Score("CSI's score, negated: minus the sum over rotations of the cosine of the code to its nearest "
-                 "training code of the same rotation, times the code's norm", "views", "csi"),
+    "csi": Score("CSI's score, negated: minus the sum over transformations of the cosine of the code to its "
+                 "nearest training code of the same transformation, times the code's norm", "views", "csi"),
 }
 FUSIONS = {  # a fused score: the scores it sums (those the model has), and the one it cannot be without
     "fused": (("recon", "latent-knn", "memory"), None),
@@ -247,7 +249,7 @@ class Scorer:
         values = out[score.feature]
         if score.method == "value":
             return values.numpy()
-        if score.feature == "views":  # one bank per rotation: the rotation's score, summed over the rotations
+        if score.feature == "views":  # a bank per transformation: its score, summed over them
             return sum(self._compare(score.method, (name, t), values[t], self.banks["views"][t])
                        for t in range(len(values)))
         return self._compare(score.method, name, values, self.banks[score.feature])
@@ -309,18 +311,19 @@ BANK_LIMIT = 1e4  # |feature| a bank may hold: codes and features of this code a
 
 def _checked_bank(bank, feature, model):
     """A saved bank as float32, refused (ValueError) unless it is at least 2 finite rows of the
-    width the model gives (views: one such bank per rotation, N_ROTATIONS of them)."""
+    width the model gives (views: one such bank per transformation of the model's task)."""
     if not isinstance(bank, torch.Tensor) or not bank.is_floating_point():
         raise ValueError(f"the {feature} bank is not a tensor of numbers")
     rows = bank.shape[-2] if bank.ndim >= 2 else 0
     width = getattr(model.encoder, "hidden_width", None) if feature == "hidden" else _code_width(model)
+    k = getattr(getattr(model, "ssl", None), "n_transforms", N_ROTATIONS)
     if rows > BANK_SIZES[feature] or bank.ndim > 3 or bank.shape[-1:] != (width,) or \
-            (bank.ndim == 3 and bank.shape[0] != N_ROTATIONS):  # before a forged expand()ed bank is computed on
+            (bank.ndim == 3 and bank.shape[0] != k):  # before a forged expand()ed bank is computed on
         raise ValueError(f"the {feature} bank is damaged: {tuple(bank.shape)}, the model gives {width} numbers per "
                          f"image and a trial keeps at most {BANK_SIZES[feature]} images")
     bank = bank.float().contiguous()
     if (bank.ndim != (3 if feature == "views" else 2) or rows < 2 or bank.shape[-1] != width
-            or (feature == "views" and bank.shape[0] != N_ROTATIONS)
+            or (feature == "views" and bank.shape[0] != k)
             or not torch.isfinite(bank).all() or bank.abs().max() > BANK_LIMIT):
         raise ValueError(f"the {feature} bank is damaged: {tuple(bank.shape)}, the model gives {width} numbers "
                          f"per image" + ("" if torch.isfinite(bank).all() else ", with values that are not finite"))

@@ -155,7 +155,7 @@ ACTIVATION_COPIES = 1.5  # float32 copies a training step keeps of each layer ou
 def training_floats(model, shape, config):
     """Floats the encoder and the decoder output per image in a training step (their layers'
     outputs, on the meta device; the encoder once per copy the self-supervised task makes)."""
-    from models.ssl import N_ROTATIONS
+    from models.ssl import N_TRANSFORMS
 
     counted = [0]
 
@@ -167,7 +167,8 @@ def training_floats(model, shape, config):
     try:
         with torch.device("meta"):
             model.encoder(torch.empty(2, *shape))  # 2: BatchNorm takes no batch of one in training
-            copies = {None: 1, "transforms": N_ROTATIONS}.get(config.get("ssl"), 2 * N_ROTATIONS)
+            ssl = config.get("ssl")
+            copies = 1 if ssl is None else N_TRANSFORMS.get(ssl, 0) * (2 if ssl == "contrastive" else 1)
             counted[0] *= copies
             model.decoder(torch.empty(2, config["latent_dim"]))
     except (RuntimeError, TypeError, ValueError, NotImplementedError):
