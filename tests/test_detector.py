@@ -251,15 +251,19 @@ def test_the_readme_example_runs_as_written(tmp_path, monkeypatch):
     assert namespace["detector"].score_name == "fused-lof" and set(np.unique(namespace["flags"])) <= {0, 1}
 
 
-def test_a_detector_with_the_self_supervised_task_recommends_fused_ssl_and_keeps_its_banks(digits, tmp_path):
+@pytest.mark.parametrize("ssl, k", [("transforms", 4), ("transforms-flips", 8)])
+def test_a_detector_with_the_self_supervised_task_recommends_fused_ssl_and_keeps_its_banks(digits, tmp_path, ssl, k):
     """ssl="transforms" (the README's model): its best score is fused-ssl, and the four rotation
-    banks the views scores compare with survive save and load, to the same scores."""
+    banks the views scores compare with (eight with the mirror images) survive save and load, to
+    the same scores."""
     _, ds = digits
     normal = ds.train_images[ds.train_labels != 0].numpy()[:300]
-    detector = CascadeMemoryDetector(ssl="transforms", seed=0, **SETTINGS).fit(normal)
+    detector = CascadeMemoryDetector(ssl=ssl, seed=0, **SETTINGS).fit(normal)
     assert detector.score_name == "fused-ssl" and "ssl=" in repr(detector)
+    assert detector.scorer.banks["views"].shape[0] == k
     detector.save(tmp_path / "ssl.pt")
     loaded = CascadeMemoryDetector.load(tmp_path / "ssl.pt", device="cpu")
+    assert loaded.scorer.banks["views"].shape[0] == k
     for name in ("transform", "views-knn", "views-lof", "csi", "fused-ssl"):
         assert (loaded.decision_function(ds.test_images, name) == detector.decision_function(ds.test_images, name)).all()
     assert detector.decision_scores_.shape == (len(normal),) and set(np.unique(detector.labels_)) <= {0, 1}
