@@ -317,3 +317,22 @@ def test_cpu_lacks_bf16_reads_the_cpu_flags(tmp_path):
     (tmp_path / "noflags").write_text("processor\t: 0\n")
     assert not cpu_lacks_bf16("cpu", tmp_path / "noflags")
     assert not cpu_lacks_bf16("cuda", avx2)  # a GPU's autocast does not depend on the CPU
+
+
+def test_ssl_in_validation_false_picks_the_epoch_by_the_loss_without_the_task(tmp_path, monkeypatch):
+    """SSL_IN_VALIDATION = False: the validation loss that picks the best epoch is the model's
+    loss without the task's term (here the autoencoder's MSE), never the task's."""
+    torch.manual_seed(0)
+    model = build_model("ae", (1, 8, 8), model_config(ssl="transforms-flips")).eval()
+    x = torch.rand(40, 1, 8, 8)
+    with_task, _ = train.validation_pass(model, x, batch_size=16)
+    without, _ = train.validation_pass(model, x, batch_size=16, with_task=False)
+    with torch.no_grad():
+        mse = sum(float(model(x[i:i + 16])["rec_loss"]) * len(x[i:i + 16]) for i in range(0, 40, 16)) / 40
+    assert without == pytest.approx(mse, rel=1e-5) and with_task > without + 0.5  # the task's loss: ~ 8 ln 8 / 8
+
+    real, asked = train.validation_pass, []
+    monkeypatch.setattr(train, "validation_pass", lambda *a, **k: asked.append(k.get("with_task")) or real(*a, **k))
+    result = train_model(model.train(), x, x[:16], train_config(epochs=2, batch_size=16, ssl_in_validation=False),
+                         tmp_path / "last.pt", 0)
+    assert asked == [False, False] and result.best_val_loss < with_task

@@ -82,6 +82,7 @@ RULES = {  # setting: (check, the rule in words). Every numeric setting is check
     "precision": (lambda v: v in ("fp32", "bf16"), "fp32 or bf16"),
     "draw_figures": (lambda v: isinstance(v, bool), "true or false"),
     "compile": (lambda v: isinstance(v, bool), "true or false"),
+    "ssl_in_validation": (lambda v: isinstance(v, bool), "true or false"),
 }
 
 

@@ -46,6 +46,7 @@ class TrainConfig:
     precision: str  # "fp32", or "bf16": bfloat16 autocast for the training and validation passes
     compile: bool  # torch.compile the encoder and decoder for training
     checkpoint_seconds: float  # last.pt after epoch 1, then after each epoch ending this long after the last one
+    ssl_in_validation: bool  # the self-supervised task's loss counts in the validation loss (picks the epoch, stops early)
 
     @classmethod
     def from_settings(cls, settings, **overrides):
@@ -64,15 +65,16 @@ class TrainResult:
 
 
 @torch.inference_mode()
-def validation_pass(model, images, batch_size=None):
-    """Mean loss of `model` (eval mode) over `images`, and per memory stage what these (normal)
-    images address: "hits", how many of them give each slot a weight > 0, and "entropy", their
-    mean addressing entropy."""
+def validation_pass(model, images, batch_size=None, with_task=True):
+    """Mean loss of `model` (eval mode) over `images` (with_task=False: without the self-supervised
+    task's term), and per memory stage what these (normal) images address: "hits", how many of
+    them give each slot a weight > 0, and "entropy", their mean addressing entropy."""
     model.eval()
     total, count, stats = None, 0, []
     for xb in batches(images, batch_size):
         out = model(xb)
-        total = out["loss"] * len(xb) if total is None else total + out["loss"] * len(xb)
+        loss = out["loss"] if with_task or "ssl" not in out else out["loss"] - out["ssl"]["loss"]
+        total = loss * len(xb) if total is None else total + loss * len(xb)
         count += len(xb)
         for i, info in enumerate(out["memory"]):
             if len(stats) <= i:
@@ -206,7 +208,7 @@ def train_model(model, train_images, val_images, config, checkpoint_path, genera
                                    f"{_kept(saved[0], checkpoint_path)} Try a lower learning rate (--lr), or smaller "
                                    f"loss weights (--kl-weight, --memae-entropy-weight).")
         with autocast(config.precision, device):
-            val_loss, usage = validation_pass(model, val_images)
+            val_loss, usage = validation_pass(model, val_images, with_task=config.ssl_in_validation)
         memory = [{"slots_used": float((u["hits"] > 0).float().mean()), "entropy": u["entropy"]} for u in usage]
         if on_epoch is not None:
             on_epoch(epoch, model)
