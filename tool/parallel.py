@@ -84,6 +84,9 @@ def _worker_init(threads, devices, counter):
 
 
 def _exit_quietly(signum, frame):
+    # a second SIGTERM (the pool's terminate() after the process group's) would otherwise land in the
+    # exit's own cleanup, tqdm's atexit callback among it, and print a traceback there
+    signal.signal(signum, signal.SIG_IGN)
     raise SystemExit(128 + signum)
 
 
