@@ -19,9 +19,10 @@ image, which is what tells a shirt from the T-shirts and coats it is reconstruct
 
 Every copy goes through the encoder in one batch (K x B images, copy 0 the image itself); the
 memory and the decoder see the image's own code only. In evaluation the copies are the task's K
-transformations (the plain rotations, and their mirror images for "transforms-flips"), and the task returns the code of each ("views", K x B x D) and how poorly the head
-recognises them ("transform_nll", B: -sum_t log p(t | rotated by t)), which tool/scores.py turns
-into anomaly scores.
+transformations (the rotations, and those of the mirror image for "transforms-flips"), and the
+task returns the code of each ("views", K x B x D) and how poorly the head recognises them
+("transform_nll", B: -sum_t log p(t | transformed by t)), which tool/scores.py turns into anomaly
+scores.
 """
 import math
 

@@ -46,8 +46,7 @@ SCORES = {
     "views-knn": Score("latent-knn of the code of each transformation of the image among the same transformation "
                        "of normal training images, summed over the transformations", "views", "knn"),
     "views-lof": Score("latent-lof of each transformation's code among the same transformation's training codes, "
-                       "summed",
-                       "views", "lof"),
+                       "summed", "views", "lof"),
     "csi": Score("CSI's score, negated: minus the sum over transformations of the cosine of the code to its "
                  "nearest training code of the same transformation, times the code's norm", "views", "csi"),
 }

@@ -46,7 +46,7 @@ class TrainConfig:
     precision: str  # "fp32", or "bf16": bfloat16 autocast for the training and validation passes
     compile: bool  # torch.compile the encoder and decoder for training
     checkpoint_seconds: float  # last.pt after epoch 1, then after each epoch ending this long after the last one
-    ssl_in_validation: bool  # the self-supervised task's loss counts in the validation loss (picks the epoch, stops early)
+    ssl_in_validation: bool  # the self-supervised task's loss counts in the validation loss (best epoch, stopping)
 
     @classmethod
     def from_settings(cls, settings, **overrides):
