@@ -96,6 +96,11 @@ class SelfSupervision(nn.Module):
         self.projection = (nn.Sequential(nn.Linear(latent_dim, latent_dim), nn.ReLU(), nn.Linear(latent_dim, projection_dim))
                            if kind == "contrastive" else None)
 
+    @property
+    def training_copies(self):
+        """How many copies of each image views() gives the encoder in training."""
+        return self.n_transforms * (2 if self.kind == "contrastive" else 1)
+
     def views(self, x):
         """The copies the encoder sees: the K transformations of each image, and in training for
         "contrastive" a random view of each rotation after them ((2*K*B) x C x H x W); copy 0 is

@@ -47,6 +47,7 @@ def _folder(optional):
     return lambda v: (optional and v is None) or (isinstance(v, str) and v.strip() != "" and "\0" not in v)
 
 
+BOOLEAN = (lambda v: isinstance(v, bool), "true or false")
 SEED_LIMIT = 2 ** 32  # numpy's seeds are 32-bit
 THREAD_LIMIT = 1024  # torch.set_num_threads crashes the process far above any machine's core count
 RULES = {  # setting: (check, the rule in words). Every numeric setting is checked here, and only here
@@ -80,9 +81,9 @@ RULES = {  # setting: (check, the rule in words). Every numeric setting is check
     "output_dir": (_folder(optional=False), "a folder (not empty) with no null byte in its name"),
     "data_dir": (_folder(optional=True), "a folder (not empty), or none for datasets/; no null byte in its name"),
     "precision": (lambda v: v in ("fp32", "bf16"), "fp32 or bf16"),
-    "draw_figures": (lambda v: isinstance(v, bool), "true or false"),
-    "compile": (lambda v: isinstance(v, bool), "true or false"),
-    "ssl_in_validation": (lambda v: isinstance(v, bool), "true or false"),
+    "draw_figures": BOOLEAN,
+    "compile": BOOLEAN,
+    "ssl_in_validation": BOOLEAN,
 }
 
 
@@ -156,8 +157,6 @@ ACTIVATION_COPIES = 1.5  # float32 copies a training step keeps of each layer ou
 def training_floats(model, shape, config):
     """Floats the encoder and the decoder output per image in a training step (their layers'
     outputs, on the meta device; the encoder once per copy the self-supervised task makes)."""
-    from models.ssl import N_TRANSFORMS
-
     counted = [0]
 
     def count(module, inputs, output):
@@ -168,9 +167,8 @@ def training_floats(model, shape, config):
     try:
         with torch.device("meta"):
             model.encoder(torch.empty(2, *shape))  # 2: BatchNorm takes no batch of one in training
-            ssl = config.get("ssl")
-            copies = 1 if ssl is None else N_TRANSFORMS.get(ssl, 0) * (2 if ssl == "contrastive" else 1)
-            counted[0] *= copies
+            ssl = getattr(model, "ssl", None)
+            counted[0] *= 1 if ssl is None else ssl.training_copies
             model.decoder(torch.empty(2, config["latent_dim"]))
     except (RuntimeError, TypeError, ValueError, NotImplementedError):
         return 0  # a backbone that cannot run on the meta device: its parameters alone are checked
