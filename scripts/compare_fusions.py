@@ -2,9 +2,11 @@
 
     python scripts/compare_fusions.py runs/fmnist-tune/cascade/RUN
     python scripts/compare_fusions.py RUN --fusion recon,memory,transform --fusion transform,views-knn
+    python scripts/compare_fusions.py RUN --floor -1   # each standardised member counted as at least -1
 
 Each candidate is a sum of member scores, each standardised by its mean and spread on the trial's
-normal validation images (results.json "validation_stats"), exactly as tool/scores.py fuses: so a candidate
+normal validation images (results.json "validation_stats"), exactly as tool/scores.py fuses (with
+--floor, each member counted as at least that many spreads from its mean, as fused-ssl does): so a candidate
 can be judged from scores.npz without the checkpoints. Prints the AUROC (%) of every score the
 trials hold and of every candidate, per class and their mean. It refuses a run that is not on a
 tuning split: a fusion is chosen on training images only, never on a test split.
@@ -21,7 +23,7 @@ from tool.errors import UserError, cli  # noqa: E402
 from tool.evaluation import compute_metrics  # noqa: E402
 from tool.results import load_results, read_scores  # noqa: E402
 from tool.runs import read_run_config  # noqa: E402
-from tool.scores import FUSIONS, SCORES, standardised  # noqa: E402
+from tool.scores import FUSIONS, SCORES, fused_sum, standardised  # noqa: E402
 from tool.flags import OneLineParser  # noqa: E402
 
 CANDIDATES = [  # decided before the tuning run was scored (results/tuning.md)
@@ -34,7 +36,7 @@ CANDIDATES = [  # decided before the tuning run was scored (results/tuning.md)
 ]
 
 
-def table(run_dir, candidates):
+def table(run_dir, candidates, floor=None):
     """{row name: {class: AUROC %}} of every score and candidate, over the run's finished trials."""
     unknown = sorted({m for members in candidates for m in members} - set(SCORES))
     if unknown or any(not members for members in candidates):
@@ -56,8 +58,9 @@ def table(run_dir, candidates):
             for members in candidates:
                 if all(m in scores and m in results["validation_stats"] for m in members):
                     with np.errstate(over="ignore", invalid="ignore"):
-                        fused = sum(standardised(results["validation_stats"], m, scores[m]) for m in members)
-                    rows.setdefault(" + ".join(members), {})[c] = 100 * compute_metrics(fused, targets)["auroc"]
+                        fused = fused_sum([standardised(results["validation_stats"], m, scores[m]) for m in members],
+                                          floor)
+                    rows.setdefault(" + ".join(members) + ("" if floor is None else f" (floor {floor:g})"), {})[c] = 100 * compute_metrics(fused, targets)["auroc"]
         except ValueError as error:  # scores that are not finite, or a test split of one kind of image
             raise UserError(f"{folder}: {error}; score the trial again (python main.py --eval-only "
                             f"{Path(run_dir)}).") from None
@@ -69,9 +72,13 @@ def run(argv=None):
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--fusion", action="append", metavar="A,B,...", help="a candidate (default: CANDIDATES)")
+    parser.add_argument("--floor", type=float, default=None, metavar="Z",
+                        help="count each candidate's standardised members as at least Z (default: as they are)")
     args = parser.parse_args(argv)
+    if args.floor is not None and not np.isfinite(args.floor):
+        raise UserError(f"--floor must be a finite number, got {args.floor}")
     candidates = [tuple(f.split(",")) for f in args.fusion] if args.fusion else CANDIDATES
-    rows = table(args.run_dir, candidates)
+    rows = table(args.run_dir, candidates, args.floor)
     classes = sorted({c for row in rows.values() for c in row})
     print("| score | " + " | ".join(map(str, classes)) + " | mean |")
     print("|---|" + "---:|" * (len(classes) + 1))

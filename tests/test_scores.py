@@ -92,6 +92,22 @@ def test_each_fusion_sums_its_own_standardised_members_and_none_is_made_without_
     assert scores.fusions(stats, no_memory)["fused"] == pytest.approx(z["recon"] + z["latent-knn"])
 
 
+def test_fused_ssl_counts_each_member_as_at_least_one_spread_below_its_mean_and_the_other_fusions_do_not():
+    members = scores.FUSIONS["fused-ssl"].members
+    val = {m: np.array([0.0, 2.0]) for m in members}  # mean 1, spread 1 for every member
+    stats = scores.validation_stats(val)
+    test = {m: np.array([1.0, 1.0]) for m in members}
+    test["csi"] = np.array([-4.0, 1.0])  # z = -5 for image 0: far more "normal" than any validation image
+    made = scores.fusions(stats, test)
+    assert made["fused-ssl"] == pytest.approx([-1.0, 0.0])  # counted as -1, not -5
+    assert made["fused-lof"] == pytest.approx([0.0, 0.0])  # csi is no member of fused-lof
+    low = {m: np.array([-4.0]) for m in members}  # every member at z = -5
+    assert scores.fusions(stats, low)["fused-lof"] == pytest.approx([-20.0])  # no floor: as it is
+    assert scores.fusions(stats, low)["fused-ssl"] == pytest.approx([-8.0])
+    assert scores.fused_sum([np.array([-3.0, 2.0])], floor=-1) == pytest.approx([-1.0, 2.0])
+    assert scores.fused_sum([np.array([-3.0, 2.0])]) == pytest.approx([-3.0, 2.0])
+
+
 NETWORK = {"recon", "latent-knn", "latent-lof", "fused", "fused-lof"}
 HIDDEN = {"hidden-knn", "hidden-lof", "fused-hidden"}  # MLP encoders only
 SSL = {"transform", "views-knn", "views-lof", "csi", "fused-ssl"}  # a self-supervised task
