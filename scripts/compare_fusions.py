@@ -60,7 +60,8 @@ def table(run_dir, candidates, floor=None):
                     with np.errstate(over="ignore", invalid="ignore"):
                         fused = fused_sum([standardised(results["validation_stats"], m, scores[m]) for m in members],
                                           floor)
-                    rows.setdefault(" + ".join(members) + ("" if floor is None else f" (floor {floor:g})"), {})[c] = 100 * compute_metrics(fused, targets)["auroc"]
+                    name = " + ".join(members) + ("" if floor is None else f" (floor {floor:g})")
+                    rows.setdefault(name, {})[c] = 100 * compute_metrics(fused, targets)["auroc"]
         except ValueError as error:  # scores that are not finite, or a test split of one kind of image
             raise UserError(f"{folder}: {error}; score the trial again (python main.py --eval-only "
                             f"{Path(run_dir)}).") from None

@@ -341,6 +341,7 @@ def test_the_scripts_refuse_odd_files_and_inputs_in_one_line(finished_run, tmp_p
     (run / "config.json").write_text(json.dumps(saved))
     assert migrate_runs.migrate(hidden) == 1  # a dot in the path above the root hides nothing
     one_error(command("scripts/compare_fusions.py", run, "--fusion", "bogus,recon"), "bogus is not a score")
+    one_error(command("scripts/compare_fusions.py", run, "--floor", "nan"), "--floor must be a finite number")
     one_error(command("scripts/migrate_runs.py", "--nope"), "the following arguments are required: FOLDER")
     (tmp_path / "file").write_text("x")
     one_error(command("benchmarks/gpu_check.py", "--device", "cpu", "--dataset", "digits", "--out", tmp_path / "file"),
