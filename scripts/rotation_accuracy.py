@@ -8,8 +8,9 @@ or "contrastive"): for up to --images training images of every class, the normal
 trial's anomalous one alike, the share of each of the task's K transformations the head names
 right. A task that the head solves as well on the class it never saw as on the normal ones is
 solved from cues every class shares (the slant of a stroke, where the ink sits), not from what
-the class looks like, and then its code and its `transform` score tell that class apart poorly. The labels only group the images here; the
-script chooses nothing, and it reads training images only.
+the class looks like, and then its code and its `transform` score tell that class apart poorly.
+The labels only group the images here; the script chooses nothing, and it reads training images
+only.
 """
 import argparse
 import sys
