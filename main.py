@@ -53,6 +53,7 @@ THRESHOLD_PERCENTILE = 95.0  # decision threshold = this percentile of the valid
 SSL = None  # a self-supervised task on the encoder's code (models/ssl.py): None (the paper's model) | transforms (rotation prediction) | transforms-flips (rotations of the image and of its mirror image) | contrastive (CSI)
 SSL_WEIGHT = 1.0  # weight of the task's loss beside the reconstruction MSE
 SSL_TEMPERATURE = 0.5  # NT-Xent temperature of the contrastive task (CSI: 0.5)
+SSL_AUGMENT = False  # the transformation tasks' copies of a training image are made from a random view of it (scale, shift), so the head cannot learn the training images' own cues; the decoder still sees the image itself
 SSL_IN_VALIDATION = True  # the task's loss counts in the validation loss that picks the best epoch and stops early; False: the model's loss without it
 SCORE = "best"  # the score tables and figures show (tool/scores.py): best = the network's best (fused-lof conv, fused-hidden MLP, fused-ssl with SSL), recon = the paper's, or any other; --compare: all = a row per score
 DEVICE = "auto"  # auto = CUDA, then Apple MPS, then CPU; or cpu, cuda, cuda:1, mps

@@ -42,6 +42,7 @@ class ModelConfig:
     ssl: str  # None, or a self-supervised task of models/ssl.py: "transforms" | "transforms-flips" | "contrastive"
     ssl_weight: float
     ssl_temperature: float
+    ssl_augment: bool  # the transformation tasks' copies of a training image are made from a random view of it
 
     @classmethod
     def from_settings(cls, settings, **overrides):
@@ -60,7 +61,8 @@ def build_model(preset, input_shape, config):
     kwargs = {"channels": tuple(config.channels)} if backbone == "conv" else {}
     encoder = encoder_cls(input_shape, latent_dim=config.latent_dim, **kwargs)
     decoder = decoder_cls(input_shape, latent_dim=config.latent_dim, **kwargs)
-    ssl = (SelfSupervision(config.ssl, config.latent_dim, input_shape, config.ssl_weight, config.ssl_temperature)
+    ssl = (SelfSupervision(config.ssl, config.latent_dim, input_shape, config.ssl_weight, config.ssl_temperature,
+                                 augment=config.ssl_augment)
            if config.ssl is not None else None)
     if memory_kind == "vae":
         return VAE(encoder, decoder, config.latent_dim, config.latent_dim, config.kl_weight, ssl)

@@ -17,6 +17,11 @@ image, which is what tells a shirt from the T-shirts and coats it is reconstruct
                    (CSI pairs two random views; one of them is the copy itself here, which saves
                    a third of the encoder's work.)
 
+With `augment` (SSL_AUGMENT, the transformation tasks), the task's copies of a training image are
+made from a random view of it (scale and shift, never a flip, which is one of the task's answers),
+so the head cannot learn the training images' own cues; the memory and the decoder still see the
+image itself (copy 0, one more copy through the encoder). Evaluation is unchanged.
+
 Every copy goes through the encoder in one batch (K x B images, copy 0 the image itself); the
 memory and the decoder see the image's own code only. In evaluation the copies are the task's K
 transformations (the rotations, and those of the mirror image for "transforms-flips"), and the
@@ -55,13 +60,14 @@ def transform_names(k):
     return [("flip " if t >= N_ROTATIONS else "") + f"{90 * (t % N_ROTATIONS)} deg" for t in range(k)]
 
 
-def augment(x):
-    """A random view of each image (B x C x H x W): horizontal flip with probability 1/2, scale in
-    [0.85, 1.15], shift of up to 1/8 of the side, one affine resampling (bilinear, zeros outside).
-    Drawn from torch's default generator on the images' device (seeded, saved in checkpoints)."""
+def augment(x, flip=True):
+    """A random view of each image (B x C x H x W): horizontal flip with probability 1/2 (only if
+    `flip`), scale in [0.85, 1.15], shift of up to 1/8 of the side, one affine resampling (bilinear,
+    zeros outside). Drawn from torch's default generator on the images' device (seeded, saved in
+    checkpoints)."""
     b = len(x)
     params = torch.rand(b, 4, device=x.device)
-    flip = torch.where(params[:, 0] < 0.5, -1.0, 1.0)
+    flip = torch.where(params[:, 0] < 0.5, -1.0, 1.0) if flip else torch.ones(b, device=x.device)
     scale = 1.0 / (0.85 + 0.3 * params[:, 1])
     shift = (params[:, 2:] - 0.5) * 0.5  # in [-1, 1] grid units: 1/8 of the side each way at most
     theta = torch.zeros(b, 2, 3, device=x.device)
@@ -79,9 +85,10 @@ def nll(logits, targets):
 
 class SelfSupervision(nn.Module):
     """One self-supervised task (SSL_KINDS) on codes of width `latent_dim`, weighted by `weight` in
-    the loss. `temperature` is NT-Xent's (contrastive only)."""
+    the loss. `temperature` is NT-Xent's (contrastive only); `augment`: the transformation tasks'
+    copies of a training image are made from a random view of it (the module's docstring)."""
 
-    def __init__(self, kind, latent_dim, input_shape, weight=1.0, temperature=0.5, projection_dim=64):
+    def __init__(self, kind, latent_dim, input_shape, weight=1.0, temperature=0.5, projection_dim=64, augment=False):
         super().__init__()
         if kind not in SSL_KINDS:
             raise ValueError(f"unknown self-supervised task '{kind}'; valid: {', '.join(SSL_KINDS)}")
@@ -90,7 +97,10 @@ class SelfSupervision(nn.Module):
                              f"these are {input_shape[1]} x {input_shape[2]} (prepare them with --size S S)")
         if not (math.isfinite(weight) and weight > 0 and math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"ssl_weight and ssl_temperature must be positive numbers, got {weight}, {temperature}")
-        self.kind, self.weight, self.temperature = kind, weight, temperature
+        if augment and kind == "contrastive":
+            raise ValueError("ssl_augment is for the transformation tasks; the contrastive task draws random views of "
+                             "its own")
+        self.kind, self.weight, self.temperature, self.augment = kind, weight, temperature, bool(augment)
         self.n_transforms = N_TRANSFORMS[kind]
         self.head = nn.Linear(latent_dim, self.n_transforms)  # which transformation: K logits per code
         self.projection = (nn.Sequential(nn.Linear(latent_dim, latent_dim), nn.ReLU(), nn.Linear(latent_dim, projection_dim))
@@ -99,12 +109,18 @@ class SelfSupervision(nn.Module):
     @property
     def training_copies(self):
         """How many copies of each image views() gives the encoder in training."""
-        return self.n_transforms * (2 if self.kind == "contrastive" else 1)
+        return self.n_transforms * (2 if self.kind == "contrastive" else 1) + (1 if self.augment else 0)
+
+    def _augmenting(self):
+        return self.augment and self.training
 
     def views(self, x):
         """The copies the encoder sees: the K transformations of each image, and in training for
-        "contrastive" a random view of each rotation after them ((2*K*B) x C x H x W); copy 0 is
-        always `x` itself."""
+        "contrastive" a random view of each rotation after them ((2*K*B) x C x H x W); with
+        `augment`, in training, x itself and then the K transformations of a random view of it
+        ((1+K)*B). Copy 0 is always `x` itself."""
+        if self._augmenting():
+            return torch.cat([x, transformed(augment(x, flip=False), self.n_transforms)])
         rotated = transformed(x, self.n_transforms)
         if self.kind == "contrastive" and self.training:
             return torch.cat([rotated, augment(rotated)])
@@ -113,7 +129,8 @@ class SelfSupervision(nn.Module):
     def forward(self, codes, batch):
         """The task's loss and its evaluation outputs from the codes of views(x) (batch = B)."""
         k = self.n_transforms
-        plain = codes[: k * batch]
+        start = batch if self._augmenting() else 0  # the head's copies follow x itself
+        plain = codes[start: start + k * batch]
         targets = torch.arange(k, device=codes.device).repeat_interleave(batch)
         per_image = nll(self.head(plain), targets)  # K*B
         loss = per_image.mean()
@@ -135,4 +152,5 @@ class SelfSupervision(nn.Module):
         return nll(similarity, twin).mean()
 
     def extra_repr(self):
-        return f"kind={self.kind}, transforms={self.n_transforms}, weight={self.weight}, temperature={self.temperature}"
+        return (f"kind={self.kind}, transforms={self.n_transforms}, weight={self.weight}, temperature={self.temperature}"
+                + (", augment=True" if self.augment else ""))

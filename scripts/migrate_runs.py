@@ -22,7 +22,7 @@ from tool.flags import OneLineParser  # noqa: E402
 RENAMED = {"threshold": "addressing_threshold"}  # settings renamed since: old name -> today's
 ADDED = {  # settings added since, with the value every run made before them had
     "patience_steps": 0, "min_steps": 0, "precision": "fp32", "compile": False,
-    "ssl": None, "ssl_weight": 1.0, "ssl_temperature": 0.5, "ssl_in_validation": True,
+    "ssl": None, "ssl_weight": 1.0, "ssl_temperature": 0.5, "ssl_in_validation": True, "ssl_augment": False,
 }
 DROPPED = ("classical",)  # not a setting: main.py's constants once picked up an imported table by mistake
 CLASSICAL = ("knn", "iforest", "ocsvm")

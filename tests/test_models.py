@@ -229,3 +229,55 @@ def test_short_training_lowers_the_loss(preset):
         losses.append(loss.item())
     assert all(math.isfinite(loss) for loss in losses)
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+# ---------------------------------------------------------------------------------------------
+# The self-supervised task's augmented copies (SSL_AUGMENT)
+
+@pytest.mark.parametrize("kind, k", [("transforms", 4), ("transforms-flips", 8)])
+def test_ssl_augment_makes_the_task_copies_from_a_random_view_and_keeps_the_image_for_the_decoder(kind, k):
+    """In training: x itself, then the K transformations of one random view of it (never mirrored),
+    and the head is scored on those K copies only; the reconstruction is that of x. In evaluation
+    the copies are the K transformations of x, as without the option."""
+    from models.ssl import augment, transformed
+
+    x = images(6)
+    model = build_model("cascade", TINY, model_config(ssl=kind, ssl_augment=True)).train()
+    torch.manual_seed(1)
+    copies = model.ssl.views(x)
+    torch.manual_seed(1)
+    expected = torch.cat([x, transformed(augment(x, flip=False), k)])
+    assert copies.shape == ((1 + k) * 6, *TINY) and model.ssl.training_copies == 1 + k
+    assert torch.equal(copies, expected) and torch.equal(copies[:6], x)
+    assert not torch.allclose(copies[6:12], x)  # the head's identity copy is a view, not x
+    codes = torch.randn(len(copies), DEFAULTS["latent_dim"])
+    task = model.ssl(codes, 6)
+    targets = torch.arange(k).repeat_interleave(6)
+    head = F.cross_entropy(model.ssl.head(codes[6:]), targets)
+    assert task["loss"].item() == pytest.approx(head.item(), rel=1e-5)  # x's own code is not the head's
+    out = build_model("cascade", TINY, model_config(ssl=kind, ssl_augment=True)).train()(x)
+    assert out["latent"].shape == (6, DEFAULTS["latent_dim"]) and out["recon"].shape == x.shape
+    model.eval()
+    assert torch.equal(model.ssl.views(x), transformed(x, k))
+
+
+def test_augment_without_flip_never_mirrors():
+    """augment(x, flip=False) with no scale or shift left to draw is x: the flip is the only way it
+    could mirror an image, and it is off (the views are compared with the mirrored ones)."""
+    from models.ssl import augment
+
+    x = images(64)
+    torch.manual_seed(0)
+    views = augment(x, flip=False)
+    torch.manual_seed(0)
+    params = torch.rand(64, 4)
+    torch.manual_seed(0)
+    mirrored_somewhere = augment(x, flip=True)
+    flipped = params[:, 0] < 0.5
+    assert flipped.any() and not torch.allclose(views[flipped], mirrored_somewhere[flipped])
+    assert torch.allclose(views[~flipped], mirrored_somewhere[~flipped])
+
+
+def test_ssl_augment_is_for_the_transformation_tasks_only():
+    with pytest.raises(ValueError, match="transformation tasks"):
+        build_model("cascade", TINY, model_config(ssl="contrastive", ssl_augment=True))

@@ -40,6 +40,10 @@ from tool.settings import LIST_TYPES, RULES, SCALAR_TYPES, check_ranges
     (["--score", "nope"], "--score (SCORE) 'nope' is not a score: valid are best, recon"),
     (["--latent-dim", "1000000000"], "a training step of the cascade model on 1 x 8 x 8 images would need about"),
     (["--val-fraction", "0.999"], "--val-fraction (VAL_FRACTION) 0.999 holds out"),
+    (["--ssl-augment"], "--ssl-augment (SSL_AUGMENT) makes the copies of a transformation task from random views; "
+                        "--ssl is none: give --ssl transforms or transforms-flips"),
+    (["--ssl", "contrastive", "--ssl-augment", "true"], "--ssl is 'contrastive': give --ssl transforms"),
+    (["--ssl-augment", "maybe"], "--ssl-augment takes no value (or true / false): got 'maybe'"),
 ])
 def test_bad_settings_get_one_clear_message(data_dir, tmp_path, args, message):
     with pytest.raises(UserError, match=None) as error:

@@ -43,7 +43,7 @@ GROUPS = {  # the --help sections, in main.py's order within each
     "data": ("dataset", "protocol", "classes", "seeds", "val_fraction", "data_dir"),
     "model": ("model", "n_slots", "top_k", "forget_rate", "addressing_threshold", "connector", "latent_dim",
               "channels", "memae_slots", "memae_shrink_threshold", "memae_entropy_weight", "kl_weight", "ssl",
-              "ssl_weight", "ssl_temperature", "ssl_in_validation"),
+              "ssl_weight", "ssl_temperature", "ssl_augment", "ssl_in_validation"),
     "training": ("epochs", "min_steps", "patience", "patience_steps", "batch_size", "lr", "weight_decay",
                  "precision", "checkpoint_seconds", "compile"),
     "scoring": ("threshold_percentile", "score"),

@@ -84,6 +84,7 @@ RULES = {  # setting: (check, the rule in words). Every numeric setting is check
     "draw_figures": BOOLEAN,
     "compile": BOOLEAN,
     "ssl_in_validation": BOOLEAN,
+    "ssl_augment": BOOLEAN,
 }
 
 
@@ -104,6 +105,10 @@ def validate(config):
         raise UserError(f"unknown self-supervised task --ssl (SSL) {shown(config['ssl'])}. Valid: none (SSL = None in a config file), {', '.join(SSL_KINDS)}")
     if config["ssl"] is not None and config["model"] in CLASSICAL:
         raise UserError(f"--ssl trains a network's encoder; {config['model']} is a classical detector: drop --ssl")
+    if config.get("ssl_augment") is True and config["ssl"] not in ("transforms", "transforms-flips"):
+        raise UserError(f"--ssl-augment (SSL_AUGMENT) makes the copies of a transformation task from random views; "
+                        f"--ssl is {shown(config['ssl']) if config['ssl'] else 'none'}: give --ssl transforms or "
+                        f"transforms-flips, or drop --ssl-augment")
     if config["classes"] is not None and not config["classes"]:
         raise UserError("--classes needs at least one class (or 'none' for all)")
     check_ranges(config)
