@@ -61,8 +61,11 @@ def build_model(preset, input_shape, config):
     kwargs = {"channels": tuple(config.channels)} if backbone == "conv" else {}
     encoder = encoder_cls(input_shape, latent_dim=config.latent_dim, **kwargs)
     decoder = decoder_cls(input_shape, latent_dim=config.latent_dim, **kwargs)
+    if config.ssl is None and config.ssl_augment:
+        raise ValueError("ssl_augment makes the copies of a transformation task from random views, and ssl is None: "
+                         "give ssl 'transforms' or 'transforms-flips', or ssl_augment False")
     ssl = (SelfSupervision(config.ssl, config.latent_dim, input_shape, config.ssl_weight, config.ssl_temperature,
-                                 augment=config.ssl_augment)
+                           augment=config.ssl_augment)
            if config.ssl is not None else None)
     if memory_kind == "vae":
         return VAE(encoder, decoder, config.latent_dim, config.latent_dim, config.kl_weight, ssl)

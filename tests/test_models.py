@@ -281,3 +281,5 @@ def test_augment_without_flip_never_mirrors():
 def test_ssl_augment_is_for_the_transformation_tasks_only():
     with pytest.raises(ValueError, match="transformation tasks"):
         build_model("cascade", TINY, model_config(ssl="contrastive", ssl_augment=True))
+    with pytest.raises(ValueError, match="ssl is None"):
+        build_model("cascade", TINY, model_config(ssl=None, ssl_augment=True))
