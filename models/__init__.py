@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 from models.autoencoder import VAE, MemoryAutoencoder
 from models.backbones import BACKBONES
 from models.memory import CascadeMemory, MemAEMemory, MemoryUnit
-from models.ssl import SSL_KINDS, SelfSupervision
+from models.ssl import AUGMENTED_KINDS, SSL_KINDS, SelfSupervision
 
 PRESETS = {
     # name: (backbone, memory, description)
@@ -62,8 +62,8 @@ def build_model(preset, input_shape, config):
     encoder = encoder_cls(input_shape, latent_dim=config.latent_dim, **kwargs)
     decoder = decoder_cls(input_shape, latent_dim=config.latent_dim, **kwargs)
     if config.ssl is None and config.ssl_augment:
-        raise ValueError("ssl_augment makes the copies of a transformation task from random views, and ssl is None: "
-                         "give ssl 'transforms' or 'transforms-flips', or ssl_augment False")
+        raise ValueError(f"ssl_augment makes the copies of a transformation task from random views, and ssl is None: "
+                         f"give ssl {' or '.join(map(repr, AUGMENTED_KINDS))}, or ssl_augment False")
     ssl = (SelfSupervision(config.ssl, config.latent_dim, input_shape, config.ssl_weight, config.ssl_temperature,
                            augment=config.ssl_augment)
            if config.ssl is not None else None)
@@ -89,5 +89,5 @@ def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["PRESETS", "SSL_KINDS", "ModelConfig", "build_model", "count_parameters", "MemoryUnit", "CascadeMemory",
+__all__ = ["PRESETS", "SSL_KINDS", "AUGMENTED_KINDS", "ModelConfig", "build_model", "count_parameters", "MemoryUnit", "CascadeMemory",
            "MemAEMemory", "MemoryAutoencoder", "VAE", "SelfSupervision"]

@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 SSL_KINDS = ("transforms", "transforms-flips", "contrastive")
+AUGMENTED_KINDS = ("transforms", "transforms-flips")  # the tasks SSL_AUGMENT applies to (contrastive draws its own views)
 N_ROTATIONS = 4
 N_TRANSFORMS = {"transforms": N_ROTATIONS, "transforms-flips": 2 * N_ROTATIONS, "contrastive": N_ROTATIONS}
 
@@ -97,7 +98,7 @@ class SelfSupervision(nn.Module):
                              f"these are {input_shape[1]} x {input_shape[2]} (prepare them with --size S S)")
         if not (math.isfinite(weight) and weight > 0 and math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"ssl_weight and ssl_temperature must be positive numbers, got {weight}, {temperature}")
-        if augment and kind == "contrastive":
+        if augment and kind not in AUGMENTED_KINDS:
             raise ValueError("ssl_augment is for the transformation tasks; the contrastive task draws random views of "
                              "its own")
         self.kind, self.weight, self.temperature, self.augment = kind, weight, temperature, bool(augment)

@@ -262,8 +262,9 @@ def test_ssl_augment_makes_the_task_copies_from_a_random_view_and_keeps_the_imag
 
 
 def test_augment_without_flip_never_mirrors():
-    """augment(x, flip=False) with no scale or shift left to draw is x: the flip is the only way it
-    could mirror an image, and it is off (the views are compared with the mirrored ones)."""
+    """augment(x, flip=False) draws the same scale and shift as augment(x) from the same seed and
+    never flips: it equals augment(x) on the images whose draw does not flip them, and differs on
+    those it does."""
     from models.ssl import augment
 
     x = images(64)

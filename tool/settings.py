@@ -91,7 +91,7 @@ RULES = {  # setting: (check, the rule in words). Every numeric setting is check
 def validate(config):
     """Check every setting of a sweep that can be checked without the data; a UserError names the
     first one that is wrong and says what it may be."""
-    from models import PRESETS, SSL_KINDS
+    from models import AUGMENTED_KINDS, PRESETS, SSL_KINDS
     from tool.classical import CLASSICAL
     from tool.data.datasets import check_dataset_name
     from tool.data.protocol import PROTOCOLS
@@ -105,10 +105,10 @@ def validate(config):
         raise UserError(f"unknown self-supervised task --ssl (SSL) {shown(config['ssl'])}. Valid: none (SSL = None in a config file), {', '.join(SSL_KINDS)}")
     if config["ssl"] is not None and config["model"] in CLASSICAL:
         raise UserError(f"--ssl trains a network's encoder; {config['model']} is a classical detector: drop --ssl")
-    if config.get("ssl_augment") is True and config["ssl"] not in ("transforms", "transforms-flips"):
+    if config.get("ssl_augment") is True and config["ssl"] not in AUGMENTED_KINDS:
         raise UserError(f"--ssl-augment (SSL_AUGMENT) makes the copies of a transformation task from random views; "
-                        f"--ssl is {shown(config['ssl']) if config['ssl'] else 'none'}: give --ssl transforms or "
-                        f"transforms-flips, or drop --ssl-augment")
+                        f"--ssl is {shown(config['ssl']) if config['ssl'] else 'none'}: give --ssl "
+                        f"{' or '.join(AUGMENTED_KINDS)}, or drop --ssl-augment")
     if config["classes"] is not None and not config["classes"]:
         raise UserError("--classes needs at least one class (or 'none' for all)")
     check_ranges(config)
