@@ -1,4 +1,4 @@
-# Our model on MNIST: the paper's two-stage cascade with rotation prediction on its code (SSL), scored by fused-ssl (one seed so far: --seeds 0 made it).
+# Our model on MNIST: the paper's two-stage cascade with rotation prediction on its code (SSL), scored by fused-ssl.
 # Reproduces results/mnist/cascade/ssl-e20-bf16 (python main.py configs/mnist-cascade-ssl.py); main.py's constants for the rest.
 DRAW_FIGURES = False  # the committed runs drew none
 DATASET = 'mnist'
