@@ -89,5 +89,5 @@ def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["PRESETS", "SSL_KINDS", "AUGMENTED_KINDS", "ModelConfig", "build_model", "count_parameters", "MemoryUnit", "CascadeMemory",
-           "MemAEMemory", "MemoryAutoencoder", "VAE", "SelfSupervision"]
+__all__ = ["PRESETS", "SSL_KINDS", "AUGMENTED_KINDS", "ModelConfig", "build_model", "count_parameters", "MemoryUnit",
+           "CascadeMemory", "MemAEMemory", "MemoryAutoencoder", "VAE", "SelfSupervision"]

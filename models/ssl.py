@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 SSL_KINDS = ("transforms", "transforms-flips", "contrastive")
-AUGMENTED_KINDS = ("transforms", "transforms-flips")  # the tasks SSL_AUGMENT applies to (contrastive draws its own views)
+AUGMENTED_KINDS = ("transforms", "transforms-flips")  # the tasks SSL_AUGMENT applies to (contrastive: views of its own)
 N_ROTATIONS = 4
 N_TRANSFORMS = {"transforms": N_ROTATIONS, "transforms-flips": 2 * N_ROTATIONS, "contrastive": N_ROTATIONS}
 
