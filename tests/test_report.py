@@ -10,6 +10,7 @@ import main
 import faults
 from conftest import copy_run, files_in, leftovers, results_of, run_main
 from tool.report.export import export
+from tool.results import read_results, read_scores
 from tool.report import tables as report
 from tool.errors import UserError
 
@@ -92,6 +93,31 @@ def test_export_copies_results_without_checkpoints(data_dir, tmp_path):
     with pytest.raises(UserError, match="never overwrites"):
         export(run_dir, tmp_path / "results")
 
+
+
+def test_an_exported_run_resumes_in_runs_training_only_its_missing_trials_to_the_same_results(data_dir, tmp_path,
+                                                                                               capsys):
+    """results/README.md: a run exported as far as it got (its scores.npz left out, as results/
+    keeps most runs) continues when its folder is copied back into runs/ and resumed: the trials
+    with a results.json are kept as they are, only the others train, and they come out as the
+    uninterrupted run's, bit for bit."""
+    whole = run_main(data_dir, tmp_path / "runs", "--classes", "2", "--seeds", "0", "1", "--epochs", "1")
+    exported = export(whole, tmp_path / "results")
+    (exported / "class2_seed0" / "scores.npz").unlink()
+    shutil.rmtree(exported / "class2_seed1")  # the trial that had not finished when it was exported
+    kept = (exported / "class2_seed0" / "results.json").read_bytes()
+    again = Path(shutil.copytree(exported, tmp_path / "again" / exported.name))
+    capsys.readouterr()
+    assert Path(main.run(["--resume", str(again)])) == again
+    assert "1 trial(s) to run, 1 already finished" in capsys.readouterr().out
+    assert (again / "class2_seed0" / "results.json").read_bytes() == kept
+    assert not (again / "class2_seed0" / "scores.npz").exists()
+    def computed(trial):  # what a trial computes (its timings are the machine's)
+        results, (targets, scores) = read_results(trial), read_scores(trial)
+        return ({key: results[key] for key in ("metrics", "validation_stats", "best_epoch", "model_sha256")},
+                targets.tolist(), {name: values.tolist() for name, values in scores.items()})
+
+    assert computed(again / "class2_seed1") == computed(whole / "class2_seed1")
 
 
 def test_export_leaves_out_a_trial_that_has_not_finished(finished_run, tmp_path):
