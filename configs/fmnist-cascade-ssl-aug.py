@@ -1,6 +1,6 @@
-# Our model with the task fmnist-tune chose last: the paper's two-stage cascade, trained to name which of the 8
-# rotations of the image or of its mirror image it sees, on random views of the training images (SSL_AUGMENT),
-# scored by fused-ssl. Reproduces results/fmnist/cascade/ssl-transforms-flips-aug-e20-bf16
+# Our model with the task fmnist-tune chose last: the paper's two-stage cascade, trained to name which of 8
+# transformations it sees (4 rotations of the image, 4 of its mirror image), made from random views of the training
+# images (SSL_AUGMENT), scored by fused-ssl. Reproduces results/fmnist/cascade/ssl-transforms-flips-aug-e20-bf16
 # (python main.py configs/fmnist-cascade-ssl-aug.py); main.py's constants for the rest.
 DRAW_FIGURES = False  # the committed runs drew none
 DATASET = 'fmnist'
