@@ -118,6 +118,9 @@ def test_an_exported_run_resumes_in_runs_training_only_its_missing_trials_to_the
                 targets.tolist(), {name: values.tolist() for name, values in scores.items()})
 
     assert computed(again / "class2_seed1") == computed(whole / "class2_seed1")
+    finished = export(again, tmp_path / "results2")  # and exported again, as it now stands: both trials
+    assert files_in(finished / "class2_seed0") == ["config.json", "results.json"]
+    assert files_in(finished / "class2_seed1") == ["config.json", "results.json", "scores.npz"]
 
 
 def test_export_leaves_out_a_trial_that_has_not_finished(finished_run, tmp_path):

@@ -1,5 +1,6 @@
 """Export: what a run's tables are built from, without checkpoints, logs or figures,
 into results/ (python main.py --export RUN_DIR)."""
+import os
 import shutil
 from pathlib import Path
 
@@ -17,7 +18,8 @@ def export(run_dir, dest=None):
     """Copy a run's results to results/<dataset>/<model>/<timestamp>/ (or below `dest`); a run on
     a tuning split (a "-tune" dataset) to results/tuning/<dataset>/..., beside the others that chose
     the settings. Only finished trials are copied (a run still training can be exported as far as it
-    got). The copy is made in a hidden folder beside the target (staging_dir) and renamed into place
+    got); a trial without its scores.npz (a run resumed from such an export, whose scores.npz were
+    left out of results/) is copied without it, and one that has it must have it readable. The copy is made in a hidden folder beside the target (staging_dir) and renamed into place
     when complete, so a failed export leaves nothing behind, and a killed one's folder is removed by
     the next export. A run folder holding a symbolic link is refused: its target could be any file."""
     run_dir = Path(run_dir).resolve()  # "--export ." names the run by its folder's own name
@@ -31,7 +33,9 @@ def export(run_dir, dest=None):
         raise UserError(f"{linked[0]} is a symbolic link: an export copies a run's own files only. Replace the link "
                         f"by the file or folder itself, or remove it.")
     for results in load_results(run_dir).values():  # every results.json and scores.npz must be readable before
-        read_scores(run_dir / f"class{results['class']}_seed{results['seed']}", results)  # anything is written
+        trial = run_dir / f"class{results['class']}_seed{results['seed']}"  # anything is written; a trial
+        if os.path.lexists(trial / "scores.npz"):  # without one (an export resumed: results/ keeps few) goes
+            read_scores(trial, results)  # without it
     make_dir(target.parent)
     staging = None
     try:
