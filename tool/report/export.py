@@ -19,9 +19,10 @@ def export(run_dir, dest=None):
     a tuning split (a "-tune" dataset) to results/tuning/<dataset>/..., beside the others that chose
     the settings. Only finished trials are copied (a run still training can be exported as far as it
     got); a trial without its scores.npz (a run resumed from such an export, whose scores.npz were
-    left out of results/) is copied without it, and one that has it must have it readable. The copy is made in a hidden folder beside the target (staging_dir) and renamed into place
-    when complete, so a failed export leaves nothing behind, and a killed one's folder is removed by
-    the next export. A run folder holding a symbolic link is refused: its target could be any file."""
+    left out of results/) is copied without it, and one that has it must have it readable. The copy
+    is made in a hidden folder beside the target (staging_dir) and renamed into place when complete,
+    so a failed export leaves nothing behind, and a killed one's folder is removed by the next
+    export. A run folder holding a symbolic link is refused: its target could be any file."""
     run_dir = Path(run_dir).resolve()  # "--export ." names the run by its folder's own name
     config = read_run_config(run_dir)
     tuning = ("tuning",) if config["dataset"].endswith("-tune") else ()
