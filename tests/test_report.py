@@ -112,6 +112,7 @@ def test_an_exported_run_resumes_in_runs_training_only_its_missing_trials_to_the
     assert "1 trial(s) to run, 1 already finished" in capsys.readouterr().out
     assert (again / "class2_seed0" / "results.json").read_bytes() == kept
     assert not (again / "class2_seed0" / "scores.npz").exists()
+
     def computed(trial):  # what a trial computes (its timings are the machine's)
         results, (targets, scores) = read_results(trial), read_scores(trial)
         return ({key: results[key] for key in ("metrics", "validation_stats", "best_epoch", "model_sha256")},
