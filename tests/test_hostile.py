@@ -589,3 +589,62 @@ def test_a_sigterm_inside_a_checkpoint_write_ends_as_sigterm_not_as_a_full_disk(
     with pytest.raises(UserError, match="the disk is probably full"):  # without a SIGTERM: a failed write
         io.atomic_torch_save({"w": 1}, tmp_path / "last.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_worker_whose_sigterm_a_checkpoint_write_swallowed_ends_instead_of_waiting_for_more(
+        data_dir, tmp_path, monkeypatch):
+    """The same swallowed SIGTERM in a worker process: the trial failed with a 'full disk', the
+    pool's worker took that for the trial's error and waited for the next task with SIGTERM now
+    ignored, so pool.terminate() waited for it forever (main.py --jobs 2 hung after SIGTERM in CI).
+    The worker must end with SystemExit(143), and a trial's real error must stay itself."""
+    from tool import errors, io, parallel
+
+    monkeypatch.setattr(errors, "_SIGTERM_SEEN", [])
+
+    def swallowing(obj, f):  # torch.save's C++ writer: the handler's exception is lost, a failed write reported
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        except SystemExit:
+            pass
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1684032 vs 1683924")
+
+    def trial(config, ds, c, seed, run_dir, device, log):
+        io.atomic_torch_save({"w": 1}, Path(run_dir) / "last.pt")
+        return {"auroc": 0.5}
+
+    config = {"dataset": "digits", "data_dir": str(data_dir)}
+    monkeypatch.setattr(io.torch, "save", swallowing)
+    before = signal.signal(signal.SIGTERM, parallel._exit_quietly)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            parallel._worker((trial, config, 0, 0, str(tmp_path)))
+        assert exited.value.code == 143 and list(tmp_path.iterdir()) == []
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    errors._SIGTERM_SEEN.clear()
+
+    def failing(config, ds, c, seed, run_dir, device, log):
+        raise RuntimeError("a trial's own error")
+
+    with pytest.raises(RuntimeError, match="a trial's own error"):  # no SIGTERM: the error reaches the parent
+        parallel._worker((failing, config, 0, 0, str(tmp_path)))
+
+
+def test_a_worker_that_outlives_its_sigterm_is_killed_and_the_command_ends(monkeypatch):
+    """pool.terminate() waits for every worker it sent SIGTERM: one that never ends (SIGTERM ignored,
+    a call that never returns) must not hang the command; it is killed after KILL_AFTER_S."""
+    import multiprocessing as mp
+
+    from tool import parallel
+
+    monkeypatch.setattr(parallel, "KILL_AFTER_S", 1)
+    context = mp.get_context("spawn")
+    pool = context.Pool(1, initializer=signal.signal, initargs=(signal.SIGTERM, signal.SIG_IGN))
+    pool.apply(os.getpid)  # the worker is up, its SIGTERM ignored
+    pool.apply_async(time.sleep, (600,))
+    workers = context.active_children()
+    start = time.monotonic()
+    parallel._terminate(pool, workers)
+    pool.join()
+    assert time.monotonic() - start < 30 and workers and all(w.exitcode == -signal.SIGKILL for w in workers)

@@ -34,8 +34,13 @@ _SIGTERM_SEEN = []  # the handler's record: code that swallows the exception (to
 
 def terminate(signum=None, frame=None):
     """The SIGTERM handler: raise Terminated where the main thread is."""
-    _SIGTERM_SEEN.append(signum)
+    note_sigterm(signum)
     raise Terminated()
+
+
+def note_sigterm(signum):
+    """Record a SIGTERM for terminating(): every SIGTERM handler of this code calls it first."""
+    _SIGTERM_SEEN.append(signum)
 
 
 def terminating():

@@ -2,11 +2,15 @@
 own CPU threads or GPU. A trial's scores do not depend on how many run beside it."""
 import os
 import signal
+import threading
 
 import torch
 from tqdm import tqdm
 
 from tool.data.datasets import load_dataset
+from tool.errors import note_sigterm, terminating
+
+KILL_AFTER_S = 30  # a worker still alive this long after the pool's SIGTERM is killed (SIGKILL)
 
 
 def trial_threads(config, jobs, device="cpu"):
@@ -65,10 +69,24 @@ def run_trials(run_trial, config, ds, trials, run_dir, device):
                 bar.update(1)
         pool.close()
     except BaseException:  # a trial failed, Ctrl-C, SIGTERM: stop every worker now
-        pool.terminate()
+        _terminate(pool, context.active_children())
         raise
     finally:
         pool.join()
+
+
+def _terminate(pool, workers):
+    """pool.terminate(): SIGTERM to every worker, then wait for each to end. A worker that outlives
+    its SIGTERM (stuck in a call that never returns) would keep that wait, and the command, hanging
+    forever: after KILL_AFTER_S it is killed. The OS frees its trial lock; its last.pt stays whole
+    (atomic writes), and resuming removes the temp file it may leave."""
+    timer = threading.Timer(KILL_AFTER_S, lambda: [w.kill() for w in workers if w.exitcode is None])
+    timer.daemon = True
+    timer.start()
+    try:
+        pool.terminate()
+    finally:
+        timer.cancel()
 
 
 def _worker_init(threads, devices, counter):
@@ -87,14 +105,26 @@ def _exit_quietly(signum, frame):
     # a second SIGTERM (the pool's terminate() after the process group's) would otherwise land in the
     # exit's own cleanup, tqdm's atexit callback among it, and print a traceback there
     signal.signal(signum, signal.SIG_IGN)
+    note_sigterm(signum)
     raise SystemExit(128 + signum)
 
 
 def _worker(task):
+    """One trial in a worker. After a SIGTERM the worker ends whatever the trial did with the
+    SystemExit: torch.save's C++ writer swallows it and reports a failed write instead, and a
+    worker that took that for the trial's error would wait for the next task, deaf to SIGTERM."""
     run_trial, config, c, seed, run_dir = task
     device = os.environ.get("CASCADE_WORKER_DEVICE", "cpu")
-    ds = load_dataset(config["dataset"], config["data_dir"])
-    return c, seed, run_trial(config, ds, c, seed, run_dir, device, log=_print)
+    try:
+        ds = load_dataset(config["dataset"], config["data_dir"])
+        result = run_trial(config, ds, c, seed, run_dir, device, log=_print)
+    except BaseException:
+        if terminating():
+            raise SystemExit(143) from None
+        raise
+    if terminating():
+        raise SystemExit(143)
+    return c, seed, result
 
 
 def _print(text):
