@@ -174,6 +174,44 @@ def test_sigterm_stops_every_worker_releases_the_locks_and_leaves_resumable_tria
         assert path.is_file() and not (path.parent / "results.json").exists()
 
 
+def test_a_worker_killed_mid_trial_ends_the_command_with_one_error_not_a_hang(data_dir, tmp_path):
+    """kill -9 of one worker (what the out-of-memory killer does) lost its trial, and the pool, which
+    starts a new worker in its place, waited for that trial forever. It must end with one error that
+    says how to continue, the other worker stopped and every trial lock free."""
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "main.py", "--dataset", "digits", "--data-dir", str(data_dir), "--classes", "0", "1", "2",
+         "--seeds", "0", "--jobs", "2", "--epochs", "3000", "--min-steps", "0", "--draw-figures", "false",
+         "--run-dir", str(run_dir)],
+        cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        started = [run_dir / f"class{c}_seed0" / "last.pt" for c in (0, 1)]
+        deadline = time.monotonic() + 120
+        while not all(p.is_file() for p in started):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.2)
+        workers = subprocess.run(["pgrep", "-P", str(process.pid), "-f", "multiprocessing-fork"],
+                                 capture_output=True, text=True).stdout.split()
+        assert len(workers) == 2
+        os.kill(int(workers[0]), signal.SIGKILL)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    # after the error line, Python's resource tracker may warn that it freed the semaphores the killed worker held
+    assert process.returncode == 2 and "Traceback" not in err, err
+    assert err.startswith("error: a worker process died (killed by signal 9") and \
+        f"python main.py --resume {run_dir} " in err.splitlines()[0], err
+    deadline = time.monotonic() + 10
+    while _group_runs(process.pid):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    for path in started:
+        with filelock.FileLock(str(path.parent / ".lock")).acquire(timeout=0):
+            pass
+        assert path.is_file()
+
+
 def test_a_worker_ignores_a_second_sigterm_while_it_exits():
     """A worker's SIGTERM handler unwinds the trial as SystemExit(143) and ignores any later SIGTERM:
     a second one (the pool's terminate() after the process group's) once landed in tqdm's atexit

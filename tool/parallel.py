@@ -8,7 +8,7 @@ import torch
 from tqdm import tqdm
 
 from tool.data.datasets import load_dataset
-from tool.errors import note_sigterm, terminating
+from tool.errors import UserError, note_sigterm, terminating
 
 KILL_AFTER_S = 30  # a worker still alive this long after the pool's SIGTERM is killed (SIGKILL)
 
@@ -61,11 +61,15 @@ def run_trials(run_trial, config, ds, trials, run_dir, device):
     print(f"{jobs} trials at a time on {', '.join(devices)}, {threads} CPU thread(s) each")
     context = mp.get_context("spawn")
     counter = context.Value("i", 0)
+    others = set(context.active_children())
     pool = context.Pool(jobs, initializer=_worker_init, initargs=(threads, devices, counter))
+    workers = set(context.active_children()) - others
     try:
         tasks = [(run_trial, config, c, s, str(run_dir)) for c, s in trials]
+        finished = pool.imap_unordered(_worker, tasks)  # each worker logs its own trial's line
         with tqdm(total=len(tasks), desc="trials", unit="trial", disable=None) as bar:
-            for _ in pool.imap_unordered(_worker, tasks):  # each worker logs its own trial's line
+            for _ in tasks:
+                _next_trial(finished, workers, others, context, run_dir)
                 bar.update(1)
         pool.close()
     except BaseException:  # a trial failed, Ctrl-C, SIGTERM: stop every worker now
@@ -73,6 +77,27 @@ def run_trials(run_trial, config, ds, trials, run_dir, device):
         raise
     finally:
         pool.join()
+
+
+def _next_trial(finished, workers, others, context, run_dir):
+    """Wait for the next finished trial. A worker that died (the out-of-memory killer, kill -9)
+    took its trial with it, and the pool, which starts a new worker in its place, would wait for
+    that trial forever: a worker seen to end while trials run is an error."""
+    import multiprocessing as mp
+
+    while True:
+        try:
+            return finished.next(timeout=1.0)
+        except mp.TimeoutError:
+            workers.update(set(context.active_children()) - others)  # and the workers started in place of dead ones
+            dead = sorted(w.exitcode for w in workers if w.exitcode is not None)
+            if dead:
+                how = (f"killed by signal {-dead[0]}" + (" (SIGKILL: the out-of-memory killer sends it)"
+                                                          if dead[0] == -signal.SIGKILL else "")
+                       if dead[0] < 0 else f"exit code {dead[0]}")
+                raise UserError(f"a worker process died ({how}), and its trial with it; the other trials were "
+                                f"stopped. Their last.pt keeps their progress: continue with python main.py "
+                                f"--resume {run_dir} (add --jobs 1 if memory ran out).")
 
 
 def _terminate(pool, workers):
