@@ -73,7 +73,7 @@ def run_trials(run_trial, config, ds, trials, run_dir, device):
                 bar.update(1)
         pool.close()
     except BaseException:  # a trial failed, Ctrl-C, SIGTERM: stop every worker now
-        _terminate(pool, context.active_children())
+        _terminate(pool, set(context.active_children()) - others)
         raise
     finally:
         pool.join()
