@@ -51,6 +51,16 @@ def repo():
     return REPO
 
 
+@pytest.fixture(autouse=True)
+def no_sigterm_carried_over():
+    """A SIGTERM a test sends to this process is recorded (tool.errors.terminating()), and every
+    atomic write after it would end as SIGTERM: no test hands that record to the next one."""
+    from tool import errors
+
+    yield
+    errors._SIGTERM_SEEN.clear()
+
+
 # ---------------------------------------------------------------------------------------------
 # Prepared datasets: digits (built once per session, only read), tiny synthetic ones
 # ---------------------------------------------------------------------------------------------

@@ -212,18 +212,20 @@ def test_a_worker_killed_mid_trial_ends_the_command_with_one_error_not_a_hang(da
         assert path.is_file()
 
 
-def test_a_worker_ignores_a_second_sigterm_while_it_exits():
+def test_a_worker_ignores_a_second_sigterm_while_it_exits(monkeypatch):
     """A worker's SIGTERM handler unwinds the trial as SystemExit(143) and ignores any later SIGTERM:
     a second one (the pool's terminate() after the process group's) once landed in tqdm's atexit
     callback and printed 'Exception ignored in atexit callback' with a traceback."""
-    from tool import parallel
+    from tool import errors, parallel
 
+    monkeypatch.setattr(errors, "_SIGTERM_SEEN", [])  # the handler records the signal: not for the next tests
     before = signal.signal(signal.SIGTERM, parallel._exit_quietly)
     try:
         with pytest.raises(SystemExit) as exited:
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(1)  # the handler runs between bytecodes, before this ends
         assert exited.value.code == 143 and signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        assert errors.terminating()
         os.kill(os.getpid(), signal.SIGTERM)  # ignored: no second SystemExit
         time.sleep(0.05)
     finally:
