@@ -1,5 +1,7 @@
 """Tests of tool/parallel.py: a parallel sweep (--jobs 2) gives the scores of a serial one."""
 import json
+import multiprocessing
+import time
 from pathlib import Path
 
 import pytest
@@ -39,3 +41,21 @@ def test_jobs_2_gives_the_same_results_as_jobs_1(data_dir, tmp_path):
     # the thread count changes float sums, so a folder refuses trials computed with another one
     with pytest.raises(UserError, match="threads"):
         main.run([*common, "--threads", "2", "--run-dir", str(serial)])
+
+
+def _trial_failing_for_class_0(config, ds, c, seed, run_dir, device, log):
+    if c == 0:
+        raise UserError("class 0 cannot be trained")
+    time.sleep(600)
+
+
+def test_a_failed_trial_ends_the_sweep_with_its_error_and_stops_the_other_workers(data_dir, tmp_path):
+    """A trial's error in a worker reaches the command as itself, and the worker still training
+    another trial is stopped then, not waited for."""
+    from tool import parallel
+
+    config = {"jobs": 2, "threads": 1, "device": "cpu", "dataset": "digits", "data_dir": str(data_dir)}
+    start = time.monotonic()
+    with pytest.raises(UserError, match="class 0 cannot be trained"):
+        parallel.run_trials(_trial_failing_for_class_0, config, None, [(0, 0), (1, 0)], tmp_path, "cpu")
+    assert time.monotonic() - start < 60 and not multiprocessing.active_children()
