@@ -1,5 +1,6 @@
 """Running many trials: one after another, or JOBS at a time in worker processes, each on its
 own CPU threads or GPU. A trial's scores do not depend on how many run beside it."""
+import multiprocessing as mp
 import os
 import signal
 import threading
@@ -51,8 +52,6 @@ def run_trials(run_trial, config, ds, trials, run_dir, device):
                 run_trial(config, ds, c, s, run_dir, device, log=tqdm.write)
                 bar.update(1)
         return
-    import multiprocessing as mp
-
     if device.startswith("cuda") and torch.cuda.device_count() > 1 and config["device"] == "auto":
         devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     else:
@@ -62,39 +61,46 @@ def run_trials(run_trial, config, ds, trials, run_dir, device):
     context = mp.get_context("spawn")
     counter = context.Value("i", 0)
     others = set(context.active_children())
+
+    def pool_workers():  # the pool's live workers, those it started in place of dead ones among them
+        return set(context.active_children()) - others
+
     pool = context.Pool(jobs, initializer=_worker_init, initargs=(threads, devices, counter))
-    workers = set(context.active_children()) - others
+    workers = pool_workers()
     try:
         tasks = [(run_trial, config, c, s, str(run_dir)) for c, s in trials]
         finished = pool.imap_unordered(_worker, tasks)  # each worker logs its own trial's line
         with tqdm(total=len(tasks), desc="trials", unit="trial", disable=None) as bar:
             for _ in tasks:
-                _next_trial(finished, workers, others, context, run_dir)
+                _next_trial(finished, workers, pool_workers, run_dir)
                 bar.update(1)
         pool.close()
     except BaseException:  # a trial failed, Ctrl-C, SIGTERM: stop every worker now
-        _terminate(pool, set(context.active_children()) - others)
+        _terminate(pool, pool_workers())
         raise
     finally:
         pool.join()
 
 
-def _next_trial(finished, workers, others, context, run_dir):
+def _next_trial(finished, workers, pool_workers, run_dir):
     """Wait for the next finished trial. A worker that died (the out-of-memory killer, kill -9)
     took its trial with it, and the pool, which starts a new worker in its place, would wait for
-    that trial forever: a worker seen to end while trials run is an error."""
-    import multiprocessing as mp
-
+    that trial forever: a worker seen to end while trials run is an error. `workers` keeps every
+    worker seen (a dead one leaves pool_workers())."""
     while True:
         try:
             return finished.next(timeout=1.0)
         except mp.TimeoutError:
-            workers.update(set(context.active_children()) - others)  # and the workers started in place of dead ones
+            workers.update(pool_workers())
             dead = sorted(w.exitcode for w in workers if w.exitcode is not None)
             if dead:
-                how = (f"killed by signal {-dead[0]}" + (" (SIGKILL: the out-of-memory killer sends it)"
-                                                          if dead[0] == -signal.SIGKILL else "")
-                       if dead[0] < 0 else f"exit code {dead[0]}")
+                code = dead[0]
+                if code >= 0:
+                    how = f"exit code {code}"
+                else:
+                    how = f"killed by signal {-code}"
+                    if code == -signal.SIGKILL:
+                        how += " (SIGKILL: the out-of-memory killer sends it)"
                 raise UserError(f"a worker process died ({how}), and its trial with it; the other trials were "
                                 f"stopped. Their last.pt keeps their progress: continue with python main.py "
                                 f"--resume {run_dir} (add --jobs 1 if memory ran out).")
@@ -142,14 +148,10 @@ def _worker(task):
     device = os.environ.get("CASCADE_WORKER_DEVICE", "cpu")
     try:
         ds = load_dataset(config["dataset"], config["data_dir"])
-        result = run_trial(config, ds, c, seed, run_dir, device, log=_print)
-    except BaseException:
-        if terminating():
+        return c, seed, run_trial(config, ds, c, seed, run_dir, device, log=_print)
+    finally:
+        if terminating():  # replaces the trial's result or error
             raise SystemExit(143) from None
-        raise
-    if terminating():
-        raise SystemExit(143)
-    return c, seed, result
 
 
 def _print(text):
