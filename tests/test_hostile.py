@@ -671,7 +671,12 @@ def test_a_worker_whose_sigterm_a_checkpoint_write_swallowed_ends_instead_of_wai
         parallel._worker((failing, config, 0, 0, str(tmp_path)))
 
 
-def test_a_worker_that_outlives_its_sigterm_is_killed_and_the_command_ends(monkeypatch):
+def _start_then_sleep(path):
+    Path(path).touch()
+    time.sleep(600)
+
+
+def test_a_worker_that_outlives_its_sigterm_is_killed_and_the_command_ends(monkeypatch, tmp_path):
     """pool.terminate() waits for every worker it sent SIGTERM: one that never ends (SIGTERM ignored,
     a call that never returns) must not hang the command; it is killed after KILL_AFTER_S."""
     import multiprocessing as mp
@@ -681,8 +686,12 @@ def test_a_worker_that_outlives_its_sigterm_is_killed_and_the_command_ends(monke
     monkeypatch.setattr(parallel, "KILL_AFTER_S", 1)
     context = mp.get_context("spawn")
     pool = context.Pool(1, initializer=signal.signal, initargs=(signal.SIGTERM, signal.SIG_IGN))
-    pool.apply(os.getpid)  # the worker is up, its SIGTERM ignored
-    pool.apply_async(time.sleep, (600,))
+    started = tmp_path / "started"
+    pool.apply_async(_start_then_sleep, (str(started),))
+    deadline = time.monotonic() + 60
+    while not started.exists():  # the worker is inside its task (a pool told to stop before that ends it with 0)
+        assert time.monotonic() < deadline, "the pool's worker did not start its task"
+        time.sleep(0.05)
     workers = context.active_children()
     start = time.monotonic()
     parallel._terminate(pool, workers)
