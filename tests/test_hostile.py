@@ -212,13 +212,12 @@ def test_a_worker_killed_mid_trial_ends_the_command_with_one_error_not_a_hang(da
         assert path.is_file()
 
 
-def test_a_worker_ignores_a_second_sigterm_while_it_exits(monkeypatch):
+def test_a_worker_ignores_a_second_sigterm_while_it_exits():
     """A worker's SIGTERM handler unwinds the trial as SystemExit(143) and ignores any later SIGTERM:
     a second one (the pool's terminate() after the process group's) once landed in tqdm's atexit
     callback and printed 'Exception ignored in atexit callback' with a traceback."""
     from tool import errors, parallel
 
-    monkeypatch.setattr(errors, "_SIGTERM_SEEN", [])  # the handler records the signal: not for the next tests
     before = signal.signal(signal.SIGTERM, parallel._exit_quietly)
     try:
         with pytest.raises(SystemExit) as exited:
@@ -606,8 +605,6 @@ def test_a_sigterm_inside_a_checkpoint_write_ends_as_sigterm_not_as_a_full_disk(
     reports "unexpected pos" instead: the command must still end as SIGTERM (143), the temp file gone."""
     from tool import errors, io
 
-    monkeypatch.setattr(errors, "_SIGTERM_SEEN", [])
-
     class Swallowing:
         def write(self, data):
             try:
@@ -638,8 +635,6 @@ def test_a_worker_whose_sigterm_a_checkpoint_write_swallowed_ends_instead_of_wai
     ignored, so pool.terminate() waited for it forever (main.py --jobs 2 hung after SIGTERM in CI).
     The worker must end with SystemExit(143), and a trial's real error must stay itself."""
     from tool import errors, io, parallel
-
-    monkeypatch.setattr(errors, "_SIGTERM_SEEN", [])
 
     def swallowing(obj, f):  # torch.save's C++ writer: the handler's exception is lost, a failed write reported
         try:
