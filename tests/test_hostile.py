@@ -160,11 +160,7 @@ def test_sigterm_stops_every_worker_releases_the_locks_and_leaves_resumable_tria
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 143, err
     assert err.strip().splitlines()[-1].startswith("terminated (SIGTERM)") and "Traceback" not in err
-    deadline = time.monotonic() + 10  # no worker left in the command's process group
-    while _group_runs(process.pid):
-        assert time.monotonic() < deadline, subprocess.run(["ps", "-o", "pid,pgid,args", "-g", str(process.pid)],
-                                                           capture_output=True, text=True).stdout
-        time.sleep(0.1)
+    _wait_for_group_exit(process.pid, 10)  # no worker left in the command's process group
     for path in started:
         with filelock.FileLock(str(path.parent / ".lock")).acquire(timeout=0):
             pass
@@ -196,10 +192,7 @@ def test_a_worker_killed_mid_trial_ends_the_command_with_one_error_not_a_hang(da
     assert process.returncode == 2 and "Traceback" not in err, err
     assert err.startswith("error: a worker process died (killed by signal 9") and \
         f"python main.py --resume {run_dir} " in err.splitlines()[0], err
-    deadline = time.monotonic() + 10
-    while _group_runs(process.pid):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    _wait_for_group_exit(process.pid, 10)
     for path in started:
         with filelock.FileLock(str(path.parent / ".lock")).acquire(timeout=0):
             pass
@@ -233,6 +226,15 @@ def _wait_for_files(paths, timeout, process=None):
         if process is not None:
             assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, f"not there after {timeout} s: {[str(p) for p in paths if not p.is_file()]}"
+        time.sleep(0.1)
+
+
+def _wait_for_group_exit(pgid, timeout):
+    """Until no process of the group `pgid` runs; fails at the deadline with the ones still there."""
+    deadline = time.monotonic() + timeout
+    while _group_runs(pgid):
+        assert time.monotonic() < deadline, subprocess.run(["ps", "-o", "pid,pgid,args", "-g", str(pgid)],
+                                                           capture_output=True, text=True).stdout
         time.sleep(0.1)
 
 
