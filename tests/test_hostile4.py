@@ -5,14 +5,13 @@ with a self-supervised task, and tracebacks where one error line belongs."""
 import errno
 import json
 import os
-import shutil
 import zipfile
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, command, copy_run, one_error
+from conftest import command, copy_run, one_error
 from tool.errors import UserError
 
 

@@ -6,10 +6,9 @@ import sys
 import pytest
 
 import preprocess
-from conftest import ENV, NAME, files_in, write_idx_raw
+from conftest import NAME, command, files_in, one_error, write_idx_raw
 from tool.data.datasets import DATASETS, load_dataset, processed_dir, raw_dir
 from tool.errors import UserError
-from tool.io import REPO
 from tool.data.prepare import find_raw
 
 
@@ -112,11 +111,6 @@ def test_folder_flags_need_dataset_folder(capsys):
 
 
 def test_command_line_errors_exit_2_without_a_traceback(tmp_path):
-    command = ["preprocess.py", "--dataset", "folder", "--path", str(tmp_path / "nowhere"), "--name", NAME,
-               "--data-dir", str(tmp_path / "data")]
-    message = "no such folder"
-    done = subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True, env=ENV,
-                          timeout=120)
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr and done.stderr.startswith("error: ") and message in done.stderr
+    one_error(command("preprocess.py", "--dataset", "folder", "--path", tmp_path / "nowhere", "--name", NAME,
+                      "--data-dir", tmp_path / "data", timeout=120), "no such folder")
     assert list(tmp_path.iterdir()) == []

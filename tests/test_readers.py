@@ -160,7 +160,19 @@ def forged_batch_in_the_tarball(root):
     shutil.rmtree(folder)
 
 
+def small_images(root):
+    write_idx_raw(root, shape=(8, 8))
+
+
+def corrupt_cifar_tarball(root):
+    write_cifar_raw(root, "tarball")
+    tarball = raw_dir("cifar10", root) / "cifar-10-python.tar.gz"
+    tarball.write_bytes(tarball.read_bytes()[:500])
+
+
 BAD_RAW_FILES = [  # (dataset, how the raw files are broken, what the message must say)
+    ("mnist", small_images, r"MNIST train images have shape \(1, 8, 8\), expected \(1, 28, 28\)"),
+    ("cifar10", corrupt_cifar_tarball, r"cifar-10-python.tar.gz: cannot be extracted .*truncated or corrupt"),
     ("mnist", truncate_gzip, r"t10k-images-idx3-ubyte.gz: cannot be read .*truncated or corrupt"),
     ("mnist", corrupt_gzip, r"t10k-images-idx3-ubyte.gz: cannot be read .*truncated or corrupt"),
     ("mnist", wrong_magic, r"train-images-idx3-ubyte: wrong IDX magic number 0x00000802 \(expected 0x00000803"),

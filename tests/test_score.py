@@ -3,8 +3,6 @@ import csv
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -15,7 +13,6 @@ import score
 from conftest import ENV, NAME, command, one_error
 from tool.errors import UserError
 from tool.scores import FUSIONS
-from tool.io import REPO
 from tool.results import read_results, read_scores
 
 
@@ -104,12 +101,8 @@ def test_a_folder_that_is_not_a_trial_fails(own_trial, own_images, tmp_path):
 
 
 def test_command_line_errors_exit_2_without_a_traceback(tmp_path, own_images):
-    command = ["score.py", "--checkpoint", str(tmp_path), str(own_images / "test"), "--device", "cpu"]
-    message = "not a finished trial"
-    done = subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True, env=ENV,
-                          timeout=120)
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr and done.stderr.startswith("error: ") and message in done.stderr
+    one_error(command("score.py", "--checkpoint", tmp_path, own_images / "test", "--device", "cpu", timeout=120),
+              "not a finished trial")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -144,9 +137,7 @@ def test_a_score_the_trial_lacks_is_refused(own_trial, own_images):
 def test_a_read_only_trial_folder_is_one_error_before_any_score_is_printed(own_trial, own_images):
     image = own_images / "test" / "dark" / "dark_00.png"
     before = sorted(p.name for p in own_trial.iterdir())
-    done = subprocess.run([sys.executable, "tests/faults.py", "read-only", str(own_trial), "score.py", "--checkpoint",
-                           str(own_trial), str(image), "--device", "cpu"], cwd=REPO, capture_output=True, text=True,
-                          env=ENV, timeout=300)
+    done = command("score.py", "--checkpoint", own_trial, image, "--device", "cpu", fault="read-only", root=own_trial)
     one_error(done, f"cannot write {own_trial}/scores", "(the folder is not writable): make it writable or choose "
                                                         "another folder")
     assert "dark_00.png" not in done.stdout and sorted(p.name for p in own_trial.iterdir()) == before

@@ -18,7 +18,6 @@ of another class has an image of c among its neighbours. The latent space is the
 of the run's trial that held class c out (its first seed): the geometry that model saw. Only
 training images are used; the test split is not looked at.
 """
-import json
 from pathlib import Path
 
 import numpy as np
