@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import tarfile
+import time
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -225,6 +226,17 @@ def one_error(done, *texts):
     for text in texts:
         assert text in lines[0], lines[0]
     return lines[0]
+
+
+def wait_for_files(paths, timeout, process=None):
+    """Until every one of `paths` is a file. Fails at the deadline, or as soon as `process` (when given) has
+    ended, then with its output."""
+    deadline = time.monotonic() + timeout
+    while not all(path.is_file() for path in paths):
+        if process is not None:
+            assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"not there after {timeout} s: {[str(p) for p in paths if not p.is_file()]}"
+        time.sleep(0.1)
 
 
 def leftovers(folder):

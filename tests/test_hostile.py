@@ -15,7 +15,7 @@ import filelock
 import numpy as np
 import pytest
 
-from conftest import ENV, REPO, command, copy_run, one_error
+from conftest import ENV, REPO, command, copy_run, one_error, wait_for_files
 from tool.report.export import export
 from tool.errors import UserError
 from tool.io import atomic_torch_save, atomic_write_bytes, create_new_file
@@ -152,7 +152,7 @@ def test_sigterm_stops_every_worker_releases_the_locks_and_leaves_resumable_tria
         cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         started = [run_dir / f"class{c}_seed0" / "last.pt" for c in ((0, 1) if jobs == 2 else (0,))]
-        _wait_for_files(started, 120, process)
+        wait_for_files(started, 120, process)
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=60)
     finally:
@@ -179,7 +179,7 @@ def test_a_worker_killed_mid_trial_ends_the_command_with_one_error_not_a_hang(da
         cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         started = [run_dir / f"class{c}_seed0" / "last.pt" for c in (0, 1)]
-        _wait_for_files(started, 120, process)
+        wait_for_files(started, 120, process)
         workers = subprocess.run(["pgrep", "-P", str(process.pid), "-f", "multiprocessing-fork"],
                                  capture_output=True, text=True).stdout.split()
         assert len(workers) == 2
@@ -216,17 +216,6 @@ def test_a_worker_ignores_a_second_sigterm_while_it_exits():
         time.sleep(0.05)
     finally:
         signal.signal(signal.SIGTERM, before)
-
-
-def _wait_for_files(paths, timeout, process=None):
-    """Until every one of `paths` is a file. Fails at the deadline, or as soon as `process` (when given) has
-    ended, then with its output."""
-    deadline = time.monotonic() + timeout
-    while not all(path.is_file() for path in paths):
-        if process is not None:
-            assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, f"not there after {timeout} s: {[str(p) for p in paths if not p.is_file()]}"
-        time.sleep(0.1)
 
 
 def _wait_for_group_exit(pgid, timeout):
@@ -690,7 +679,7 @@ def test_a_worker_that_outlives_its_sigterm_is_killed_and_the_command_ends(monke
     pool = context.Pool(1, initializer=signal.signal, initargs=(signal.SIGTERM, signal.SIG_IGN))
     started = tmp_path / "started"
     pool.apply_async(_start_then_sleep, (str(started),))
-    _wait_for_files([started], 60)  # the worker is inside its task (a pool told to stop before that ends it with 0)
+    wait_for_files([started], 60)  # the worker is inside its task (a pool told to stop before that ends it with 0)
     workers = context.active_children()
     start = time.monotonic()
     parallel._terminate(pool, workers)

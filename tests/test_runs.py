@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import main
-from conftest import ENV, command, copy_run, one_error, results_of, run_main
+from conftest import ENV, command, copy_run, one_error, results_of, run_main, wait_for_files
 from tool import checkpoints, runs
 from tool.report import tables as report
 from tool.errors import UserError
@@ -103,10 +103,7 @@ def test_a_second_process_on_a_running_trial_skips_it_and_both_are_in_the_histor
     first = subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, env=ENV, text=True, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 300
-        while not (shared / "class0_seed0" / "last.pt").exists():  # the first process is training
-            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
-            time.sleep(0.1)
+        wait_for_files([shared / "class0_seed0" / "last.pt"], 300, first)  # the first process is training
         second = command(*args, "--device", "cpu")
     finally:
         out, err = first.communicate(timeout=600)
