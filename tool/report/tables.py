@@ -316,12 +316,13 @@ def compare(root, score="recon", ensemble=False):
         classes = sorted({c for cells in per_class.values() for c in cells})
         class_rows = [[class_label(c, class_names.get(c, "")), *(format_cell(per_class[m].get(c)) for m in models)]
                       for c in classes]
-        leakage_label, leakage = next(((label, read_leakage(labelled[label])) for label in sorted(labelled, key=_order)
-                                       if (labelled[label] / "leakage.json").is_file()), (None, {}))
-        leak_header = ["leakage, pixels", f"leakage, latent of {leakage_label}"] if leakage else []
-        if leakage:
-            class_rows = [row + [f"{leakage.get(c, {}).get(key, float('nan')):.2f}" if key in leakage.get(c, {}) else "-"
-                                 for key in ("pixels", "latent")] for c, row in zip(classes, class_rows)]
+        leaky = [(label, read_leakage(labelled[label])) for label in sorted(labelled, key=_order)
+                 if (labelled[label] / "leakage.json").is_file()]  # in pixels the same for every run: the first's
+        leak_header = ["leakage, pixels", *(f"leakage, latent of {label}" for label, _ in leaky)] if leaky else []
+        if leaky:
+            cells = [(leaky[0][1], "pixels")] + [(leakage, "latent") for _, leakage in leaky]
+            class_rows = [row + [f"{leakage[c][key]:.2f}" if key in leakage.get(c, {}) else "-" for leakage, key in cells]
+                          for c, row in zip(classes, class_rows)]
         if pictured and len(pictured) <= FIGURE_ROWS:  # comparison-<dataset>.png, once the tables are written
             pictures.append(({m: per_class[m] for m in pictured}, class_names,
                              f"{dataset}, {protocol}" + (", each run's best score" if score == "all" else ""),
@@ -329,7 +330,7 @@ def compare(root, score="recon", ensemble=False):
                                      else f"comparison-{dataset}@{protocol}.png")))  # "@": never in a dataset name
         markdown += [f"AUROC per class ({dataset}, {protocol}), in %"
                      + ("; neighbourhood class leakage beside it (1: the class mixes with the others as if at random, "
-                        "0: not at all; python main.py --leakage RUN_DIR, tool/report/leakage.py)" if leakage else "") + ":", "",
+                        "0: not at all; python main.py --leakage RUN_DIR, tool/report/leakage.py)" if leaky else "") + ":", "",
                      to_markdown(["class", *models, *leak_header], class_rows)]
     text = "\n".join(markdown)
     atomic_write_text(root / "comparison.md", text)
