@@ -37,11 +37,15 @@ def test_leakage_of_a_run_is_written_and_shown_beside_the_per_class_table(data_d
     other = run_main(data_dir, tmp_path, "--classes", "0", "--seeds", "0", "--epochs", "1", "--latent-dim", "8")
     other_table = main.run(["--leakage", str(other)])
     lines = main.run(["--compare", str(tmp_path)]).splitlines()
-    header = [cell.strip() for cell in next(line for line in lines if line.startswith("| class")).split("|")]
+
+    def cells(start):  # the cells of the per-class table's line that starts with `start`
+        return [cell.strip() for cell in next(line for line in lines if line.startswith(start)).split("|")]
+
+    header = cells("| class")
     latent = [cell for cell in header if cell.startswith("leakage, latent of ")]
     assert header.count("leakage, pixels") == 1 and len(latent) == 2 and latent[0] != latent[1]
-    row = [cell.strip() for cell in next(line for line in lines if line.startswith("| 0 ")).split("|")]
-    shown = {name: row[header.index(name)] for name in latent}
-    assert sorted(shown.values()) == sorted(f"{t[0]['latent']:.2f}" for t in (table, other_table))
-    row = [cell.strip() for cell in next(line for line in lines if line.startswith("| 1 ")).split("|")]
+    row = cells("| 0 ")
+    assert sorted(row[header.index(name)] for name in latent) == sorted(f"{t[0]['latent']:.2f}"
+                                                                        for t in (table, other_table))
+    row = cells("| 1 ")
     assert sorted(row[header.index(name)] for name in latent) == ["-", f"{table[1]['latent']:.2f}"]
